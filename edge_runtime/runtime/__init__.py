@@ -1,0 +1,1 @@
+"""Everything about a .tflite file: backends, delegates, models, quantization."""

@@ -1,0 +1,149 @@
+"""``edge-runtime inspect``: what a model file is and where it would run on this board."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.errors import BackendUnavailableError, EdgeRuntimeError
+from edge_runtime.runtime.backend import get_backend
+from edge_runtime.runtime.delegates import REGISTRY
+from edge_runtime.runtime.model import Model
+from edge_runtime.runtime.modelfile import TensorInfo, read_model_file
+
+DEFAULT_PROBE = ("edgetpu", "gpu", "vx", "armnn", "cpu")
+
+
+@dataclass(frozen=True)
+class DelegateProbe:
+    delegate: str
+    loads: bool
+    cause: str
+
+
+def probe_delegates(path: Path, delegates: tuple[str, ...], backend: str) -> list[DelegateProbe]:
+    """Try to load the model on each delegate alone."""
+    probes: list[DelegateProbe] = []
+    for key in delegates:
+        try:
+            Model(path, delegates=[key], backend=backend)
+        except EdgeRuntimeError as exc:
+            cause = str(exc)
+            marker = f"{key} failed: "
+            probes.append(DelegateProbe(key, False, cause.split(marker, 1)[-1]))
+        else:
+            probes.append(DelegateProbe(key, True, ""))
+    return probes
+
+
+def _tensor(t: TensorInfo) -> dict[str, Any]:
+    q = t.quantization
+    return {
+        "index": t.index,
+        "name": t.name,
+        "shape": list(t.shape),
+        "dtype": t.dtype,
+        "scale": (list(q.scale) if q.per_channel else q.scale[0]) if q else None,
+        "zero_point": (list(q.zero_point) if q.per_channel else q.zero_point[0]) if q else None,
+        "per_channel": bool(q and q.per_channel),
+        "quantized_dimension": q.axis if q else None,
+    }
+
+
+def build_report(
+    path: str | Path, delegates: tuple[str, ...] = DEFAULT_PROBE, backend: str = "auto"
+) -> dict[str, Any]:
+    """The full inspect report as a JSON-ready dict. Raises on a file that is not a model."""
+    p = Path(path)
+    info, _ = read_model_file(p)
+    report: dict[str, Any] = {
+        "path": str(p),
+        "size_bytes": info.size_bytes,
+        "sha256": info.sha256,
+        "schema_version": info.schema_version,
+        "description": info.description,
+        "subgraphs": info.subgraphs,
+        "inputs": [_tensor(t) for t in info.input_tensors],
+        "outputs": [_tensor(t) for t in info.output_tensors],
+        "fully_integer": info.fully_integer,
+        "float_tensors": list(info.float_tensors),
+        "activation_dtypes": sorted({t.dtype for t in info.tensors if not t.is_constant}),
+        "weight_sparsity": {
+            "total": round(info.weight_sparsity, 4),
+            "elements": sum(w.elements for w in info.weights),
+            "zeros": sum(w.zeros for w in info.weights),
+            "per_tensor": [
+                {
+                    "tensor": w.tensor,
+                    "op": w.op,
+                    "elements": w.elements,
+                    "zeros": w.zeros,
+                    "sparsity": round(w.sparsity, 4),
+                }
+                for w in info.weights
+            ],
+        },
+        "ops": info.op_counts,
+        "custom_ops": list(info.custom_ops),
+        "needs_edgetpu": info.needs_edgetpu,
+    }
+    try:
+        chosen = get_backend(backend)
+    except BackendUnavailableError as exc:
+        report["backend"] = None
+        report["delegates"] = [{"delegate": d, "loads": False, "cause": str(exc)} for d in delegates]
+        return report
+    report["backend"] = {"name": chosen.name, "version": chosen.version}
+    report["delegates"] = [
+        {"delegate": pr.delegate, "loads": pr.loads, "cause": pr.cause}
+        for pr in probe_delegates(p, delegates, chosen.name)
+    ]
+    return report
+
+
+def _quant_text(t: dict[str, Any]) -> str:
+    if t["scale"] is None:
+        return "not quantized"
+    if t["per_channel"]:
+        return f"per-channel ({len(t['scale'])} scales, axis {t['quantized_dimension']})"
+    return f"scale {t['scale']:.6g} zero_point {t['zero_point']}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as aligned text for a terminal."""
+    lines = [
+        f"model       {report['path']}",
+        f"size        {report['size_bytes']:,} bytes",
+        f"sha256      {report['sha256']}",
+    ]
+    for kind in ("inputs", "outputs"):
+        for i, t in enumerate(report[kind]):
+            label = kind if i == 0 else ""
+            lines.append(
+                f"{label:<12}{t['index']:>3} {t['name']}  {t['dtype']} {t['shape']}  {_quant_text(t)}"
+            )
+    if report["fully_integer"]:
+        integer = f"yes (activations {', '.join(report['activation_dtypes'])})"
+    else:
+        floats = report["float_tensors"]
+        integer = f"no: {len(floats)} float tensors, e.g. {', '.join(floats[:3])}"
+    lines.append(f"integer     {integer}")
+    sp = report["weight_sparsity"]
+    lines.append(f"sparsity    {sp['total']:.1%} of {sp['elements']:,} weights are zero")
+    for w in sp["per_tensor"]:
+        lines.append(f"              {w['sparsity']:6.1%}  {w['op']:<18} {w['tensor']} ({w['elements']:,})")
+    ops = ", ".join(f"{name} x{count}" for name, count in report["ops"].items())
+    lines.append(f"ops         {ops}")
+    lines.append(f"custom ops  {', '.join(report['custom_ops']) or 'none'}")
+    backend = report["backend"]
+    lines.append(f"backend     {backend['name'] + ' ' + backend['version'] if backend else 'none'}")
+    for i, d in enumerate(report["delegates"]):
+        label = "delegates" if i == 0 else ""
+        state = "loads" if d["loads"] else f"no: {d['cause']}"
+        lines.append(f"{label:<12}{d['delegate']:<9} {state}")
+    return "\n".join(lines)
+
+
+def known_delegates() -> list[str]:
+    return [k for k in REGISTRY if k != "external"]

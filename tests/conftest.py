@@ -1,0 +1,44 @@
+"""Shared fixtures: paths of the bundled models and the backend under test.
+
+``EDGE_RUNTIME_TEST_BACKEND`` picks the backend for tests marked ``backend`` (``./dev.sh test``
+runs them a second time in ``.venv-tflite`` with ``tflite-runtime``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "edge_runtime" / "models"
+BENCH_MODELS = ROOT / "models"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backend: runtime and model tests, run under every backend")
+
+
+@pytest.fixture(scope="session")
+def backend_name() -> str:
+    return os.environ.get("EDGE_RUNTIME_TEST_BACKEND", "litert")
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((MODELS / "manifest.json").read_text())
+    return data
+
+
+@pytest.fixture(scope="session")
+def digits_path() -> Path:
+    return MODELS / "digits_int8.tflite"
+
+
+@pytest.fixture(scope="session")
+def fused_path() -> Path:
+    return MODELS / "fused_int8.tflite"
