@@ -44,7 +44,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(
                 json.dumps(
                     [
-                        {"backend": r.backend, "result": r.result.to_dict() if r.result else None, "error": r.error}
+                        {
+                            "backend": r.backend,
+                            "result": r.result.to_dict() if r.result else None,
+                            "error": r.error,
+                        }
                         for r in rows
                     ],
                     indent=2,
@@ -66,6 +70,30 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         print(format_rows([BackendRow(result.backend, result)]))
     return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from edge_runtime.config import load_config
+
+    config = load_config(args.file, args.set or ())
+    models = sum(len(p.models) + (1 if p.cascade else 0) for p in config.pipelines)
+    print(
+        f"{args.file}: ok: device {config.device.id}, {len(config.sources)} sources, "
+        f"{len(config.pipelines)} pipelines, {models} models"
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge_runtime.config import load_config
+    from edge_runtime.reporting.stdout import StdoutSink
+    from edge_runtime.service import Service
+
+    config = load_config(args.config, args.set or ())
+    if args.log_level is None:
+        logging.getLogger().setLevel(config.device.log_level.upper())
+    service = Service(config, [StdoutSink()], max_results=args.max_results, duration_s=args.duration)
+    return service.run()
 
 
 def _positive(text: str) -> int:
@@ -95,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (default: the config's, else warning for tools and info for run)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon (the embedded demo when no --config is given)")
+    p.add_argument("--config", "-c", default=None, help="TOML config file (default: the embedded demo)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--max-results", type=_positive, default=None, help="stop after N results in total")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.set_defaults(func=_cmd_run, default_level="info")
+
+    p = sub.add_parser("validate-config", help="check a config file and report every error")
+    p.add_argument("file", help="TOML config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("inspect", help="describe a .tflite model and where it would run here")
     p.add_argument("model", help="path of the .tflite file")
@@ -141,7 +181,7 @@ def _setup_logging(level: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level or "warning")
+    _setup_logging(args.log_level or getattr(args, "default_level", "warning"))
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -153,3 +193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into head and the like
+        sys.stderr.close()
+        return 0

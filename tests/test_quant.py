@@ -81,4 +81,4 @@ def test_lut_refuses_per_channel_quantization_and_wrong_pixels() -> None:
         pixel_lut(QuantParams((0.1, 0.2), (0, 0), "int8"))
     lut = pixel_lut(QuantParams((1.0,), (0,), "uint8"))
     with pytest.raises(ValueError, match="uint8"):
-        apply_lut(np.zeros((2, 2), np.float32), lut)  # type: ignore[arg-type]
+        apply_lut(np.zeros((2, 2), np.float32), lut)

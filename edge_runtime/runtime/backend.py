@@ -90,13 +90,13 @@ def get_backend(choice: str = "auto") -> Backend:
         raise BackendUnavailableError(
             f"unknown backend {choice!r}; choose one of auto, {', '.join(_BACKENDS)}"
         )
-    name: BackendName = "litert" if choice == "litert" else "tflite-runtime"
-    return _import(name)
+    chosen: BackendName = "litert" if choice == "litert" else "tflite-runtime"
+    return _import(chosen)
 
 
 def available_backends() -> list[str]:
     """Names of the backends that import in this environment."""
-    found = []
+    found: list[str] = []
     for name in AUTO_ORDER:
         try:
             _import(name)

@@ -108,7 +108,7 @@ class Delegate:
 
 class _LibraryDelegate(Delegate):
     def library(self) -> str:
-        return str(getattr(self.config, "library"))
+        return str(getattr(self.config, "library"))  # noqa: B009
 
     def options(self) -> dict[str, str]:
         return dict(getattr(self.config, "options", {}))
@@ -181,7 +181,7 @@ def parse_delegate(entry: str | dict[str, Any] | _DelegateConfig) -> Delegate:
         if key not in REGISTRY:
             raise DelegateError(f"unknown delegate {key!r}; known: {', '.join(REGISTRY)}")
         config = REGISTRY[str(key)].config_class.model_validate(raw)
-    return REGISTRY[getattr(config, "type")](config)
+    return REGISTRY[getattr(config, "type")](config)  # noqa: B009 (every config subclass has it)
 
 
 def parse_chain(entries: list[str | dict[str, Any] | _DelegateConfig] | None) -> list[Delegate]:

@@ -12,8 +12,10 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edge_runtime.errors import ModelFileError, ModelFormatError
 from edge_runtime.runtime.flatbuffer import Buffer, Table, root
@@ -214,7 +216,7 @@ def _zeros(data: memoryview, dtype: str) -> tuple[int, int]:
         return 0, 0
     itemsize = np.dtype(np_type).itemsize
     usable = len(data) - len(data) % itemsize
-    values = np.frombuffer(data[:usable], dtype=np_type)
+    values: npt.NDArray[Any] = np.frombuffer(data[:usable], dtype=np_type)
     return int(values.size), int(values.size - np.count_nonzero(values))
 
 

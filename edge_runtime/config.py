@@ -1,0 +1,429 @@
+"""The configuration: pydantic models of the TOML file, ``load_config()`` and ``--set`` overrides.
+
+Every model forbids unknown keys and describes each field. Every problem is reported at once,
+as ``path: value: message`` (for example ``pipelines[0].models[0].threads: 0: Input should be
+greater than 0``). Relative paths resolve against the config file's folder; ``bundled:NAME``
+names a model shipped inside the package and ``demo:NAME`` an asset of the embedded demo.
+Secrets are never inline: they are read from files (``password_file``), so the config can be
+world-readable and ``get_config`` never has a secret to leak. Loading touches no network or device.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+from edge_runtime.errors import ConfigError
+from edge_runtime.postprocess import PostprocessConfig
+from edge_runtime.runtime.delegates import DelegateConfig
+from edge_runtime.sources import SourceConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BUNDLED_MODELS = PACKAGE_DIR / "models"
+DEMO_CONFIG = PACKAGE_DIR / "demo.toml"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RULE = "must be 1-64 letters, digits, '_', '.' or '-' (no MQTT wildcards or '/')"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(f"name {NAME_RULE}")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+def default_state_dir() -> Path:
+    """``$STATE_DIRECTORY`` (systemd), else /var/lib/edge-runtime for root, else the user's own."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/edge-runtime")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edge-runtime"
+
+
+def _device_id() -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "edge"
+    return name[:64]
+
+
+class DeviceConfig(Strict):
+    id: Name = Field(
+        default_factory=_device_id, description="Device name in MQTT topics (default: hostname)."
+    )
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Where the outbox, sequence numbers and model store live.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+
+class RuntimeConfig(Strict):
+    backend: Literal["auto", "litert", "tflite-runtime"] = Field(
+        "auto", description="Inference backend; auto prefers LiteRT, then tflite-runtime."
+    )
+
+
+class TlsConfig(Strict):
+    ca: str = Field("", description="CA bundle that signs the broker's certificate (empty: no TLS).")
+    cert: str = Field("", description="Client certificate for mutual TLS.")
+    key: str = Field("", description="Client private key for mutual TLS.")
+    insecure: bool = Field(False, description="Skip the broker hostname check (never in production).")
+    required: bool = Field(False, description="Refuse to start unless TLS is configured.")
+
+
+class MqttConfig(Strict):
+    enabled: bool = Field(True, description="Publish to a broker; results also go to the outbox.")
+    host: str = Field("localhost", description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    prefix: Name = Field("edge", description="First level of every topic.")
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of results and events.")
+    username: str = Field("", description="User name; the password comes from password_file.")
+    password_file: str = Field("", description="File holding the password (first line).")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
+
+
+class HealthConfig(Strict):
+    interval_s: float = Field(30.0, gt=0, description="Seconds between health reports.")
+
+
+def _model_entry(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
+
+
+ChainEntry = Annotated[DelegateConfig, BeforeValidator(_model_entry)]
+
+
+class ImageInput(Strict):
+    kind: Literal["image"] = Field(description="A camera frame, resized and quantized.")
+    source: str = Field(description="Name of a camera source.")
+    input: int | str = Field(0, description="Model input, by position or tensor name.")
+    resize: Literal["stretch", "letterbox", "crop"] = Field("stretch", description="How the frame fits.")
+    pad_value: int = Field(0, ge=0, le=255, description="Pixel value of letterbox padding.")
+    color: Literal["rgb", "bgr", "gray"] = Field("rgb", description="Channel order the model expects.")
+    mean: float | list[float] = Field(0.0, description="Subtracted from 0-255 pixels (per channel or one).")
+    std: float | list[float] = Field(1.0, description="Divides pixels after the mean (per channel or one).")
+
+
+class VectorInput(Strict):
+    kind: Literal["vector"] = Field(description="Sensor channels sampled at the trigger time.")
+    source: str = Field(description="Name of a serial or replay source.")
+    input: int | str = Field(0, description="Model input, by position or tensor name.")
+    channels: list[str] = Field(min_length=1, description="Channels, in the model's order.")
+    sample: Literal["latest", "nearest", "linear"] = Field("linear", description="Sampling at the time.")
+    max_age_s: float = Field(1.0, gt=0, description="Older data than this is stale.")
+    stale: Literal["skip", "zero", "hold"] = Field("skip", description="What stale data does.")
+
+
+class WindowInput(Strict):
+    kind: Literal["window"] = Field(description="The last window_s seconds of channels, resampled.")
+    source: str = Field(description="Name of a serial or replay source.")
+    input: int | str = Field(0, description="Model input, by position or tensor name.")
+    channels: list[str] = Field(min_length=1, description="Channels, in the model's order.")
+    window_s: float = Field(gt=0, description="Length of the window in seconds.")
+    samples: int = Field(gt=1, description="Points the window is resampled to.")
+    max_age_s: float = Field(0.5, gt=0, description="Newest sample older than this is stale.")
+    stale: Literal["skip", "zero", "hold"] = Field("skip", description="What a stale window does.")
+
+
+InputBinding = Annotated[ImageInput | VectorInput | WindowInput, Field(discriminator="kind")]
+
+
+def _postprocess_kind(value: Any) -> str:
+    return "heads" if isinstance(value, dict) and "type" not in value else "single"
+
+
+Postprocess = Annotated[
+    Annotated[PostprocessConfig, Tag("single")] | Annotated[dict[str, PostprocessConfig], Tag("heads")],
+    Discriminator(_postprocess_kind),
+]
+
+
+class ModelConfig(Strict):
+    path: str = Field(description="The .tflite file: a path, or bundled:NAME for a packaged model.")
+    name: str | None = Field(None, description="Name in results (default: the file's stem).")
+    version: str = Field("", description="Version reported with results.")
+    delegates: list[ChainEntry] = Field(
+        default_factory=lambda: [{"type": "cpu"}],  # type: ignore[arg-type]
+        min_length=1,
+        description="Delegates tried in order; the first that loads wins.",
+    )
+    threads: int | None = Field(None, ge=1, le=64, description="CPU threads (default: runtime's).")
+    inputs: list[InputBinding] = Field(min_length=1, description="Where each model input comes from.")
+    postprocess: Postprocess = Field(
+        description="How outputs become a result; a table of named heads for multi-output models."
+    )
+    weight: float = Field(1.0, gt=0, description="Weight of this model in an ensemble.")
+
+
+class EveryTrigger(Strict):
+    every_s: float = Field(gt=0, description="Run at a fixed period, in seconds.")
+
+
+class SourceTrigger(Strict):
+    source: str = Field(description="Run on each new frame or sample of this source.")
+    min_interval_s: float = Field(0.0, ge=0, description="Skip news closer together than this.")
+
+
+def _trigger_entry(value: Any) -> Any:
+    return {"source": value} if isinstance(value, str) else value
+
+
+def _trigger_kind(value: Any) -> str:
+    data = value if isinstance(value, dict) else vars(value) if hasattr(value, "__dict__") else {}
+    return "every" if "every_s" in data else "source"
+
+
+Trigger = Annotated[
+    Annotated[SourceTrigger, Tag("source")] | Annotated[EveryTrigger, Tag("every")],
+    Discriminator(_trigger_kind),
+    BeforeValidator(_trigger_entry),
+]
+
+
+class EnsembleConfig(Strict):
+    combine: Literal["mean", "vote"] = Field("mean", description="Weighted mean of probabilities or vote.")
+
+
+class CascadeConfig(Strict):
+    classifier: ModelConfig = Field(description="Classifies each box the detector finds.")
+    padding: float = Field(0.1, ge=0, le=1, description="Box grown by this share before cropping.")
+    max_crops: int = Field(10, ge=1, description="At most this many boxes are classified.")
+
+
+class PipelineConfig(Strict):
+    name: Name = Field(description="Pipeline name, used in topics.")
+    trigger: Trigger = Field(description="A source name, {source=..}, or {every_s=..}.")
+    models: list[ModelConfig] = Field(min_length=1, description="One model, or an ensemble.")
+    ensemble: EnsembleConfig | None = Field(None, description="Combine several models' outputs.")
+    cascade: CascadeConfig | None = Field(None, description="Classify the first model's detections.")
+    max_results: int | None = Field(None, ge=1, description="Stop after this many results.")
+
+    @model_validator(mode="after")
+    def _shape(self) -> PipelineConfig:
+        if len(self.models) > 1 and self.ensemble is None:
+            raise ValueError("several models need an [pipelines.ensemble] table")
+        if self.cascade is not None and len(self.models) != 1:
+            raise ValueError("a cascade has exactly one detector model")
+        return self
+
+
+class Config(Strict):
+    device: DeviceConfig = Field(default_factory=DeviceConfig, description="This device.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Inference backend.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection.")
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Health reports.")
+    sources: dict[str, SourceConfig] = Field(default_factory=dict, description="Named inputs.")
+    pipelines: list[PipelineConfig] = Field(min_length=1, description="What runs.")
+    base_dir: Path = Field(
+        Path("."), description="Folder relative paths resolve against (set by the loader)."
+    )
+
+    def resolve(self, path: str) -> Path:
+        """A config path as a file: ``bundled:``, ``demo:``, ``~``, relative to the config's folder."""
+        if path.startswith("bundled:"):
+            return BUNDLED_MODELS / path.removeprefix("bundled:")
+        if path.startswith("demo:"):
+            return self.device.state_dir / "demo" / path.removeprefix("demo:")
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+# -- cross-references, checked after the schema ------------------------------------------------
+
+CAMERA_KINDS = {"image"}
+SENSOR_KINDS = {"vector", "window"}
+
+
+def _references(config: Config) -> list[str]:
+    problems: list[str] = []
+    for name in config.sources:
+        if not NAME_RE.match(name):
+            problems.append(f"sources.{name}: {name!r}: source name {NAME_RULE}")
+    seen: set[str] = set()
+    for i, p in enumerate(config.pipelines):
+        where = f"pipelines[{i}]"
+        if p.name in seen:
+            problems.append(f"{where}.name: {p.name!r}: duplicate pipeline name")
+        seen.add(p.name)
+        if isinstance(p.trigger, SourceTrigger) and p.trigger.source not in config.sources:
+            problems.append(f"{where}.trigger: {p.trigger.source!r}: no source of that name")
+        models = [(f"{where}.models[{j}]", m) for j, m in enumerate(p.models)]
+        if p.cascade is not None:
+            models.append((f"{where}.cascade.classifier", p.cascade.classifier))
+        for mwhere, model in models:
+            problems += _model_references(config, mwhere, model, cascade_child=mwhere.endswith("classifier"))
+    return problems
+
+
+def _model_references(config: Config, where: str, model: ModelConfig, cascade_child: bool) -> list[str]:
+    problems: list[str] = []
+    path = config.resolve(model.path)
+    if not model.path.startswith("demo:") and not path.is_file():
+        problems.append(f"{where}.path: {model.path!r}: no such file ({path})")
+    for k, binding in enumerate(model.inputs):
+        bwhere = f"{where}.inputs[{k}]"
+        source = config.sources.get(binding.source)
+        if source is None:
+            if not (cascade_child and binding.source == "crop"):
+                problems.append(f"{bwhere}.source: {binding.source!r}: no source of that name")
+            continue
+        camera = source.type == "camera"
+        if binding.kind in CAMERA_KINDS and not camera:
+            problems.append(f"{bwhere}.source: {binding.source!r}: an image input needs a camera source")
+        if binding.kind in SENSOR_KINDS and camera:
+            problems.append(
+                f"{bwhere}.source: {binding.source!r}: a {binding.kind} input needs a sensor source"
+            )
+    return problems
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def _walk(data: Any, loc: Sequence[int | str]) -> tuple[str, Any]:
+    """Render a pydantic error location against the raw data.
+
+    Components found in the data are followed; an absent last component is a missing key and
+    is named; other absent components are union tags (``camera``, ``function-after``) and skipped.
+    """
+    path = ""
+    node: Any = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path += f".{part}" if path else str(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path += f"[{part}]"
+        elif i == len(loc) - 1 and isinstance(part, str):
+            path += f".{part}" if path else part
+            node = None
+    return path or "(top)", node
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, dict) else "{...}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_errors(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for err in exc.errors():
+        path, node = _walk(data, err["loc"])
+        value = (
+            _short(node)
+            if node is not None
+            else "(missing)"
+            if err["type"] == "missing"
+            else _short(err.get("input"))
+        )
+        message = err["msg"].removeprefix("Value error, ")
+        line = f"{path}: {value}: {message}"
+        if line not in problems:
+            problems.append(line)
+    return problems
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML syntax when it parses (numbers, booleans, arrays, inline tables),
+    else the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``KEY=VALUE`` (dotted path; list items by index, as in ``pipelines.0.models.0.threads``)."""
+    if "=" not in assignment:
+        raise ConfigError([f"--set {assignment}: expected KEY=VALUE"], "--set")
+    key, _, raw = assignment.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError([f"--set {assignment}: empty key"], "--set")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError([f"--set {key}: {here}: no list item {part}"], "--set")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError([f"--set {key}: {here}: is not a table"], "--set")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError([f"--set {key}: no list item {last}"], "--set")
+        node[int(last)] = parse_value(raw)
+    elif isinstance(node, dict):
+        node[last] = parse_value(raw)
+    else:
+        raise ConfigError([f"--set {key}: {'.'.join(parts[:-1])}: is not a table"], "--set")
+
+
+def validate(data: dict[str, Any], base_dir: Path, source: str = "config") -> Config:
+    """Validate raw TOML data; raise :class:`ConfigError` listing every problem."""
+    data = dict(data)
+    data["base_dir"] = str(base_dir)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, data), source) from None
+    problems = _references(config)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file"], str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"], str(path)) from None
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"], str(path)) from None
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load the TOML file at ``path`` (the embedded demo when None), apply ``--set`` overrides."""
+    file = Path(path) if path is not None else DEMO_CONFIG
+    data = read_toml(file)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return validate(data, file.resolve().parent, str(file))

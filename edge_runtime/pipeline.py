@@ -1,0 +1,406 @@
+"""A pipeline: trigger -> fuse -> invoke -> postprocess -> emit, on its own worker thread.
+
+A pipeline runs one model, an ensemble (several models on the same inputs, their class scores
+combined by weighted mean or vote) or a cascade (a detector's boxes cropped from the frame and
+classified by a second model). Every result carries per-stage timings. The trigger time is the
+capture time of the frame (or sample) that triggered it, never the time the worker got to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_runtime.config import (
+    CascadeConfig,
+    Config,
+    EveryTrigger,
+    ImageInput,
+    ModelConfig,
+    PipelineConfig,
+    VectorInput,
+    WindowInput,
+)
+from edge_runtime.errors import EdgeRuntimeError, PipelineError
+from edge_runtime.fusion import ImageBuilder, SensorBuilder, StaleInput
+from edge_runtime.geometry import ImageTransform
+from edge_runtime.postprocess import (
+    ClassificationConfig,
+    Postprocessor,
+    combine_mean,
+    combine_vote,
+    read_labels,
+)
+from edge_runtime.runtime.model import Model, TensorSpec
+from edge_runtime.sources.base import Frame, Source
+from edge_runtime.stats import LatencyWindow, RateMeter
+
+log = logging.getLogger(__name__)
+
+CROP_SOURCE = "crop"  # the image input of a cascade's classifier
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Trigger:
+    t_mono: float
+    t_wall: float
+    source: str
+    seq: int
+    frame: Frame | None
+
+
+def _find_input(model: Model, ref: int | str) -> TensorSpec:
+    for spec in model.inputs:
+        if (spec.position == ref) if isinstance(ref, int) else (spec.name == ref or ref in spec.name):
+            return spec
+    names = ", ".join(f"{s.position}:{s.name}" for s in model.inputs)
+    raise PipelineError(f"{model.path.name}: no input {ref!r}; inputs are {names}")
+
+
+class ModelRunner:
+    """One model with the builders of its inputs and the post-processors of its outputs."""
+
+    def __init__(self, mc: ModelConfig, config: Config, sources: Mapping[str, Source], where: str) -> None:
+        self.config = mc
+        try:
+            self.model = Model(
+                config.resolve(mc.path),
+                delegates=list(mc.delegates),
+                threads=mc.threads,
+                backend=config.runtime.backend,
+                name=mc.name,
+            )
+        except EdgeRuntimeError as exc:
+            raise PipelineError(f"{where}: {exc}") from exc
+        self.images: list[tuple[int, ImageBuilder, str]] = []
+        self.sensors: list[tuple[int, SensorBuilder]] = []
+        used: set[int] = set()
+        for binding in mc.inputs:
+            spec = _find_input(self.model, binding.input)
+            if spec.position in used:
+                raise PipelineError(f"{where}: input {spec.name!r} is bound twice")
+            used.add(spec.position)
+            if isinstance(binding, ImageInput):
+                builder = ImageBuilder(
+                    spec, binding.resize, binding.color, binding.pad_value, binding.mean, binding.std
+                )
+                self.images.append((spec.position, builder, binding.source))
+            else:
+                buffers = getattr(sources.get(binding.source), "buffers", None)
+                if buffers is None:
+                    raise PipelineError(f"{where}: source {binding.source!r} has no sensor channels")
+                if isinstance(binding, VectorInput):
+                    sb = SensorBuilder(
+                        spec, buffers, binding.channels, binding.stale, binding.max_age_s, binding.sample
+                    )
+                else:
+                    assert isinstance(binding, WindowInput)
+                    window = (binding.window_s, binding.samples)
+                    sb = SensorBuilder(
+                        spec, buffers, binding.channels, binding.stale, binding.max_age_s, window=window
+                    )
+                self.sensors.append((spec.position, sb))
+        missing = [s.name for s in self.model.inputs if s.position not in used]
+        if missing:
+            raise PipelineError(f"{where}: model inputs {missing} are not bound to any source")
+        self.heads: dict[str, Postprocessor] = {}
+        heads = mc.postprocess if isinstance(mc.postprocess, dict) else {"": mc.postprocess}
+        size = (self.images[0][1].width, self.images[0][1].height) if self.images else None
+        for head, pc in heads.items():
+            labels = None
+            if not hasattr(pc, "labels"):
+                labels = None
+            elif isinstance(pc.labels, str):
+                labels = read_labels(config.resolve(pc.labels))
+            try:
+                self.heads[head] = Postprocessor(
+                    pc, self.model.outputs, labels, input_size=size, model=self.model.name
+                )
+            except EdgeRuntimeError as exc:
+                raise PipelineError(f"{where}: {exc}") from exc
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"name": self.model.name, "sha256": self.model.sha256, "version": self.config.version}
+
+    def fill(self, frames: Mapping[str, Frame | npt.NDArray[np.uint8]], t: float) -> ImageTransform | None:
+        """Set every input for trigger time ``t``; returns the first image's transform."""
+        transform = None
+        for position, image_builder, source in self.images:
+            frame = frames.get(source)
+            if frame is None:
+                raise StaleInput(f"no frame from {source!r} yet")
+            pixels = frame.image if isinstance(frame, Frame) else frame
+            self.model.set_input(position, image_builder.build(pixels))
+            transform = transform or image_builder.transform
+        for position, sensor_builder in self.sensors:
+            self.model.set_input(position, sensor_builder.build(t))
+        return transform
+
+    def invoke(self) -> list[npt.NDArray[Any]]:
+        self.model.run()
+        return [self.model.output(i) for i in range(len(self.model.outputs))]
+
+    def post(self, outputs: list[npt.NDArray[Any]], transform: ImageTransform | None) -> dict[str, Any]:
+        if "" in self.heads:
+            return self.heads[""].process(outputs, transform)
+        results = {name: pp.process(outputs, transform) for name, pp in self.heads.items()}
+        results["event"] = any(r.get("event") for r in results.values())  # type: ignore[assignment]
+        return results
+
+
+class Pipeline:
+    """One configured pipeline and its worker thread."""
+
+    def __init__(
+        self,
+        pc: PipelineConfig,
+        config: Config,
+        sources: Mapping[str, Source],
+        emit: Emit,
+        device: str,
+        seq_start: int = 0,
+    ) -> None:
+        where = f"pipeline {pc.name}"
+        self.config = pc
+        self.name = pc.name
+        self.device = device
+        self.emit = emit
+        self.sources = sources
+        self.runners = [
+            ModelRunner(m, config, sources, f"{where}: models[{i}]") for i, m in enumerate(pc.models)
+        ]
+        self.cascade: ModelRunner | None = None
+        if pc.cascade is not None:
+            self._check_cascade(pc.cascade, where)
+            self.cascade = ModelRunner(pc.cascade.classifier, config, sources, f"{where}: cascade.classifier")
+        if pc.ensemble is not None:
+            for r in self.runners:
+                if not isinstance(r.config.postprocess, ClassificationConfig):
+                    raise PipelineError(f"{where}: ensemble members must use classification post-processing")
+        trigger = pc.trigger
+        self.trigger_source = None if isinstance(trigger, EveryTrigger) else sources[trigger.source]
+        self.seq = seq_start
+        self.results = 0
+        self.triggers = 0
+        self.skipped = 0
+        self.errors = 0
+        self.dropped = 0
+        self.last_error = ""
+        self.paused = False
+        self.finished = False
+        self.busy_since: float | None = None
+        self.last_progress = time.monotonic()
+        self.latency = {k: LatencyWindow() for k in ("pre", "invoke", "post", "total")}
+        self.fps_in = RateMeter()
+        self.fps_out = RateMeter()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_seq = 0
+
+    def _check_cascade(self, cascade: CascadeConfig, where: str) -> None:
+        runner = self.runners[0]
+        if not runner.images or "" not in runner.heads:
+            raise PipelineError(f"{where}: a cascade's detector needs an image input and one detection head")
+        classifier_images = [b for b in cascade.classifier.inputs if isinstance(b, ImageInput)]
+        if len(classifier_images) != 1 or classifier_images[0].source != CROP_SOURCE:
+            raise PipelineError(f"{where}: the cascade classifier needs one image input with source = 'crop'")
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.name}", daemon=True)
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the inference in flight."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def _wait(self) -> Trigger | None:
+        trigger = self.config.trigger
+        if isinstance(trigger, EveryTrigger):
+            now = time.monotonic()
+            next_t = getattr(self, "_next_tick", now)
+            if next_t > now and self._stop.wait(next_t - now):
+                return None
+            self._next_tick = max(next_t + trigger.every_s, time.monotonic())
+            return Trigger(time.monotonic(), time.time(), "every", self.triggers + 1, None)
+        source = self.trigger_source
+        assert source is not None
+        get = getattr(source, "get", None)
+        if get is not None:  # a camera: each new frame, with its own capture time
+            frame: Frame | None = get(self._last_seq, 0.5)
+            if frame is None:
+                return None
+            if self._last_seq and frame.seq > self._last_seq + 1:
+                self.dropped += frame.seq - self._last_seq - 1
+            self._last_seq = frame.seq
+            return Trigger(frame.t_mono, frame.t_wall, source.name, frame.seq, frame)
+        seq = source.wait_for(self._last_seq, 0.5)
+        if seq == self._last_seq or source.last_sample_mono is None:
+            return None
+        self._last_seq = seq
+        t_mono = source.last_sample_mono
+        return Trigger(t_mono, time.time() - (time.monotonic() - t_mono), source.name, seq, None)
+
+    def _run(self) -> None:
+        min_gap = getattr(self.config.trigger, "min_interval_s", 0.0)
+        last_t = float("-inf")
+        while not self._stop.is_set():
+            self.last_progress = time.monotonic()
+            trig = self._wait()
+            if trig is None:
+                if self.trigger_source is not None and self.trigger_source.finished:
+                    self.finished = True
+                    log.info("pipeline %s: source %s finished", self.name, self.trigger_source.name)
+                    return
+                continue
+            if self.paused or trig.t_mono - last_t < min_gap:
+                continue
+            last_t = trig.t_mono
+            self.triggers += 1
+            self.fps_in.tick()
+            self.busy_since = time.monotonic()
+            try:
+                self._infer(trig)
+            except StaleInput as exc:
+                self.skipped += 1
+                log.debug("pipeline %s: skipped: %s", self.name, exc)
+            except EdgeRuntimeError as exc:
+                self.errors += 1
+                self.last_error = str(exc)
+                log.error("pipeline %s: %s", self.name, exc)
+            finally:
+                self.busy_since = None
+            max_results = self.config.max_results
+            if max_results is not None and self.results >= max_results:
+                self.finished = True
+                return
+
+    def _frames(self, trig: Trigger) -> dict[str, Frame]:
+        frames: dict[str, Frame] = {}
+        if trig.frame is not None:
+            frames[trig.source] = trig.frame
+        for runner in self.runners:
+            for _, _, source in runner.images:
+                if source not in frames:
+                    latest = getattr(self.sources[source], "latest", None)
+                    frame = latest() if latest is not None else None
+                    if frame is not None:
+                        frames[source] = frame
+        return frames
+
+    def _infer(self, trig: Trigger) -> None:
+        t0 = time.perf_counter()
+        frames = self._frames(trig)
+        transforms = [r.fill(frames, trig.t_mono) for r in self.runners]
+        t1 = time.perf_counter()
+        outputs = [r.invoke() for r in self.runners]
+        t2 = time.perf_counter()
+        if self.config.ensemble is not None:
+            result = self._combine(outputs)
+        else:
+            result = self.runners[0].post(outputs[0], transforms[0])
+        cascade_invoke_ms = 0.0
+        if self.cascade is not None:
+            cascade_invoke_ms = self._classify_crops(result, frames.get(self.runners[0].images[0][2]))
+        t4 = time.perf_counter()
+        latency = {
+            "pre": (t1 - t0) * 1000,
+            "invoke": (t2 - t1) * 1000 + cascade_invoke_ms,
+            "post": (t4 - t2) * 1000 - cascade_invoke_ms,
+            "total": (t4 - t0) * 1000,
+        }
+        for key, value in latency.items():
+            self.latency[key].add(value)
+        self.seq += 1
+        self.results += 1
+        self.fps_out.tick()
+        self.emit(
+            {
+                "v": 1,
+                "device": self.device,
+                "pipeline": self.name,
+                "seq": self.seq,
+                "ts": round(time.time(), 3),
+                "frame_ts": round(trig.t_wall, 3),
+                "trigger": {"source": trig.source, "seq": trig.seq},
+                "model": self.runners[0].info,
+                "latency_ms": {k: round(v, 3) for k, v in latency.items()},
+                "result": result,
+            }
+        )
+
+    def _combine(self, outputs: list[list[npt.NDArray[Any]]]) -> dict[str, Any]:
+        assert self.config.ensemble is not None
+        probs = [r.heads[""].probabilities(o) for r, o in zip(self.runners, outputs, strict=True)]
+        weights = [r.config.weight for r in self.runners]
+        combine = combine_mean if self.config.ensemble.combine == "mean" else combine_vote
+        combined = combine(probs, weights)
+        result = self.runners[0].heads[""].classification_result(combined)
+        result["combine"] = self.config.ensemble.combine
+        result["members"] = [
+            {**r.info, "top": r.heads[""].classification_result(p)["top"][:1]}
+            for r, p in zip(self.runners, probs, strict=True)
+        ]
+        return result
+
+    def _classify_crops(self, result: dict[str, Any], frame: Frame | None) -> float:
+        """Classify each detection's crop; returns the classifier's invoke time in ms."""
+        assert self.cascade is not None and self.config.cascade is not None
+        if frame is None:
+            return 0.0
+        pad = self.config.cascade.padding
+        h, w = frame.image.shape[:2]
+        spent = 0.0
+        for det in result.get("detections", [])[: self.config.cascade.max_crops]:
+            x1, y1, x2, y2 = det["box"]
+            bw, bh = x2 - x1, y2 - y1
+            xa, ya = max(0, int(x1 - pad * bw)), max(0, int(y1 - pad * bh))
+            xb, yb = min(w, int(np.ceil(x2 + pad * bw))), min(h, int(np.ceil(y2 + pad * bh)))
+            if xb - xa < 2 or yb - ya < 2:
+                continue
+            crop = np.ascontiguousarray(frame.image[ya:yb, xa:xb])
+            self.cascade.fill({CROP_SOURCE: crop}, frame.t_mono)
+            t0 = time.perf_counter()
+            outs = self.cascade.invoke()
+            spent += (time.perf_counter() - t0) * 1000
+            det["class"] = self.cascade.post(outs, None)
+        return spent
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "results": self.results,
+            "triggers": self.triggers,
+            "skipped_stale": self.skipped,
+            "dropped_frames": self.dropped,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "fps_in": self.fps_in.rate(),
+            "fps_out": self.fps_out.rate(),
+            "paused": self.paused,
+            "latency_ms": {k: v.percentiles() for k, v in self.latency.items()},
+            "models": [
+                {**r.info, "delegate": r.model.delegate, "placement": r.model.placement} for r in self.runners
+            ],
+        }

@@ -1,0 +1,222 @@
+"""What every source shares: samples, the thread that reads them, backoff and counters.
+
+A source owns one thread that reads its device and keeps only what the pipelines need: a camera
+keeps the latest frame (never a growing queue), a sensor keeps bounded per-channel ring buffers.
+Pipelines wait on a source for news with :meth:`Source.wait_for`, which returns as soon as a
+sample newer than the one they last saw arrives. Times are monotonic (``time.monotonic()``)
+for alignment, plus the wall clock for reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+
+class BackoffConfig(BaseModel):
+    """Reconnect delays: ``initial_s``, multiplied by ``factor`` after each failure, capped at ``max_s``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    initial_s: float = Field(0.5, gt=0, description="First delay after a failure, in seconds.")
+    max_s: float = Field(30.0, gt=0, description="Longest delay between attempts, in seconds.")
+    factor: float = Field(2.0, ge=1.0, description="Growth of the delay after each failure.")
+    jitter: float = Field(0.1, ge=0, le=1, description="Random spread, as a share of the delay.")
+
+
+class Backoff:
+    """Exponential backoff with jitter; :meth:`reset` after a success."""
+
+    def __init__(self, config: BackoffConfig | None = None, rng: random.Random | None = None) -> None:
+        self.config = config or BackoffConfig()
+        self.attempts = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        c = self.config
+        delay = min(c.initial_s * c.factor**self.attempts, c.max_s)
+        self.attempts += 1
+        spread = delay * c.jitter
+        return float(max(0.0, delay + self._rng.uniform(-spread, spread)))
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One camera frame: BGR uint8 pixels and when they were captured."""
+
+    image: npt.NDArray[np.uint8]
+    seq: int
+    t_mono: float
+    t_wall: float
+
+
+class SourceConfigBase(BaseModel):
+    """Options every source has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reconnect: BackoffConfig = Field(
+        default_factory=BackoffConfig, description="Backoff between reconnect attempts."
+    )
+
+
+class Source:
+    """Base of camera, serial and replay sources: one reader thread, state and counters.
+
+    Subclasses implement :meth:`_open`, :meth:`_read_once` and :meth:`_close`. ``_read_once``
+    returns False when the device is gone or the stream ended (the base reconnects with backoff)
+    and raises :class:`~edge_runtime.errors.SourceError` on a failure worth logging.
+    """
+
+    kind: ClassVar[str] = "source"
+
+    def __init__(
+        self, name: str, config: SourceConfigBase, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.clock = clock
+        self.state = "stopped"
+        self.last_error = ""
+        self.reconnects = 0
+        self.samples = 0
+        self.last_sample_mono: float | None = None
+        self.seq = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff = Backoff(config.reconnect)
+        self._listeners: list[Callable[[str, str, str], None]] = []
+        self.finished = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[str, str, str], None]) -> None:
+        """``listener(source_name, state, detail)`` is called on every state change."""
+        self._listeners.append(listener)
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        if state == self.state:
+            return
+        self.state = state
+        if detail:
+            self.last_error = detail if state == "down" else self.last_error
+        level = logging.WARNING if state == "down" else logging.INFO
+        log.log(level, "source %s is %s%s", self.name, state, f": {detail}" if detail else "")
+        for listener in self._listeners:
+            listener(self.name, state, detail)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._set_state("starting")
+        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._set_state("stopped")
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        from edge_runtime.errors import SourceError
+
+        while not self._stop.is_set():
+            try:
+                self._open()
+            except SourceError as exc:
+                self._set_state("down", str(exc))
+                self._sleep(self._backoff.next_delay())
+                self.reconnects += 1
+                continue
+            self._set_state("up")
+            self._backoff.reset()
+            try:
+                while not self._stop.is_set():
+                    if not self._read_once():
+                        break
+            except SourceError as exc:
+                self._set_state("down", str(exc))
+            finally:
+                self._close()
+            if self._stop.is_set() or self.finished:
+                break
+            if self.state != "down":
+                self._set_state("down", "stream ended or device gone")
+            self._sleep(self._backoff.next_delay())
+            self.reconnects += 1
+        if self.finished:
+            self._set_state("finished")
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    # -- subclass hooks --------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _read_once(self) -> bool:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    # -- news for pipelines ------------------------------------------------------------------------
+
+    def _publish(self, t_mono: float) -> None:
+        """Subclasses call this after storing a new sample."""
+        with self._cond:
+            self.seq += 1
+            self.samples += 1
+            self.last_sample_mono = t_mono
+            self._cond.notify_all()
+
+    def wait_for(self, after_seq: int, timeout: float) -> int:
+        """Block until ``seq`` passes ``after_seq`` (returns the new seq) or ``timeout`` (returns
+        ``after_seq``), or until the source stops."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.seq <= after_seq and not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self.seq
+
+    def last_sample_age(self) -> float | None:
+        return None if self.last_sample_mono is None else self.clock() - self.last_sample_mono
+
+    def stats(self) -> dict[str, Any]:
+        age = self.last_sample_age()
+        return {
+            "type": self.kind,
+            "state": self.state,
+            "samples": self.samples,
+            "reconnects": self.reconnects,
+            "last_sample_age_s": None if age is None else round(age, 3),
+            "last_error": self.last_error,
+        }
