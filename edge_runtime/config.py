@@ -32,7 +32,7 @@ from pydantic import (
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.postprocess import PostprocessConfig
-from edge_runtime.runtime.delegates import DelegateConfig
+from edge_runtime.runtime.delegates import CpuConfig, DelegateConfig
 from edge_runtime.sources import SourceConfig
 
 if sys.version_info >= (3, 11):
@@ -172,7 +172,7 @@ class ModelConfig(Strict):
     name: str | None = Field(None, description="Name in results (default: the file's stem).")
     version: str = Field("", description="Version reported with results.")
     delegates: list[ChainEntry] = Field(
-        default_factory=lambda: [{"type": "cpu"}],  # type: ignore[arg-type]
+        default_factory=lambda: [CpuConfig()],  # type: ignore[arg-type]  # list is invariant
         min_length=1,
         description="Delegates tried in order; the first that loads wins.",
     )
@@ -246,6 +246,26 @@ class Config(Strict):
     base_dir: Path = Field(
         Path("."), description="Folder relative paths resolve against (set by the loader)."
     )
+
+    def paths(self) -> list[str]:
+        """Every file path the config names: models, labels, camera files and replay files."""
+        found: list[str] = []
+        for pipeline in self.pipelines:
+            models = list(pipeline.models) + ([pipeline.cascade.classifier] if pipeline.cascade else [])
+            for model in models:
+                found.append(model.path)
+                heads = (
+                    model.postprocess.values() if isinstance(model.postprocess, dict) else [model.postprocess]
+                )
+                for head in heads:
+                    labels = getattr(head, "labels", None)
+                    if isinstance(labels, str):
+                        found.append(labels)
+        for source in self.sources.values():
+            value = getattr(source, "uri", None) or getattr(source, "path", None)
+            if isinstance(value, str):
+                found.append(value)
+        return found
 
     def resolve(self, path: str) -> Path:
         """A config path as a file: ``bundled:``, ``demo:``, ``~``, relative to the config's folder."""

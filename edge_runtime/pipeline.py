@@ -194,6 +194,8 @@ class Pipeline:
         self.skipped = 0
         self.errors = 0
         self.dropped = 0
+        self.rate_limited = 0
+        self.paused_skips = 0
         self.last_error = ""
         self.paused = False
         self.finished = False
@@ -252,7 +254,7 @@ class Pipeline:
             frame: Frame | None = get(self._last_seq, 0.5)
             if frame is None:
                 return None
-            if self._last_seq and frame.seq > self._last_seq + 1:
+            if frame.seq > self._last_seq + 1:  # frames this pipeline never saw
                 self.dropped += frame.seq - self._last_seq - 1
             self._last_seq = frame.seq
             return Trigger(frame.t_mono, frame.t_wall, source.name, frame.seq, frame)
@@ -270,12 +272,20 @@ class Pipeline:
             self.last_progress = time.monotonic()
             trig = self._wait()
             if trig is None:
-                if self.trigger_source is not None and self.trigger_source.finished:
+                source = self.trigger_source
+                if source is not None and source.finished:
+                    if getattr(source, "get", None) is not None and source.seq > self._last_seq:
+                        self.dropped += source.seq - self._last_seq  # released after our last frame
+                        self._last_seq = source.seq
                     self.finished = True
-                    log.info("pipeline %s: source %s finished", self.name, self.trigger_source.name)
+                    log.info("pipeline %s: source %s finished", self.name, source.name)
                     return
                 continue
-            if self.paused or trig.t_mono - last_t < min_gap:
+            if self.paused:
+                self.paused_skips += 1
+                continue
+            if trig.t_mono - last_t < min_gap:
+                self.rate_limited += 1
                 continue
             last_t = trig.t_mono
             self.triggers += 1
@@ -394,6 +404,8 @@ class Pipeline:
             "triggers": self.triggers,
             "skipped_stale": self.skipped,
             "dropped_frames": self.dropped,
+            "rate_limited": self.rate_limited,
+            "paused_skips": self.paused_skips,
             "errors": self.errors,
             "last_error": self.last_error,
             "fps_in": self.fps_in.rate(),

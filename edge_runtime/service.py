@@ -7,6 +7,7 @@ the inference in flight, sources close, sinks flush.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -78,8 +79,7 @@ class Service:
     # -- building ----------------------------------------------------------------------------------
 
     def _uses_demo(self) -> bool:
-        text = self.config.model_dump_json()
-        return '"demo:' in text
+        return any(p.startswith("demo:") for p in self.config.paths())
 
     def build(self) -> None:
         """Create sources and load every model; raises on the first pipeline that cannot be built."""
@@ -163,6 +163,10 @@ class Service:
             source.stop(max(0.05, deadline - time.monotonic()))
         for sink in self.sinks:
             sink.close()
+        for pipeline in self.pipelines:
+            log.info("pipeline %s stats: %s", pipeline.name, json.dumps(pipeline.stats()))
+        for name, source in self.sources.items():
+            log.info("source %s stats: %s", name, json.dumps(source.stats()))
 
 
 def resolve_source_paths(config: Config, sc: SourceConfig) -> SourceConfig:
