@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import MODELS
+from realparts import socat_pair, stop_process, wait_until
 
 from edge_runtime.demo import write_digits_video
 from edge_runtime.synthetic import SAMPLE_RATE_HZ, vibration_samples
-from conftest import MODELS
-from realparts import socat_pair, stop_process, wait_until
 
 pytestmark = pytest.mark.backend
 
@@ -34,10 +34,20 @@ postprocess = {{ type = "classification", labels = "{MODELS}/digits_labels.txt",
 FUSED = f"""
 [[pipelines.models]]
 path = "{MODELS}/fused_int8.tflite"
-inputs = [
-  {{ kind = "image", source = "camera", input = "image", resize = "crop", color = "gray", std = 255.0 }},
-  {{ kind = "window", source = "vib", input = "vibration", channels = ["ax", "ay", "az"], window_s = 0.64, samples = 64 }},
-]
+[[pipelines.models.inputs]]
+kind = "image"
+source = "camera"
+input = "image"
+resize = "crop"
+color = "gray"
+std = 255.0
+[[pipelines.models.inputs]]
+kind = "window"
+source = "vib"
+input = "vibration"
+channels = ["ax", "ay", "az"]
+window_s = 0.64
+samples = 64
 [pipelines.models.postprocess.state]
 type = "classification"
 output = 0
@@ -215,6 +225,19 @@ class VibrationWriter:
         return current, wall - since
 
 
+def collect(proc: subprocess.Popen[str], lines: list[dict[str, Any]]) -> threading.Thread:
+    """Read the daemon's JSON lines into ``lines`` on a thread."""
+    stream = proc.stdout
+    assert stream is not None
+
+    def read() -> None:
+        lines.extend(json.loads(line) for line in stream)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
 @contextmanager
 def daemon(config: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
     backend = os.environ.get("EDGE_RUNTIME_TEST_BACKEND", "auto")
@@ -324,10 +347,7 @@ trigger = {{ source = "vib", min_interval_s = 0.1 }}
         lines: list[dict[str, Any]] = []
         with daemon(config) as proc:
             assert proc.stdout is not None
-            reader = threading.Thread(
-                target=lambda: lines.extend(json.loads(x) for x in proc.stdout), daemon=True
-            )  # type: ignore[union-attr]
-            reader.start()
+            reader = collect(proc, lines)
             assert wait_until(lambda: len(lines) >= 5, 30), "no results before the unplug"
             writer.stop()
             pair.kill()
@@ -373,10 +393,7 @@ trigger = "camera"
     )
     lines: list[dict[str, Any]] = []
     with daemon(config) as proc:
-        reader = threading.Thread(
-            target=lambda: lines.extend(json.loads(x) for x in proc.stdout), daemon=True
-        )  # type: ignore[union-attr]
-        reader.start()
+        reader = collect(proc, lines)
         assert wait_until(lambda: len(lines) >= 5, 30)
         video.unlink()
         gone = time.time()
