@@ -121,8 +121,8 @@ def test_bench_all_backends_side_by_side() -> None:
         pytest.fail(f"{TFLITE_PYTHON} is missing: run ./dev.sh setup to create the tflite-runtime venv")
     model = BENCH_MODELS / "mobilenet_v2_int8.tflite"
     proc = cli(
-        "bench", str(model), "--backend", "all", "--python", str(TFLITE_PYTHON), "--runs", "3", "--warmup", "1",
-        "--threads", "2",
+        "bench", str(model), "--backend", "all", "--python", str(TFLITE_PYTHON),
+        "--runs", "3", "--warmup", "1", "--threads", "2",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line for line in proc.stdout.splitlines()[1:] if line.strip()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +150,5 @@ def test_mutated_model_bytes_never_crash_the_reader(data: st.DataObject) -> None
     for _ in range(data.draw(st.integers(1, 8))):
         position = data.draw(st.integers(0, len(original) - 1))
         original[position] = data.draw(st.integers(0, 255))
-    try:
+    with contextlib.suppress(EdgeRuntimeError):  # any other exception fails the test
         parse_model(bytes(original))
-    except EdgeRuntimeError:
-        pass

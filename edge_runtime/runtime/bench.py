@@ -125,10 +125,7 @@ def _run_child(python: str, backend: str, args: list[str]) -> tuple[BenchResult 
 
 
 def _has_backend(python: str, backend: str) -> tuple[bool, str]:
-    code = (
-        "import sys\nfrom edge_runtime.runtime.backend import get_backend\n"
-        f"get_backend({backend!r})\n"
-    )
+    code = f"import sys\nfrom edge_runtime.runtime.backend import get_backend\nget_backend({backend!r})\n"
     proc = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False, timeout=120)
     if proc.returncode == 0:
         return True, ""

@@ -190,9 +190,7 @@ class Model:
         else:
             arrays = inputs
         if len(arrays) != len(self.inputs):
-            raise InputError(
-                f"{self.path.name}: expects {len(self.inputs)} inputs, got {len(arrays)}"
-            )
+            raise InputError(f"{self.path.name}: expects {len(self.inputs)} inputs, got {len(arrays)}")
         for position, array in enumerate(arrays):
             self.set_input(position, array)
         self.run()

@@ -101,6 +101,4 @@ def apply_lut(image: npt.NDArray[np.uint8], lut: npt.NDArray[np.integer]) -> npt
     channels = lut.shape[1]
     if image.ndim < 1 or image.shape[-1] != channels:
         raise ValueError(f"a {channels}-channel table needs an image with {channels} channels")
-    return np.take_along_axis(lut, image.reshape(-1, channels).astype(np.intp), axis=0).reshape(
-        image.shape
-    )
+    return np.take_along_axis(lut, image.reshape(-1, channels).astype(np.intp), axis=0).reshape(image.shape)
