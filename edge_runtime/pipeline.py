@@ -370,7 +370,7 @@ class Pipeline:
         result = self.runners[0].heads[""].classification_result(combined)
         result["combine"] = self.config.ensemble.combine
         result["members"] = [
-            {**r.info, "top": r.heads[""].classification_result(p)["top"][:1]}
+            {**r.info, "weight": r.config.weight, "top": r.heads[""].classification_result(p)["top"]}
             for r, p in zip(self.runners, probs, strict=True)
         ]
         return result
