@@ -82,7 +82,7 @@ def _ensemble(
                                 "channels": ["ax", "ay", "az"],
                                 "window_s": 0.64,
                                 "samples": 64,
-                            },  # fmt: skip
+                            },
                         ],
                         "postprocess": {
                             "type": "classification",
