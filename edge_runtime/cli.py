@@ -85,14 +85,25 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge_runtime.config import load_config
+    from pathlib import Path
+
+    from edge_runtime.config import DEMO_CONFIG, load_config
     from edge_runtime.reporting.stdout import StdoutSink
     from edge_runtime.service import Service
 
-    config = load_config(args.config, args.set or ())
+    path = Path(args.config) if args.config else DEMO_CONFIG
+    config = load_config(path, args.set or ())
     if args.log_level is None:
         logging.getLogger().setLevel(config.device.log_level.upper())
-    service = Service(config, [StdoutSink()], max_results=args.max_results, duration_s=args.duration)
+    sinks = [] if args.quiet else [StdoutSink()]
+    service = Service(
+        config,
+        sinks,
+        config_path=path,
+        overrides=args.set or (),
+        max_results=args.max_results,
+        duration_s=args.duration,
+    )
     return service.run()
 
 
@@ -129,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--max-results", type=_positive, default=None, help="stop after N results in total")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument("--quiet", "-q", action="store_true", help="do not print results on stdout")
     p.set_defaults(func=_cmd_run, default_level="info")
 
     p = sub.add_parser("validate-config", help="check a config file and report every error")

@@ -34,6 +34,7 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.postprocess import PostprocessConfig
 from edge_runtime.runtime.delegates import CpuConfig, DelegateConfig
 from edge_runtime.sources import SourceConfig
+from edge_runtime.sources.base import BackoffConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,15 +101,46 @@ class TlsConfig(Strict):
     required: bool = Field(False, description="Refuse to start unless TLS is configured.")
 
 
+class PublishConfig(Strict):
+    qos: Literal[0, 1, 2] | None = Field(None, description="QoS of this kind (default: mqtt.qos).")
+    retain: bool = Field(False, description="Publish retained.")
+
+
 class MqttConfig(Strict):
     enabled: bool = Field(True, description="Publish to a broker; results also go to the outbox.")
     host: str = Field("localhost", description="Broker host name or address.")
     port: int = Field(1883, ge=1, le=65535, description="Broker port.")
     prefix: Name = Field("edge", description="First level of every topic.")
-    qos: Literal[0, 1, 2] = Field(1, description="QoS of results and events.")
+    qos: Literal[0, 1, 2] = Field(1, description="Default QoS of results and events.")
     username: str = Field("", description="User name; the password comes from password_file.")
-    password_file: str = Field("", description="File holding the password (first line).")
+    password_file: str = Field("", description="File holding the password (first line); never logged.")
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
+    client_id: str = Field("", description="MQTT client id (default: edge-runtime-{device.id}).")
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="Keepalive interval in seconds.")
+    session_expiry_s: int = Field(3600, ge=0, description="MQTT 5 session expiry in seconds.")
+    reconnect: BackoffConfig = Field(
+        default_factory=lambda: BackoffConfig(initial_s=1.0, max_s=60.0, factor=2.0, jitter=0.3),
+        description="Jittered exponential backoff between connection attempts.",
+    )
+    results: PublishConfig = Field(default_factory=PublishConfig, description="QoS and retain of results.")
+    events: PublishConfig = Field(default_factory=PublishConfig, description="QoS and retain of events.")
+    health: PublishConfig = Field(
+        default_factory=lambda: PublishConfig(qos=1, retain=True), description="QoS and retain of health."
+    )
+    max_inflight: int = Field(100, ge=1, le=65535, description="Unacknowledged messages in flight at most.")
+    max_command_bytes: int = Field(65536, ge=64, description="Larger command payloads are refused.")
+
+
+class OutboxConfig(Strict):
+    max_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="Outbox size bound; the oldest go first.")
+    max_count: int = Field(200_000, ge=10, description="Outbox message bound; the oldest go first.")
+
+
+class MetricsConfig(Strict):
+    enabled: bool = Field(False, description="Serve Prometheus metrics.")
+    host: str = Field("127.0.0.1", description="Address to listen on (loopback by default).")
+    port: int = Field(9108, ge=1, le=65535, description="Port to listen on.")
 
 
 class HealthConfig(Strict):
@@ -240,7 +272,9 @@ class Config(Strict):
     device: DeviceConfig = Field(default_factory=DeviceConfig, description="This device.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Inference backend.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection.")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward bounds.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reports.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
     sources: dict[str, SourceConfig] = Field(default_factory=dict, description="Named inputs.")
     pipelines: list[PipelineConfig] = Field(min_length=1, description="What runs.")
     base_dir: Path = Field(

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,15 @@ from edge_runtime.sources.base import Frame, Source
 from edge_runtime.stats import LatencyWindow, RateMeter
 
 log = logging.getLogger(__name__)
+
+
+class Budget(Protocol):
+    """A shared limit on results: taken before an inference, given back when it yields none."""
+
+    def take(self) -> bool: ...
+
+    def give_back(self) -> None: ...
+
 
 CROP_SOURCE = "crop"  # the image input of a cascade's classifier
 Emit = Callable[[dict[str, Any]], None]
@@ -168,6 +177,8 @@ class Pipeline:
         emit: Emit,
         device: str,
         seq_start: int = 0,
+        event: Callable[[str, str, dict[str, Any]], None] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         where = f"pipeline {pc.name}"
         self.config = pc
@@ -189,6 +200,9 @@ class Pipeline:
         trigger = pc.trigger
         self.trigger_source = None if isinstance(trigger, EveryTrigger) else sources[trigger.source]
         self.seq = seq_start
+        self.event = event
+        self.budget = budget
+        self.last_result: dict[str, Any] | None = None
         self.results = 0
         self.triggers = 0
         self.skipped = 0
@@ -288,24 +302,36 @@ class Pipeline:
                 self.rate_limited += 1
                 continue
             last_t = trig.t_mono
+            if self.budget is not None and not self.budget.take():
+                self.finished = True  # the run's --max-results is reached: produce nothing more
+                return
             self.triggers += 1
             self.fps_in.tick()
             self.busy_since = time.monotonic()
             try:
                 self._infer(trig)
             except StaleInput as exc:
+                self._give_back()
                 self.skipped += 1
                 log.debug("pipeline %s: skipped: %s", self.name, exc)
             except EdgeRuntimeError as exc:
+                self._give_back()
                 self.errors += 1
+                if str(exc) != self.last_error:  # report each new error once, count them all
+                    log.error("pipeline %s: %s", self.name, exc)
+                    if self.event is not None:
+                        self.event("pipeline.error", f"pipeline {self.name}: {exc}", {"pipeline": self.name})
                 self.last_error = str(exc)
-                log.error("pipeline %s: %s", self.name, exc)
             finally:
                 self.busy_since = None
             max_results = self.config.max_results
             if max_results is not None and self.results >= max_results:
                 self.finished = True
                 return
+
+    def _give_back(self) -> None:
+        if self.budget is not None:
+            self.budget.give_back()
 
     def _frames(self, trig: Trigger) -> dict[str, Frame]:
         frames: dict[str, Frame] = {}
@@ -346,6 +372,7 @@ class Pipeline:
         self.seq += 1
         self.results += 1
         self.fps_out.tick()
+        self.last_result = result
         self.emit(
             {
                 "v": 1,

@@ -1,8 +1,9 @@
-"""The daemon: builds sources, pipelines and sinks from a Config and runs them until told to stop.
+"""The daemon: builds sources, pipelines and reporting from a Config and runs them until stopped.
 
 The main thread owns signals (SIGTERM and SIGINT stop it cleanly), the stop conditions
-(``--max-results``, ``--duration``, every pipeline finished) and shutdown: pipelines finish
-the inference in flight, sources close, sinks flush.
+(``--max-results``, ``--duration``, every pipeline finished) and shutdown: ``stopping`` is
+published, pipelines finish the inference in flight, sources close, the outbox is flushed while
+the broker is there, ``offline`` is published. A health timer publishes the retained health.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
 from edge_runtime import __version__
-from edge_runtime.config import Config
+from edge_runtime.config import Config, load_config
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.health import HealthReporter
 from edge_runtime.pipeline import Pipeline
+from edge_runtime.reporting.reporter import Reporter
 from edge_runtime.sources import SourceConfig, build_source
 from edge_runtime.sources.base import Source
 from edge_runtime.sources.camera import CameraConfig, uri_kind
@@ -48,10 +53,18 @@ class ResultBudget:
             self.used += 1
             return True
 
-    @property
-    def exhausted(self) -> bool:
+    def give_back(self) -> None:
         with self._lock:
-            return self.limit is not None and self.used >= self.limit
+            self.used = max(0, self.used - 1)
+
+
+def resolve_source_paths(config: Config, sc: SourceConfig) -> SourceConfig:
+    """A camera file or replay file path resolved against the config's folder (and demo:)."""
+    if isinstance(sc, CameraConfig) and isinstance(sc.uri, str) and uri_kind(sc.uri) == "file":
+        return sc.model_copy(update={"uri": str(config.resolve(sc.uri))})
+    if isinstance(sc, ReplayConfig):
+        return sc.model_copy(update={"path": str(config.resolve(sc.path))})
+    return sc
 
 
 class Service:
@@ -62,10 +75,14 @@ class Service:
         config: Config,
         sinks: Sequence[Sink],
         *,
+        config_path: Path | None = None,
+        overrides: Sequence[str] = (),
         max_results: int | None = None,
         duration_s: float | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
+        self.overrides = list(overrides)
         self.sinks = list(sinks)
         self.duration_s = duration_s
         self.budget = ResultBudget(max_results)
@@ -73,43 +90,90 @@ class Service:
         self.stop_reason = ""
         self.sources: dict[str, Source] = {}
         self.pipelines: list[Pipeline] = []
+        self.reporter: Reporter | None = None
+        self.health: HealthReporter | None = None
+        self.last_health: dict[str, Any] | None = None
         self.started_mono = time.monotonic()
+        self.reloads = 0
         self._emit_lock = threading.Lock()
+        self.emitted = 0
+        self._seqs: dict[str, int] = {}
+        self._swap_lock = threading.RLock()
+        self._health_thread: threading.Thread | None = None
+        self._metrics: Any = None
 
     # -- building ----------------------------------------------------------------------------------
 
-    def _uses_demo(self) -> bool:
-        return any(p.startswith("demo:") for p in self.config.paths())
-
     def build(self) -> None:
-        """Create sources and load every model; raises on the first pipeline that cannot be built."""
-        if self._uses_demo():
+        """Reporting first (so that build problems are reported), then sources and pipelines."""
+        self.reporter = Reporter(self.config, __version__, [p.name for p in self.config.pipelines])
+        from edge_runtime.reporting.handlers import register_commands
+
+        register_commands(self)
+        self.sources, self.pipelines = self._build_runtime(self.config)
+        self.health = HealthReporter(
+            version=__version__,
+            device=self.config.device.id,
+            state_dir=self.config.device.state_dir,
+            pipelines=lambda: {p.name: p.stats() for p in self.pipelines},
+            sources=lambda: {name: s.stats() for name, s in self.sources.items()},
+            outbox=self.reporter.outbox_stats,
+            mqtt=self.reporter.stats,
+        )
+
+    def _build_runtime(self, config: Config) -> tuple[dict[str, Source], list[Pipeline]]:
+        if any(p.startswith("demo:") for p in config.paths()):
             from edge_runtime.demo import ensure_assets
 
-            ensure_assets(self.config.device.state_dir)
-        for name, sc in self.config.sources.items():
-            self.sources[name] = build_source(name, resolve_source_paths(self.config, sc))
-        for pc in self.config.pipelines:
-            self.pipelines.append(Pipeline(pc, self.config, self.sources, self._emit, self.config.device.id))
-            for runner in self.pipelines[-1].runners:
+            ensure_assets(config.device.state_dir)
+        sources = {
+            name: build_source(name, resolve_source_paths(config, sc)) for name, sc in config.sources.items()
+        }
+        for source in sources.values():
+            source.add_listener(self._source_event)
+        pipelines: list[Pipeline] = []
+        assert self.reporter is not None
+        for pc in config.pipelines:
+            pipeline = Pipeline(
+                pc,
+                config,
+                sources,
+                self._emit,
+                config.device.id,
+                seq_start=max(self.reporter.last_seq(pc.name), self._seqs.get(pc.name, 0)),
+                event=self.reporter.event,
+                budget=self.budget if self.budget.limit is not None else None,
+            )
+            pipelines.append(pipeline)
+            for runner in pipeline.runners + ([pipeline.cascade] if pipeline.cascade else []):
+                model = runner.model
+                backend = f"{model.backend.name} {model.backend.version}"
                 log.info(
-                    "pipeline %s: model %s (%s) %s, backend %s %s",
-                    pc.name,
-                    runner.model.name,
-                    runner.model.sha256[:12],
-                    runner.model.placement,
-                    runner.model.backend.name,
-                    runner.model.backend.version,
-                )
+                    "pipeline %s: model %s (%s) %s, backend %s",
+                    pc.name, model.name, model.sha256[:12], model.placement, backend,
+                )  # fmt: skip
+                if model.failures:
+                    self.reporter.event(
+                        "delegate.fallback",
+                        f"pipeline {pc.name}: model {model.name}: {model.placement}",
+                        {"pipeline": pc.name, "model": model.name, "delegate": model.delegate},
+                    )
+        return sources, pipelines
+
+    def _source_event(self, name: str, state: str, detail: str) -> None:
+        if self.reporter is not None and state in ("up", "down", "finished"):
+            message = f"source {name} is {state}" + (f": {detail}" if detail else "")
+            self.reporter.event(f"source.{state}", message, {"source": name})
 
     def _emit(self, result: dict[str, Any]) -> None:
         with self._emit_lock:
-            if not self.budget.take():
-                self.stop("max results reached")
-                return
+            self.emitted += 1
+            self._seqs[result["pipeline"]] = result["seq"]
+            if self.reporter is not None:
+                self.reporter.publish(result)  # the outbox first: nothing is lost after this
             for sink in self.sinks:
                 sink.publish(result)
-            if self.budget.exhausted:
+            if self.budget.limit is not None and self.emitted >= self.budget.limit:
                 self.stop("max results reached")
 
     # -- running -----------------------------------------------------------------------------------
@@ -123,24 +187,68 @@ class Service:
         self.stop(signal.Signals(signum).name)
 
     def start(self) -> None:
+        assert self.reporter is not None
+        self.reporter.start()
+        self._start_runtime()
+        self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
+        self._health_thread.start()
+        if self.config.metrics.enabled:
+            from edge_runtime.reporting.metrics import MetricsServer
+
+            assert self.health is not None
+            self._metrics = MetricsServer(self.health, self.config.metrics.host, self.config.metrics.port)
+            self._metrics.start()
+        log.info(
+            "edge-runtime %s running: device %s, %d pipelines, %d sources, mqtt %s",
+            __version__, self.config.device.id, len(self.pipelines), len(self.sources),
+            f"{self.config.mqtt.host}:{self.config.mqtt.port}" if self.config.mqtt.enabled else "off",
+        )  # fmt: skip
+
+    def _start_runtime(self) -> None:
         for source in self.sources.values():
             source.start()
         for pipeline in self.pipelines:
             pipeline.start()
-        log.info(
-            "edge-runtime %s running: device %s, %d pipelines, %d sources",
-            __version__,
-            self.config.device.id,
-            len(self.pipelines),
-            len(self.sources),
-        )
+
+    def _stop_runtime(self, timeout: float = 2.0) -> None:
+        for pipeline in self.pipelines:
+            pipeline.request_stop()
+        deadline = time.monotonic() + timeout
+        for pipeline in self.pipelines:
+            pipeline.stop(max(0.05, deadline - time.monotonic()))
+        for source in self.sources.values():
+            source.stop(max(0.05, deadline - time.monotonic()))
+
+    def publish_health(self) -> dict[str, Any]:
+        assert self.health is not None and self.reporter is not None
+        report = self.health.report()
+        report["reloads"] = self.reloads
+        self.last_health = report
+        self.reporter.publish_health(report)
+        return report
+
+    def _health_loop(self) -> None:
+        interval = self.config.health.interval_s
+        next_t = time.monotonic() + min(interval, 2.0)
+        while not self.stop_event.wait(max(0.0, next_t - time.monotonic())):
+            try:
+                self.publish_health()
+            except (EdgeRuntimeError, OSError, ValueError) as exc:
+                log.error("health report failed: %s", exc)
+            next_t += self.config.health.interval_s
+            next_t = max(next_t, time.monotonic())
 
     def run(self, install_signals: bool = True) -> int:
         """Build, start, wait for a stop condition, shut down; returns the exit code."""
         if install_signals and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        self.build()
+        try:
+            self.build()
+        except BaseException:
+            if self.reporter is not None:
+                self.reporter.stop(flush_timeout=1.0)
+            raise
         self.start()
         try:
             while not self.stop_event.wait(0.1):
@@ -154,25 +262,48 @@ class Service:
 
     def shutdown(self, timeout: float = 2.0) -> None:
         log.info("stopping: %s", self.stop_reason or "shutdown")
-        for pipeline in self.pipelines:
-            pipeline.request_stop()
-        deadline = time.monotonic() + timeout
-        for pipeline in self.pipelines:
-            pipeline.stop(max(0.05, deadline - time.monotonic()))
-        for source in self.sources.values():
-            source.stop(max(0.05, deadline - time.monotonic()))
+        self.stop_event.set()
+        with self._swap_lock:
+            self._stop_runtime(timeout)
         for sink in self.sinks:
             sink.close()
+        if self._metrics is not None:
+            self._metrics.stop()
+        if self.reporter is not None:
+            self.reporter.stop()
         for pipeline in self.pipelines:
             log.info("pipeline %s stats: %s", pipeline.name, json.dumps(pipeline.stats()))
         for name, source in self.sources.items():
             log.info("source %s stats: %s", name, json.dumps(source.stats()))
 
+    # -- reload ------------------------------------------------------------------------------------
 
-def resolve_source_paths(config: Config, sc: SourceConfig) -> SourceConfig:
-    """A camera file or replay file path resolved against the config's folder (and demo:)."""
-    if isinstance(sc, CameraConfig) and isinstance(sc.uri, str) and uri_kind(sc.uri) == "file":
-        return sc.model_copy(update={"uri": str(config.resolve(sc.uri))})
-    if isinstance(sc, ReplayConfig):
-        return sc.model_copy(update={"path": str(config.resolve(sc.path))})
-    return sc
+    def reload(self) -> str:
+        """Re-read the config file; restart sources and pipelines on it. The MQTT connection
+        stays unless its section changed. A config that does not build leaves the old one running."""
+        if self.config_path is None:
+            raise EdgeRuntimeError(
+                "reload: this daemon runs the embedded default; there is no file to re-read"
+            )
+        new = load_config(self.config_path, self.overrides)
+        assert self.reporter is not None
+        with self._swap_lock:
+            if self.stop_event.is_set():
+                raise EdgeRuntimeError("reload: the daemon is stopping")
+            self._stop_runtime()
+            old_config = self.config
+            try:
+                sources, pipelines = self._build_runtime(new)
+            except EdgeRuntimeError as exc:
+                log.error("reload failed, keeping the running config: %s", exc)
+                self.sources, self.pipelines = self._build_runtime(old_config)
+                self._start_runtime()
+                self.reporter.event("config.reload_failed", f"reload failed: {exc}", {})
+                raise
+            self.sources, self.pipelines, self.config = sources, pipelines, new
+            self._start_runtime()
+            self.reloads += 1
+        if new.mqtt != old_config.mqtt or new.device != old_config.device:
+            self.reporter.replace_link(new)
+        self.reporter.event("config.reloaded", f"config reloaded from {self.config_path}", {})
+        return f"{len(self.pipelines)} pipelines, {len(self.sources)} sources"

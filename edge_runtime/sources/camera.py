@@ -147,6 +147,11 @@ class CameraSource(Source):
                 self._cond.notify_all()
             return frame
 
+    def peek(self) -> Frame | None:
+        """The newest frame without taking it (for snapshots: pipelines still see it as new)."""
+        with self._cond:
+            return self._latest
+
     def get(self, after_seq: int = 0, timeout: float = 1.0) -> Frame | None:
         """Wait up to ``timeout`` s for a frame with ``seq > after_seq``, take it and return it.
 

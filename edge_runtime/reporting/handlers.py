@@ -1,0 +1,126 @@
+"""The daemon's remote commands: ping, get_config, reload, pipeline.pause/resume, snapshot, health."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import TYPE_CHECKING, Any
+
+from edge_runtime import __version__
+from edge_runtime.reporting.commands import Command, CommandError
+
+if TYPE_CHECKING:
+    from edge_runtime.pipeline import Pipeline
+    from edge_runtime.service import Service
+
+SECRET_KEYS = ("password", "secret", "token", "key")
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """The config as JSON with anything secret-looking replaced by ``***`` (paths included)."""
+    if isinstance(value, dict):
+        return {k: redact(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if any(word in key.lower() for word in SECRET_KEYS) and value not in ("", None):
+        return "***"
+    return value
+
+
+def register_commands(service: Service) -> None:
+    reporter = service.reporter
+    assert reporter is not None
+    d = reporter.dispatcher
+
+    def pipeline(name: str) -> Pipeline:
+        for p in service.pipelines:
+            if p.name == name:
+                return p
+        raise CommandError(f"no pipeline {name!r}; pipelines: {', '.join(p.name for p in service.pipelines)}")
+
+    def ping(cmd: Command) -> dict[str, Any]:
+        return {
+            "pong": True,
+            "ts": round(time.time(), 3),
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - service.started_mono, 3),
+        }
+
+    def get_config(cmd: Command) -> dict[str, Any]:
+        return {"config": redact(service.config.model_dump(mode="json"))}
+
+    def reload(cmd: Command) -> dict[str, Any]:
+        return {"reloaded": service.reload()}
+
+    def pause(cmd: Command) -> dict[str, Any]:
+        p = pipeline(cmd.args["pipeline"])
+        p.paused = True
+        return {"pipeline": p.name, "paused": True}
+
+    def resume(cmd: Command) -> dict[str, Any]:
+        p = pipeline(cmd.args["pipeline"])
+        p.paused = False
+        return {"pipeline": p.name, "paused": False}
+
+    def health(cmd: Command) -> dict[str, Any]:
+        report = service.publish_health()
+        return {"health": report}
+
+    def snapshot(cmd: Command) -> dict[str, Any]:
+        name = cmd.args["source"]
+        source = service.sources.get(name)
+        peek = getattr(source, "peek", None)
+        if source is None or peek is None:
+            cameras = [n for n, s in service.sources.items() if hasattr(s, "peek")]
+            raise CommandError(f"no camera source {name!r}; cameras: {', '.join(cameras) or 'none'}")
+        frame = peek()
+        if frame is None:
+            raise CommandError(f"source {name!r} has no frame yet")
+        quality = int(cmd.args.get("quality", 85))
+        if not 1 <= quality <= 100:
+            raise CommandError("quality must be between 1 and 100")
+        boxes = _detections_for(service, name)
+        jpeg = _encode(frame.image, boxes, quality)
+        return {
+            "source": name,
+            "frame_seq": frame.seq,
+            "frame_ts": round(frame.t_wall, 3),
+            "detections": len(boxes),
+            "content_type": "image/jpeg",
+            "encoding": "base64",
+            "data": base64.b64encode(jpeg).decode("ascii"),
+        }
+
+    d.register("ping", ping)
+    d.register("get_config", get_config)
+    d.register("reload", reload)
+    d.register("pipeline.pause", pause, pipeline=(str, True))
+    d.register("pipeline.resume", resume, pipeline=(str, True))
+    d.register("health", health)
+    d.register("snapshot", snapshot, source=(str, True), quality=(int, False))
+
+
+def _detections_for(service: Service, source: str) -> list[dict[str, Any]]:
+    """The latest detections of the pipelines that look at ``source``."""
+    found: list[dict[str, Any]] = []
+    for p in service.pipelines:
+        sources = {src for r in p.runners for _, _, src in r.images}
+        result = p.last_result
+        if source in sources and result is not None:
+            found += result.get("detections", [])
+    return found
+
+
+def _encode(image: Any, detections: list[dict[str, Any]], quality: int) -> bytes:
+    import cv2
+
+    canvas = image.copy() if detections else image
+    for det in detections:
+        x1, y1, x2, y2 = (round(v) for v in det["box"])
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 255, 0), 2)
+        label = f"{det.get('label', '')} {det.get('score', 0):.2f}"
+        cv2.putText(canvas, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 0), 1)
+    ok, data = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise CommandError("JPEG encoding failed")
+    return bytes(data.tobytes())

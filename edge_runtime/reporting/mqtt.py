@@ -1,0 +1,325 @@
+"""The MQTT link: paho-mqtt 2 with TLS, auth, a last will, jittered reconnects, and the outbox.
+
+One network thread owns the paho client: it connects (with jittered exponential backoff between
+attempts), runs paho's loop, and on every CONNACK publishes the retained ``online`` status and
+resubscribes to the command topics. One forwarder thread drains the SQLite outbox in order
+while connected, keeps at most ``max_inflight`` messages unacknowledged, and deletes each message
+when the broker acknowledges it. paho retransmits what is in flight across reconnects; what
+never left the outbox before a crash is sent after the restart. Delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.config import MqttConfig
+from edge_runtime.errors import ConfigError
+from edge_runtime.reporting.outbox import Outbox
+from edge_runtime.reporting.topics import Topics, status_payload
+from edge_runtime.sources.base import Backoff
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[str, bytes, Any], None]
+EventHandler = Callable[[str, str, dict[str, Any]], None]
+STALL_S = 60.0  # in-flight messages unacknowledged this long while connected are sent again
+
+
+def read_password(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(
+            [f"mqtt.password_file: {str(path)!r}: cannot read: {exc.strerror or exc}"]
+        ) from None
+    return lines[0] if lines else ""
+
+
+class MqttLink:
+    """The device's connection to its broker."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        topics: Topics,
+        outbox: Outbox,
+        *,
+        version: str,
+        pipelines: list[str],
+        password_file: Path | None = None,
+        tls_files: tuple[Path | None, Path | None, Path | None] = (None, None, None),
+        on_command: CommandHandler | None = None,
+        on_event: EventHandler | None = None,
+    ) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        self.cfg = cfg
+        self.topics = topics
+        self.outbox = outbox
+        self.version = version
+        self.pipelines = pipelines
+        self.on_command = on_command
+        self.on_event = on_event
+        self.client_id = cfg.client_id or f"edge-runtime-{topics.device}"
+        v5 = cfg.protocol == "5"
+        self._v5 = v5
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else cfg.session_expiry_s == 0,
+            reconnect_on_failure=False,
+        )
+        self.client.enable_logger(logging.getLogger("edge_runtime.paho"))
+        self.client.max_inflight_messages_set(cfg.max_inflight)
+        self.client.will_set(
+            topics.status, status_payload("offline", version, pipelines, reason="lost"), qos=1, retain=True
+        )
+        if cfg.username:
+            password = read_password(password_file) if password_file is not None else None
+            self.client.username_pw_set(cfg.username, password)
+        ca, cert, key = tls_files
+        self.tls = ca is not None
+        if cfg.tls.required and not self.tls:
+            raise ConfigError(["mqtt.tls.ca: '': tls.required is set but no CA is configured"])
+        if ca is not None:
+            self.client.tls_set(
+                ca_certs=str(ca),
+                certfile=str(cert) if cert else None,
+                keyfile=str(key) if key else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            self.client.tls_insecure_set(cfg.tls.insecure)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self.connects = 0
+        self.last_error = ""
+        self.published = 0
+        self.rejected = 0
+        self._backoff = Backoff(cfg.reconnect)
+        self._stop = threading.Event()
+        self._closing = False
+        self._inflight: list[tuple[int, Any, float]] = []  # (outbox id, MQTTMessageInfo, sent at)
+        self._last_id = 0
+        self._last_ack = time.monotonic()
+        self._net: threading.Thread | None = None
+        self._fwd: threading.Thread | None = None
+        self._forwarding = threading.Event()
+        self._forwarding.set()
+
+    # -- paho callbacks (network thread) -----------------------------------------------------------
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self._error(
+                "mqtt.refused", f"broker {self.cfg.host}:{self.cfg.port} refused the connection: {reason}"
+            )
+            return
+        self.connects += 1
+        self._backoff.reset()
+        self.last_error = ""
+        client.subscribe(self.topics.commands, qos=1)
+        client.publish(
+            self.topics.status, status_payload("online", self.version, self.pipelines), qos=1, retain=True
+        )
+        self._last_ack = time.monotonic()
+        self.connected.set()
+        log.info("mqtt: connected to %s:%d as %s", self.cfg.host, self.cfg.port, self.client_id)
+        if self.on_event is not None:
+            self.on_event("mqtt.connected", f"connected to {self.cfg.host}:{self.cfg.port}", {})
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was and not self._closing:
+            self._error("mqtt.disconnected", f"disconnected from {self.cfg.host}:{self.cfg.port}: {reason}")
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        # Called with paho's message lock held: take no lock of ours here (the forwarder holds
+        # ours while it publishes). Acknowledgements are read from the MQTTMessageInfo objects.
+        if reason is not None and getattr(reason, "is_failure", False):
+            self.rejected += 1
+            log.error("mqtt: broker rejected message %d: %s", mid, reason)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if self.on_command is not None:
+            self.on_command(message.topic, bytes(message.payload), getattr(message, "properties", None))
+
+    def _error(self, kind: str, message: str) -> None:
+        repeated = message == self.last_error
+        self.last_error = message
+        log.log(logging.DEBUG if repeated else logging.WARNING, "mqtt: %s", message)
+        if self.on_event is not None and not repeated:
+            self.on_event(kind, message, {})
+
+    # -- threads -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._net = threading.Thread(target=self._network, name="mqtt-network", daemon=True)
+        self._fwd = threading.Thread(target=self._forward, name="mqtt-forwarder", daemon=True)
+        self._net.start()
+        self._fwd.start()
+
+    def _connect_properties(self) -> Any:
+        if not self._v5:
+            return None
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        return props
+
+    def _network(self) -> None:
+        from paho.mqtt.client import MQTT_ERR_SUCCESS
+
+        first = True
+        while not self._stop.is_set() and not self._closing:
+            if not first:
+                self.reconnects += 1
+                if self._stop.wait(self._backoff.next_delay()):
+                    break
+            first = False
+            try:
+                self.client.connect(
+                    self.cfg.host,
+                    self.cfg.port,
+                    keepalive=self.cfg.keepalive_s,
+                    clean_start=self.cfg.session_expiry_s == 0,
+                    properties=self._connect_properties(),
+                )
+            except ssl.SSLError as exc:
+                self._error("mqtt.tls", f"TLS handshake with {self.cfg.host}:{self.cfg.port} failed: {exc}")
+                continue
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                self._error(
+                    "mqtt.unreachable", f"cannot connect to {self.cfg.host}:{self.cfg.port}: {reason}"
+                )
+                continue
+            while not self._stop.is_set():
+                try:
+                    rc = self.client.loop(timeout=0.1)
+                except (OSError, ssl.SSLError) as exc:
+                    self._error(
+                        "mqtt.disconnected", f"connection to {self.cfg.host}:{self.cfg.port} lost: {exc}"
+                    )
+                    break
+                if rc != MQTT_ERR_SUCCESS:
+                    break
+            self.connected.clear()
+
+    def _forward(self) -> None:
+        """Drain the outbox in order while connected; ack what the broker acknowledged."""
+        while not self._stop.is_set():
+            self._collect_acks()
+            if not self._forwarding.is_set() or not self.connected.wait(0.2):
+                continue
+            if self._inflight and time.monotonic() - self._last_ack > STALL_S:
+                log.warning(
+                    "mqtt: %d messages unacknowledged for %.0f s; sending again", len(self._inflight), STALL_S
+                )
+                self._inflight.clear()
+                self._last_id = 0
+                self._last_ack = time.monotonic()
+            room = self.cfg.max_inflight - len(self._inflight)
+            if room <= 0:
+                time.sleep(0.002)
+                continue
+            batch = self.outbox.peek(limit=min(room, 200), after_id=self._last_id)
+            if not batch:
+                self.outbox.wait(self._last_id, 0.05 if self._inflight else 0.2)
+                continue
+            for message in batch:
+                if not self.connected.is_set():
+                    break
+                info = self.client.publish(
+                    message.topic, message.payload, qos=message.qos, retain=message.retain
+                )
+                if info.rc != 0:
+                    break
+                self._last_id = message.id
+                self.published += 1
+                self._inflight.append((message.id, info, time.monotonic()))
+
+    def _collect_acks(self) -> None:
+        """Delete from the outbox what the broker acknowledged (QoS 0: what was written)."""
+        if not self._inflight:
+            return
+        done = [entry for entry in self._inflight if entry[1].is_published()]
+        if not done:
+            return
+        ids = {entry[0] for entry in done}
+        self._inflight = [entry for entry in self._inflight if entry[0] not in ids]
+        self.outbox.ack(ids)
+        self._last_ack = time.monotonic()
+
+    # -- direct publishing (status, health: retained, not through the outbox) -----------------------
+
+    def publish_now(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        if not self.connected.is_set():
+            return False
+        return bool(self.client.publish(topic, payload, qos=qos, retain=retain).rc == 0)
+
+    def pause_forwarding(self) -> None:
+        self._forwarding.clear()
+
+    def resume_forwarding(self) -> None:
+        self._forwarding.set()
+
+    def stats(self) -> dict[str, Any]:
+        inflight = len(self._inflight)
+        return {
+            "connected": self.connected.is_set(),
+            "broker": f"{self.cfg.host}:{self.cfg.port}",
+            "tls": self.tls,
+            "client_id": self.client_id,
+            "connects": self.connects,
+            "reconnect_attempts": self.reconnects,
+            "inflight": inflight,
+            "published": self.published,
+            "rejected": self.rejected,
+            "last_error": self.last_error,
+        }
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (while connected) or ``timeout``; returns whether it is."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.outbox.stats()["depth"] == 0:
+                return True
+            if not self.connected.is_set():
+                return False
+            time.sleep(0.02)
+        return bool(self.outbox.stats()["depth"] == 0)
+
+    def stop(self, state_payload: bytes | None = None, timeout: float = 2.0) -> None:
+        """Publish the final status (retained) when connected and disconnect cleanly, so the
+        broker does not send the last will."""
+        self._closing = True
+        deadline = time.monotonic() + timeout
+        if state_payload is not None and self.connected.is_set():
+            info = self.client.publish(self.topics.status, state_payload, qos=1, retain=True)
+            while not info.is_published() and self.connected.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        if self.connected.is_set():
+            self.client.disconnect()
+            while self.connected.is_set() and time.monotonic() < deadline + 1.0:
+                time.sleep(0.01)
+        self._stop.set()
+        for thread in (self._fwd, self._net):
+            if thread is not None:
+                thread.join(timeout)
+        self._collect_acks()

@@ -1,0 +1,182 @@
+"""The reporting side of the daemon: outbox, MQTT link, command dispatch and events, assembled.
+
+Results and events are written to the outbox first (with each pipeline's ``seq`` in the same
+transaction), then forwarded by the MQTT link; status and health are published directly
+(retained). When MQTT is disabled, results go to the other sinks only and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.config import Config
+from edge_runtime.reporting.commands import CommandDispatcher
+from edge_runtime.reporting.outbox import Outbox, OutboxError, open_outbox
+from edge_runtime.reporting.topics import Topics, dumps, event_payload, status_payload
+
+log = logging.getLogger(__name__)
+
+
+class Reporter:
+    """Owns the outbox, the MQTT link and the command dispatcher of one daemon."""
+
+    def __init__(self, config: Config, version: str, pipelines: list[str]) -> None:
+        self.config = config
+        self.version = version
+        self.pipelines = pipelines
+        self.topics = Topics(config.mqtt.prefix, config.device.id)
+        self.enabled = config.mqtt.enabled
+        self.outbox: Outbox | None = None
+        self.link: Any = None
+        self.store_errors = 0
+        self.events_sent = 0
+        self._lock = threading.Lock()
+        self.dispatcher = CommandDispatcher(
+            self.topics, self._publish_reply, self.event, max_bytes=config.mqtt.max_command_bytes
+        )
+        if not self.enabled:
+            return
+        state = config.device.state_dir
+        self.outbox = open_outbox(
+            state / "outbox.sqlite", max_bytes=config.outbox.max_bytes, max_count=config.outbox.max_count
+        )
+        self.link = self._make_link(config)
+
+    def _make_link(self, config: Config) -> Any:
+        from edge_runtime.reporting.mqtt import MqttLink
+
+        mqtt = config.mqtt
+        assert self.outbox is not None
+
+        def path(value: str) -> Path | None:
+            return config.resolve(value) if value else None
+
+        return MqttLink(
+            mqtt,
+            self.topics,
+            self.outbox,
+            version=self.version,
+            pipelines=self.pipelines,
+            password_file=path(mqtt.password_file),
+            tls_files=(path(mqtt.tls.ca), path(mqtt.tls.cert), path(mqtt.tls.key)),
+            on_command=self.dispatcher.submit,
+            on_event=self.event,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.dispatcher.start()
+        if self.link is not None:
+            self.link.start()
+
+    def replace_link(self, config: Config) -> None:
+        """A new MQTT section (reload): reconnect with it, keeping the outbox."""
+        if self.link is not None:
+            self.link.stop(status_payload("offline", self.version, self.pipelines, reason="reconfigured"))
+        self.config = config
+        self.link = self._make_link(config) if config.mqtt.enabled and self.outbox is not None else None
+        if self.link is not None:
+            self.link.start()
+
+    def stop(self, flush_timeout: float = 5.0) -> None:
+        """``stopping``, flush what the outbox holds while the broker is there, ``offline``."""
+        self.dispatcher.stop()
+        if self.link is not None:
+            self.link.publish_now(
+                self.topics.status,
+                status_payload("stopping", self.version, self.pipelines),
+                qos=1,
+                retain=True,
+            )
+            flushed = self.link.flush(flush_timeout)
+            if not flushed and self.outbox is not None:
+                log.info("outbox keeps %d messages for the next start", self.outbox.stats()["depth"])
+            self.link.stop(status_payload("offline", self.version, self.pipelines))
+        if self.outbox is not None:
+            self.outbox.close()
+
+    # -- what the daemon reports ----------------------------------------------------------------
+
+    def last_seq(self, pipeline: str) -> int:
+        return self.outbox.last_seq(pipeline) if self.outbox is not None else 0
+
+    def publish(self, result: dict[str, Any]) -> None:
+        """A result (a sink): stored in the outbox with its seq, then forwarded."""
+        if self.outbox is None:
+            return
+        pipeline = result["pipeline"]
+        qos = self.config.mqtt.results.qos
+        try:
+            self.outbox.put(
+                self.topics.results(pipeline),
+                dumps(result),
+                qos=self.config.mqtt.qos if qos is None else qos,
+                retain=self.config.mqtt.results.retain,
+                seq=(pipeline, int(result["seq"])),
+            )
+        except OutboxError as exc:
+            with self._lock:
+                self.store_errors += 1
+            log.error("result %s/%s not stored: %s", pipeline, result["seq"], exc)
+
+    def close(self) -> None:
+        """Sinks are closed by :meth:`stop`."""
+
+    def event(self, kind: str, message: str, fields: dict[str, Any]) -> None:
+        """An event on ``{prefix}/{device}/events`` (through the outbox) and in the log."""
+        log.info("event %s: %s", kind, message)
+        if self.outbox is None:
+            return
+        qos = self.config.mqtt.events.qos
+        payload = dumps(event_payload(self.topics.device, kind, message, **fields))
+        try:
+            self.outbox.put(
+                self.topics.events,
+                payload,
+                qos=self.config.mqtt.qos if qos is None else qos,
+                retain=self.config.mqtt.events.retain,
+            )
+            self.events_sent += 1
+        except OutboxError as exc:
+            with self._lock:
+                self.store_errors += 1
+            log.error("event %s not stored: %s", kind, exc)
+
+    def publish_health(self, report: dict[str, Any]) -> bool:
+        if self.link is None:
+            return False
+        qos = self.config.mqtt.health.qos
+        return bool(
+            self.link.publish_now(
+                self.topics.health,
+                dumps(report),
+                qos=self.config.mqtt.qos if qos is None else qos,
+                retain=self.config.mqtt.health.retain,
+            )
+        )
+
+    def _publish_reply(self, topic: str, payload: bytes, properties: Any) -> None:
+        if self.link is None:
+            return
+        if properties is None:
+            self.link.publish_now(topic, payload, qos=1)
+        elif self.link.connected.is_set():
+            self.link.client.publish(topic, payload, qos=1, properties=properties)
+
+    def stats(self) -> dict[str, Any] | None:
+        if self.link is None:
+            return None
+        return {
+            **self.link.stats(),
+            "commands_received": self.dispatcher.received,
+            "commands_refused": self.dispatcher.refused,
+        }
+
+    def outbox_stats(self) -> dict[str, Any] | None:
+        if self.outbox is None:
+            return None
+        return {**self.outbox.stats(), "store_errors": self.store_errors}
