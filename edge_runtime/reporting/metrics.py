@@ -1,0 +1,276 @@
+"""Optional Prometheus endpoint: ``/metrics`` built from the health document at scrape time.
+
+``prometheus_client`` is imported only when a server starts or a scrape runs, so the package
+imports (and ``edge-runtime validate-config`` works) without it. Metrics live in a private
+:class:`~prometheus_client.CollectorRegistry`, never the global one. Each scrape calls
+``reporter.report(mark=False)``, which leaves the periodic report's "since the last report"
+window alone.
+
+Exposed families (all prefixed ``edge_runtime_``; times in seconds, as Prometheus wants):
+
+- ``build_info{version,device}``, ``uptime_seconds``, ``health_ok``, ``problems``
+- per ``pipeline``: ``pipeline_results_total``, ``pipeline_triggers_total``,
+  ``pipeline_dropped_frames_total``, ``pipeline_skipped_stale_total``, ``pipeline_errors_total``,
+  ``pipeline_fps_in``, ``pipeline_fps_out``, ``pipeline_paused``,
+  ``pipeline_latency_seconds{stage,quantile}`` (quantile 0.5, 0.95, 0.99)
+- per ``source``: ``source_up{type}`` (1 up, 0 otherwise), ``source_reconnects_total``,
+  ``source_samples_total``, ``source_parse_errors_total``, ``source_rate_hz`` (serial rate or
+  camera fps), ``source_last_sample_age_seconds``
+- ``outbox_depth``, ``outbox_bytes``, ``outbox_dropped_total``, ``outbox_oldest_age_seconds``
+- ``mqtt_connected``, ``mqtt_reconnects_total``
+- ``process_cpu_percent``, ``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
+  ``process_peak_resident_memory_bytes``, ``process_open_fds``, ``process_threads``, ``cpu_cores``,
+  ``load1``, ``load5``, ``load15``, ``temperature_celsius{zone}``, ``disk_free_bytes{path}``
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.health import STAGES, HealthReporter
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.metrics_core import Metric
+
+log = logging.getLogger(__name__)
+
+PREFIX = "edge_runtime_"
+INSTALL_HINT = "pip install prometheus-client"
+
+
+class MetricsError(EdgeRuntimeError, OSError):
+    """The metrics endpoint could not listen on its address."""
+
+
+class MetricsUnavailableError(EdgeRuntimeError, ImportError):
+    """``prometheus_client`` is not installed."""
+
+
+def _require_prometheus() -> None:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError as exc:
+        raise MetricsUnavailableError(
+            f"metrics need the prometheus_client package: {INSTALL_HINT} ({exc})"
+        ) from exc
+
+
+def _number(value: Any) -> float | None:
+    """A sample value, or None for what Prometheus cannot show (missing, text)."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+class _Families:
+    """Metric families keyed by name, made on first use with the label names of that use."""
+
+    def __init__(self) -> None:
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
+        self._gauge = GaugeMetricFamily
+        self._counter = CounterMetricFamily
+        self.families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+
+    def gauge(self, name: str, doc: str, value: Any, **labels: str) -> None:
+        self._add(name, doc, value, labels, counter=False)
+
+    def counter(self, name: str, doc: str, value: Any, **labels: str) -> None:
+        self._add(name, doc, value, labels, counter=True)
+
+    def _add(self, name: str, doc: str, value: Any, labels: dict[str, str], counter: bool) -> None:
+        number = _number(value)
+        if number is None:
+            return
+        full = PREFIX + name
+        family = self.families.get(full)
+        if family is None:
+            kind = self._counter if counter else self._gauge
+            family = kind(full, doc, labels=list(labels))
+            self.families[full] = family
+        family.add_metric(list(labels.values()), number)
+
+
+def _parse_errors(stats: Mapping[str, Any]) -> Any:
+    total = stats.get("parse_errors_total")
+    if total is not None:
+        return total
+    errors = stats.get("parse_errors")
+    if isinstance(errors, Mapping):
+        return sum(int(v) for v in errors.values())
+    return errors
+
+
+def families(doc: Mapping[str, Any], disk_path: str = "") -> list[Metric]:
+    """The metric families of one health document (needs ``prometheus_client``).
+
+    ``disk_path`` labels the free-space gauge (the state directory).
+    """
+    f = _Families()
+    f.gauge(
+        "build_info",
+        "Build and device of this daemon (always 1).",
+        1,
+        version=doc["version"],
+        device=doc["device"],
+    )
+    f.gauge("uptime_seconds", "Seconds since the daemon started.", doc.get("uptime_s"))
+    f.gauge("health_ok", "1 when the health state is ok, 0 when degraded.", doc.get("state") == "ok")
+    f.gauge("problems", "Problems in the health document.", len(doc.get("problems") or []))
+
+    for name, p in (doc.get("pipelines") or {}).items():
+        for key, help_ in (
+            ("results", "Results emitted."),
+            ("triggers", "Triggers received."),
+            ("dropped_frames", "Frames dropped because the pipeline was busy."),
+            ("skipped_stale", "Triggers skipped because their inputs were too old."),
+            ("errors", "Inference or post-processing errors."),
+        ):
+            f.counter(f"pipeline_{key}", help_, p.get(key), pipeline=name)
+        f.gauge("pipeline_fps_in", "Triggers per second.", p.get("fps_in"), pipeline=name)
+        f.gauge("pipeline_fps_out", "Results per second.", p.get("fps_out"), pipeline=name)
+        f.gauge("pipeline_paused", "1 while the pipeline is paused.", p.get("paused"), pipeline=name)
+        latency = p.get("latency_ms") or {}
+        for stage in STAGES:
+            for q, ms in (latency.get(stage) or {}).items():
+                value = _number(ms)
+                f.gauge(
+                    "pipeline_latency_seconds",
+                    "Latency quantiles over the recent window.",
+                    None if value is None else value / 1000.0,
+                    pipeline=name,
+                    stage=stage,
+                    quantile=str(float(q.removeprefix("p")) / 100),
+                )
+
+    for name, s in (doc.get("sources") or {}).items():
+        f.gauge(
+            "source_up",
+            "1 while the source delivers data, else 0.",
+            s.get("state") == "up",
+            source=name,
+            type=str(s.get("type", "")),
+        )
+        f.counter("source_reconnects", "Reconnections of the source.", s.get("reconnects"), source=name)
+        f.counter("source_samples", "Samples read (frames or lines).", s.get("samples"), source=name)
+        f.counter("source_parse_errors", "Lines that could not be parsed.", _parse_errors(s), source=name)
+        rate = s.get("rate_hz", s.get("fps"))
+        f.gauge("source_rate_hz", "Samples per second (serial rate or camera fps).", rate, source=name)
+        f.gauge(
+            "source_last_sample_age_seconds",
+            "Age of the newest sample.",
+            s.get("last_sample_age_s"),
+            source=name,
+        )
+
+    outbox = doc.get("outbox")
+    if outbox is not None:
+        f.gauge("outbox_depth", "Messages waiting in the outbox.", outbox.get("depth"))
+        f.gauge("outbox_bytes", "Bytes waiting in the outbox.", outbox.get("bytes"))
+        f.counter("outbox_dropped", "Messages dropped by the outbox bounds.", outbox.get("dropped"))
+        f.gauge("outbox_oldest_age_seconds", "Age of the oldest waiting message.", outbox.get("oldest_age_s"))
+    mqtt = doc.get("mqtt")
+    if mqtt is not None:
+        f.gauge("mqtt_connected", "1 while connected to the broker.", bool(mqtt.get("connected")))
+        f.counter("mqtt_reconnects", "Reconnections to the broker.", mqtt.get("reconnects"))
+
+    system = doc.get("system") or {}
+    f.gauge(
+        "process_cpu_percent",
+        "CPU use since the last health report (100 = one core).",
+        system.get("cpu_percent"),
+    )
+    f.counter("process_cpu_seconds", "User and system CPU time.", system.get("cpu_seconds"))
+    f.gauge("process_resident_memory_bytes", "Resident set size.", system.get("rss_bytes"))
+    f.gauge("process_peak_resident_memory_bytes", "Peak resident set size.", system.get("peak_rss_bytes"))
+    f.gauge("process_open_fds", "Open file descriptors.", system.get("open_fds"))
+    f.gauge("process_threads", "Threads of the process.", system.get("threads"))
+    f.gauge("cpu_cores", "Cores the process may run on.", system.get("cores"))
+    for minutes, value in zip((1, 5, 15), system.get("load_avg") or (), strict=False):
+        f.gauge(f"load{minutes}", f"{minutes} minute load average.", value)
+    for zone, celsius in (system.get("temperature_c") or {}).items():
+        f.gauge("temperature_celsius", "Thermal zone temperature.", celsius, zone=zone)
+    f.gauge(
+        "disk_free_bytes",
+        "Free bytes on the state directory's file system.",
+        system.get("disk_free_bytes"),
+        path=disk_path,
+    )
+    return list(f.families.values())
+
+
+class HealthCollector:
+    """A prometheus_client collector that turns ``reporter.report(mark=False)`` into metrics."""
+
+    def __init__(self, reporter: HealthReporter) -> None:
+        self.reporter = reporter
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.reporter.report(mark=False), str(self.reporter.state_dir))
+
+
+class MetricsServer:
+    """Serves ``/metrics`` on ``host:port`` (port 0: any free port, see :attr:`port`)."""
+
+    def __init__(self, reporter: HealthReporter, host: str = "127.0.0.1", port: int = 9108) -> None:
+        self.reporter = reporter
+        self.host = host
+        self.requested_port = port
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the requested one until started)."""
+        return self.requested_port if self._server is None else int(self._server.server_port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        _require_prometheus()
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(HealthCollector(self.reporter))
+        try:
+            self._server, self._thread = start_http_server(self.requested_port, self.host, registry)
+        except OSError as exc:
+            raise MetricsError(
+                exc.errno, f"metrics endpoint {self.host}:{self.requested_port}: {exc.strerror or exc}"
+            ) from exc
+        self._thread.name = "metrics-http"
+        log.info("serving Prometheus metrics on %s", self.url)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving and close the listening socket (the port is free afterwards)."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout)
+        self._server = self._thread = None
+
+    def __enter__(self) -> MetricsServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
