@@ -44,6 +44,13 @@ class Reporter:
             state / "outbox.sqlite", max_bytes=config.outbox.max_bytes, max_count=config.outbox.max_count
         )
         self.link = self._make_link(config)
+        moved = getattr(self.outbox, "corrupt_moved_to", None)
+        if moved is not None:
+            self.event(
+                "outbox.corrupt",
+                f"the outbox was unreadable and was moved to {moved}; a new one was started",
+                {},
+            )
 
     def _make_link(self, config: Config) -> Any:
         from edge_runtime.reporting.mqtt import MqttLink
