@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["broker"]  # real-broker fixtures: broker, make_broker, pki
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "edge_runtime" / "models"
 BENCH_MODELS = ROOT / "models"
