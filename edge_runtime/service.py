@@ -271,6 +271,8 @@ class Service:
             self._metrics.stop()
         if self.reporter is not None:
             self.reporter.stop()
+            log.info("reporting mqtt stats: %s", json.dumps(self.reporter.stats()))
+            log.info("reporting outbox stats: %s", json.dumps(self.reporter.outbox_stats()))
         for pipeline in self.pipelines:
             log.info("pipeline %s stats: %s", pipeline.name, json.dumps(pipeline.stats()))
         for name, source in self.sources.items():

@@ -33,6 +33,7 @@ class Reporter:
         self.link: Any = None
         self.store_errors = 0
         self.events_sent = 0
+        self._final_outbox: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self.dispatcher = CommandDispatcher(
             self.topics, self._publish_reply, self.event, max_bytes=config.mqtt.max_command_bytes
@@ -104,6 +105,7 @@ class Reporter:
                 log.info("outbox keeps %d messages for the next start", self.outbox.stats()["depth"])
             self.link.stop(status_payload("offline", self.version, self.pipelines))
         if self.outbox is not None:
+            self._final_outbox = self.outbox_stats()
             self.outbox.close()
 
     # -- what the daemon reports ----------------------------------------------------------------
@@ -184,6 +186,8 @@ class Reporter:
         }
 
     def outbox_stats(self) -> dict[str, Any] | None:
+        if self._final_outbox is not None:
+            return self._final_outbox
         if self.outbox is None:
             return None
         return {**self.outbox.stats(), "store_errors": self.store_errors}
