@@ -75,7 +75,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from edge_runtime.config import load_config
 
-    config = load_config(args.file, args.set or ())
+    config = load_config(args.file, args.set or (), profile=args.profile)
     models = sum(len(p.models) + (1 if p.cascade else 0) for p in config.pipelines)
     print(
         f"{args.file}: ok: device {config.device.id}, {len(config.sources)} sources, "
@@ -92,7 +92,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge_runtime.service import Service
 
     path = Path(args.config) if args.config else DEMO_CONFIG
-    config = load_config(path, args.set or ())
+    config = load_config(path, args.set or (), profile=args.profile)
     if args.log_level is None:
         logging.getLogger().setLevel(config.device.log_level.upper())
     sinks = [] if args.quiet else [StdoutSink()]
@@ -101,6 +101,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sinks,
         config_path=path,
         overrides=args.set or (),
+        profile=args.profile,
         max_results=args.max_results,
         duration_s=args.duration,
     )
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the daemon (the embedded demo when no --config is given)")
     p.add_argument("--config", "-c", default=None, help="TOML config file (default: the embedded demo)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument(
+        "--profile", default=None, help="board profile under the config (a name such as rpi5, or a file)"
+    )
     p.add_argument("--max-results", type=_positive, default=None, help="stop after N results in total")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     p.add_argument("--quiet", "-q", action="store_true", help="do not print results on stdout")
@@ -146,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate-config", help="check a config file and report every error")
     p.add_argument("file", help="TOML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument(
+        "--profile", default=None, help="board profile under the config (a name such as rpi5, or a file)"
+    )
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("inspect", help="describe a .tflite model and where it would run here")

@@ -203,17 +203,26 @@ class ModelConfig(Strict):
     path: str = Field(description="The .tflite file: a path, or bundled:NAME for a packaged model.")
     name: str | None = Field(None, description="Name in results (default: the file's stem).")
     version: str = Field("", description="Version reported with results.")
-    delegates: list[ChainEntry] = Field(
-        default_factory=lambda: [CpuConfig()],  # type: ignore[arg-type]  # list is invariant
+    delegates: list[ChainEntry] | None = Field(
+        None,
         min_length=1,
-        description="Delegates tried in order; the first that loads wins.",
+        description="Delegates tried in order; the first that loads wins (default: defaults.delegates).",
     )
-    threads: int | None = Field(None, ge=1, le=64, description="CPU threads (default: runtime's).")
+    threads: int | None = Field(None, ge=1, le=64, description="CPU threads (default: defaults.threads).")
     inputs: list[InputBinding] = Field(min_length=1, description="Where each model input comes from.")
     postprocess: Postprocess = Field(
         description="How outputs become a result; a table of named heads for multi-output models."
     )
     weight: float = Field(1.0, gt=0, description="Weight of this model in an ensemble.")
+
+
+class DefaultsConfig(Strict):
+    delegates: list[ChainEntry] = Field(
+        default_factory=lambda: [CpuConfig()],  # type: ignore[arg-type]  # list is invariant
+        min_length=1,
+        description="Delegate chain of models that name none (board profiles set this).",
+    )
+    threads: int | None = Field(None, ge=1, le=64, description="CPU threads of models that name none.")
 
 
 class EveryTrigger(Strict):
@@ -271,6 +280,7 @@ class PipelineConfig(Strict):
 class Config(Strict):
     device: DeviceConfig = Field(default_factory=DeviceConfig, description="This device.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Inference backend.")
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig, description="Model defaults.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward bounds.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reports.")
@@ -474,10 +484,63 @@ def read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Load the TOML file at ``path`` (the embedded demo when None), apply ``--set`` overrides."""
-    file = Path(path) if path is not None else DEMO_CONFIG
+PROFILE_DIRS = (Path("/etc/edge-runtime/profiles"), PACKAGE_DIR.parent / "devices")
+
+
+def find_profile(name: str) -> Path:
+    """A board profile by name (``rpi5``) or path: /etc/edge-runtime/profiles, then devices/."""
+    candidate = Path(name).expanduser()
+    if candidate.suffix == ".toml" or "/" in name:
+        if candidate.is_file():
+            return candidate
+        raise ConfigError([f"profile: {name!r}: no such file"], "--profile")
+    for folder in PROFILE_DIRS:
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            return path
+    known = sorted({p.stem for folder in PROFILE_DIRS if folder.is_dir() for p in folder.glob("*.toml")})
+    raise ConfigError(
+        [f"profile: {name!r}: unknown profile; known: {', '.join(known) or 'none'}"], "--profile"
+    )
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: tables merge key by key, everything else (lists too) is replaced."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _with_includes(file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's data over its ``include`` files (paths relative to it, or profile names)."""
+    if file.resolve() in seen:
+        raise ConfigError([f"include: {str(file)!r}: includes itself"], str(seen[0]))
     data = read_toml(file)
+    includes = data.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError([f"include: {includes!r}: must be a file name or a list of them"], str(file))
+    base: dict[str, Any] = {}
+    for name in includes:
+        path = file.parent / name if (file.parent / name).is_file() else find_profile(name)
+        base = merge(base, _with_includes(path, (*seen, file.resolve())))
+    return merge(base, data)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), profile: str | None = None
+) -> Config:
+    """Load the TOML file at ``path`` (the embedded demo when None) over an optional board
+    ``profile`` and the files it includes, then apply ``--set`` overrides."""
+    file = Path(path) if path is not None else DEMO_CONFIG
+    data = _with_includes(file)
+    if profile:
+        data = merge(_with_includes(find_profile(profile)), data)
     for assignment in overrides:
         apply_override(data, assignment)
     return validate(data, file.resolve().parent, str(file))

@@ -82,8 +82,8 @@ class ModelRunner:
         try:
             self.model = Model(
                 config.resolve(mc.path),
-                delegates=list(mc.delegates),
-                threads=mc.threads,
+                delegates=list(mc.delegates or config.defaults.delegates),
+                threads=mc.threads or config.defaults.threads,
                 backend=config.runtime.backend,
                 name=mc.name,
             )

@@ -77,12 +77,14 @@ class Service:
         *,
         config_path: Path | None = None,
         overrides: Sequence[str] = (),
+        profile: str | None = None,
         max_results: int | None = None,
         duration_s: float | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.overrides = list(overrides)
+        self.profile = profile
         self.sinks = list(sinks)
         self.duration_s = duration_s
         self.budget = ResultBudget(max_results)
@@ -287,7 +289,7 @@ class Service:
             raise EdgeRuntimeError(
                 "reload: this daemon runs the embedded default; there is no file to re-read"
             )
-        new = load_config(self.config_path, self.overrides)
+        new = load_config(self.config_path, self.overrides, profile=self.profile)
         assert self.reporter is not None
         with self._swap_lock:
             if self.stop_event.is_set():

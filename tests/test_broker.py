@@ -17,7 +17,6 @@ from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 from paho.mqtt.enums import MQTTProtocolVersion
 
-
 NOT_AUTHORIZED = 0x87
 PROTOCOLS = [pytest.param(MQTTv5, id="mqtt5"), pytest.param(MQTTv311, id="mqtt311")]
 
