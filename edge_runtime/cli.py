@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from edge_runtime import __version__
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.systemd import setup_logging
 
 log = logging.getLogger("edge_runtime")
 
@@ -189,18 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level or getattr(args, "default_level", "warning"))
+    setup_logging(args.log_level or getattr(args, "default_level", "warning"))
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

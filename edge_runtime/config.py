@@ -85,6 +85,9 @@ class DeviceConfig(Strict):
         description="Where the outbox, sequence numbers and model store live.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    stop_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Graceful stop bound: flush, offline, exit."
+    )
 
 
 class RuntimeConfig(Strict):

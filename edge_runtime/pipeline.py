@@ -250,6 +250,20 @@ class Pipeline:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def stuck(self, limit_s: float) -> str:
+        """Why this pipeline makes no progress (dead worker, an invoke or wait over ``limit_s``), or ""."""
+        if self._thread is None or self.finished:
+            return ""
+        if not self._thread.is_alive():
+            return f"pipeline {self.name}: worker thread died"
+        if self.busy_since is not None and time.monotonic() - self.busy_since > limit_s:
+            return (
+                f"pipeline {self.name}: an inference has run for {time.monotonic() - self.busy_since:.1f} s"
+            )
+        if time.monotonic() - self.last_progress > limit_s:
+            return f"pipeline {self.name}: no progress for {time.monotonic() - self.last_progress:.1f} s"
+        return ""
+
     # -- the loop ------------------------------------------------------------------------------------
 
     def _wait(self) -> Trigger | None:
@@ -280,6 +294,13 @@ class Pipeline:
         return Trigger(t_mono, time.time() - (time.monotonic() - t_mono), source.name, seq, None)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            log.exception("pipeline %s: worker thread died", self.name)
+            raise
+
+    def _loop(self) -> None:
         min_gap = getattr(self.config.trigger, "min_interval_s", 0.0)
         last_t = float("-inf")
         while not self._stop.is_set():

@@ -28,6 +28,7 @@ from edge_runtime.sources import SourceConfig, build_source
 from edge_runtime.sources.base import Source
 from edge_runtime.sources.camera import CameraConfig, uri_kind
 from edge_runtime.sources.replay import ReplayConfig
+from edge_runtime.systemd import Notifier, watchdog_timeout
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,11 @@ class Service:
         self._swap_lock = threading.RLock()
         self._health_thread: threading.Thread | None = None
         self._metrics: Any = None
+        self.notifier = Notifier()
+        self.watchdog_s = watchdog_timeout()
+        self.watchdog_pings = 0
+        self._reload_requested = threading.Event()
+        self._unhealthy = ""
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -186,7 +192,49 @@ class Service:
             self.stop_event.set()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.stop(signal.Signals(signum).name)
+        if signum == signal.SIGHUP:
+            self._reload_requested.set()
+        else:
+            self.stop(signal.Signals(signum).name)
+
+    def problems(self) -> list[str]:
+        """What keeps the watchdog from being fed: stuck or dead pipelines, wedged sources."""
+        limit = max((self.watchdog_s or 30.0) / 2, 1.0)
+        with self._swap_lock:
+            found = [p.stuck(limit) for p in self.pipelines]
+            found += [s.wedged(limit) for s in self.sources.values()]
+        return [f for f in found if f]
+
+    def _status_line(self) -> str:
+        if self.health is None:
+            return "starting"
+        return self.health.summary(self.health.report(mark=False))
+
+    def _watchdog_tick(self) -> None:
+        problems = self.problems()
+        if problems:
+            if problems[0] != self._unhealthy:
+                log.error("watchdog: not pinging systemd: %s", "; ".join(problems))
+                if self.reporter is not None:
+                    self.reporter.event("watchdog.stuck", "; ".join(problems), {})
+            self._unhealthy = problems[0]
+            return
+        if self._unhealthy:
+            log.info("watchdog: every pipeline makes progress again")
+        self._unhealthy = ""
+        if self.notifier.watchdog():
+            self.watchdog_pings += 1
+
+    def _do_reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            summary = self.reload()
+        except EdgeRuntimeError as exc:
+            log.error("SIGHUP reload failed, still running the previous config: %s", exc)
+            self.notifier.ready(f"reload failed: {str(exc).splitlines()[0]}")
+            return
+        log.info("SIGHUP reload: %s", summary)
+        self.notifier.ready(self._status_line())
 
     def start(self) -> None:
         assert self.reporter is not None
@@ -245,6 +293,7 @@ class Service:
         if install_signals and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGHUP, self._on_signal)
         try:
             self.build()
         except BaseException:
@@ -252,27 +301,47 @@ class Service:
                 self.reporter.stop(flush_timeout=1.0)
             raise
         self.start()
+        self.notifier.ready(self._status_line())
+        ping_every = self.watchdog_s / 2 if self.watchdog_s else None
+        next_ping = time.monotonic()
+        next_status = time.monotonic() + 5.0
         try:
             while not self.stop_event.wait(0.1):
-                if self.duration_s is not None and time.monotonic() - self.started_mono >= self.duration_s:
+                now = time.monotonic()
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self._do_reload()
+                if ping_every is not None and now >= next_ping:
+                    self._watchdog_tick()
+                    next_ping = now + ping_every
+                if self.notifier.enabled and now >= next_status:
+                    self.notifier.status(self._status_line())
+                    next_status = now + 5.0
+                if self.duration_s is not None and now - self.started_mono >= self.duration_s:
                     self.stop("duration reached")
                 elif self.pipelines and all(p.finished for p in self.pipelines):
                     self.stop("every pipeline finished")
         finally:
-            self.shutdown()
+            self.notifier.stopping()
+            self.shutdown(self.config.device.stop_timeout_s)
         return 0
 
-    def shutdown(self, timeout: float = 2.0) -> None:
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop within ``timeout`` s: pipelines (the inference in flight ends), sources, then
+        the outbox is flushed while the broker is there and ``offline`` is published."""
+        deadline = time.monotonic() + timeout
         log.info("stopping: %s", self.stop_reason or "shutdown")
         self.stop_event.set()
+        if self.reporter is not None:
+            self.reporter.announce_stopping()
         with self._swap_lock:
-            self._stop_runtime(timeout)
+            self._stop_runtime(min(2.0, timeout / 3))
         for sink in self.sinks:
             sink.close()
         if self._metrics is not None:
             self._metrics.stop()
         if self.reporter is not None:
-            self.reporter.stop()
+            self.reporter.stop(flush_timeout=max(0.5, deadline - time.monotonic() - 1.5))
             log.info("reporting mqtt stats: %s", json.dumps(self.reporter.stats()))
             log.info("reporting outbox stats: %s", json.dumps(self.reporter.outbox_stats()))
         for pipeline in self.pipelines:

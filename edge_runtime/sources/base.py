@@ -102,6 +102,7 @@ class Source:
         self._backoff = Backoff(config.reconnect)
         self._listeners: list[Callable[[str, str, str], None]] = []
         self.finished = False
+        self.heartbeat = time.monotonic()  # refreshed before every read: a stale one while "up" is a wedge
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -141,6 +142,17 @@ class Source:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def wedged(self, limit_s: float) -> str:
+        """Why this source looks stuck (a read blocked for over ``limit_s``), or ""."""
+        if self._thread is None or self.finished or self.state == "stopped":
+            return ""
+        if not self._thread.is_alive():
+            return f"source {self.name}: reader thread died"
+        age = time.monotonic() - self.heartbeat
+        if self.state == "up" and age > limit_s:
+            return f"source {self.name}: a read has been blocked for {age:.1f} s"
+        return ""
+
     def _run(self) -> None:
         from edge_runtime.errors import SourceError
 
@@ -156,6 +168,7 @@ class Source:
             self._backoff.reset()
             try:
                 while not self._stop.is_set():
+                    self.heartbeat = time.monotonic()
                     if not self._read_once():
                         break
             except SourceError as exc:
