@@ -90,9 +90,8 @@ class Reporter:
         if self.link is not None:
             self.link.start()
 
-    def stop(self, flush_timeout: float = 5.0) -> None:
-        """``stopping``, flush what the outbox holds while the broker is there, ``offline``."""
-        self.dispatcher.stop()
+    def announce_stopping(self) -> None:
+        """The retained ``stopping`` status, first thing on SIGTERM."""
         if self.link is not None:
             self.link.publish_now(
                 self.topics.status,
@@ -100,6 +99,11 @@ class Reporter:
                 qos=1,
                 retain=True,
             )
+
+    def stop(self, flush_timeout: float = 5.0) -> None:
+        """Flush what the outbox holds while the broker is there, then ``offline`` and disconnect."""
+        self.dispatcher.stop()
+        if self.link is not None:
             flushed = self.link.flush(flush_timeout)
             if not flushed and self.outbox is not None:
                 log.info("outbox keeps %d messages for the next start", self.outbox.stats()["depth"])
