@@ -201,6 +201,10 @@ class MjpegServer:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGSTOP)
 
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None:
