@@ -72,7 +72,7 @@ def test_a_good_file_loads_and_resolves_paths_against_its_folder(tmp_path: Path)
     assert config.resolve("state") == tmp_path / "state"
     assert config.resolve("bundled:digits_int8.tflite").is_file()
     chain = config.pipelines[0].models[0].delegates
-    assert [d.type for d in chain] == ["edgetpu", "cpu"]
+    assert chain is not None and [d.type for d in chain] == ["edgetpu", "cpu"]
     assert config.pipelines[0].trigger.source == "front"  # type: ignore[union-attr]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -65,12 +66,13 @@ class NotifyListener:
 def test_notifier_reaches_path_and_abstract_sockets(tmp_path: Path) -> None:
     for path in (tmp_path / "notify", None):
         listener = NotifyListener(path)
+        received = listener.messages
         try:
             notifier = Notifier({"NOTIFY_SOCKET": listener.env})
             assert notifier.enabled
             assert notifier.ready("2 pipelines")
             assert notifier.reloading()
-            assert wait_until(lambda: len(listener.messages) >= 2, 5)
+            assert wait_until(lambda: len(received) >= 2, 5)
             assert listener.messages[0][1] == "READY=1\nSTATUS=2 pipelines"
             reloading = listener.messages[1][1].splitlines()
             assert reloading[0] == "RELOADING=1" and reloading[1].startswith("MONOTONIC_USEC=")
@@ -103,14 +105,14 @@ def test_journal_stream_switches_the_daemon_log_format(tmp_path: Path) -> None:
     config = digits_config(tmp_path, port=None)
     env = {**os.environ, "JOURNAL_STREAM": "8:12345"}
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_runtime", "run", "--config", str(config), "--max-results", "3", "--quiet"],
+        [sys.executable, "-m", "edge_runtime", "run", "-c", str(config), "--max-results", "3", "--quiet"],
         capture_output=True, text=True, timeout=60, env=env, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     ours = [line for line in proc.stderr.splitlines() if "edge_runtime" in line]
     assert ours and all(line.startswith("<6>") or line.startswith("<4>") for line in ours), ours[:5]
     plain = subprocess.run(
-        [sys.executable, "-m", "edge_runtime", "run", "--config", str(config), "--max-results", "3", "--quiet"],
+        [sys.executable, "-m", "edge_runtime", "run", "-c", str(config), "--max-results", "3", "--quiet"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert any(line[:4].isdigit() and " INFO edge_runtime" in line for line in plain.stderr.splitlines())
@@ -152,7 +154,7 @@ def test_ready_status_watchdog_and_a_wedged_source(tmp_path: Path, broker: Mosqu
                 )
                 assert wait_until(lambda: len(listener.times("WATCHDOG=1")) >= 3, 15)
                 pings = listener.times("WATCHDOG=1")
-                gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+                gaps = [b - a for a, b in itertools.pairwise(pings)]
                 assert max(gaps) < 2.0  # at half the watchdog interval
                 camera.pause()  # the stream hangs: the capture thread blocks in its read
                 wedged = time.monotonic()
