@@ -72,7 +72,7 @@ def test_notifier_reaches_path_and_abstract_sockets(tmp_path: Path) -> None:
             assert notifier.enabled
             assert notifier.ready("2 pipelines")
             assert notifier.reloading()
-            assert wait_until(lambda: len(received) >= 2, 5)
+            assert wait_until(lambda received=received: len(received) >= 2, 5)  # type: ignore[misc]
             assert listener.messages[0][1] == "READY=1\nSTATUS=2 pipelines"
             reloading = listener.messages[1][1].splitlines()
             assert reloading[0] == "RELOADING=1" and reloading[1].startswith("MONOTONIC_USEC=")
