@@ -55,7 +55,6 @@ KEYS = [
     "window_s",
 ]
 scalars = st.one_of(
-    st.none(),
     st.booleans(),
     st.integers(-(2**40), 2**40),
     st.floats(allow_nan=True),
@@ -63,7 +62,7 @@ scalars = st.one_of(
     st.sampled_from(KEYS),
 )
 toml_values = st.recursive(
-    scalars.filter(lambda v: v is not None),
+    scalars,
     lambda children: st.one_of(
         st.lists(children, max_size=4),
         st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), children, max_size=5),
