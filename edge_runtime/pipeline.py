@@ -120,6 +120,9 @@ class ModelRunner:
         missing = [s.name for s in self.model.inputs if s.position not in used]
         if missing:
             raise PipelineError(f"{where}: model inputs {missing} are not bound to any source")
+        self._capture_request = threading.Event()
+        self._captured = threading.Event()
+        self.captured_inputs: list[npt.NDArray[Any]] | None = None
         self.heads: dict[str, Postprocessor] = {}
         heads = mc.postprocess if isinstance(mc.postprocess, dict) else {"": mc.postprocess}
         size = (self.images[0][1].width, self.images[0][1].height) if self.images else None
@@ -143,16 +146,37 @@ class ModelRunner:
     def fill(self, frames: Mapping[str, Frame | npt.NDArray[np.uint8]], t: float) -> ImageTransform | None:
         """Set every input for trigger time ``t``; returns the first image's transform."""
         transform = None
+        capture = self._capture_request.is_set()
+        arrays: dict[int, npt.NDArray[Any]] = {}
         for position, image_builder, source in self.images:
             frame = frames.get(source)
             if frame is None:
                 raise StaleInput(f"no frame from {source!r} yet")
             pixels = frame.image if isinstance(frame, Frame) else frame
-            self.model.set_input(position, image_builder.build(pixels))
+            array = image_builder.build(pixels)
+            self.model.set_input(position, array)
+            if capture:
+                arrays[position] = array.copy()
             transform = transform or image_builder.transform
         for position, sensor_builder in self.sensors:
-            self.model.set_input(position, sensor_builder.build(t))
+            array = sensor_builder.build(t)
+            self.model.set_input(position, array)
+            if capture:
+                arrays[position] = array.copy()
+        if capture:
+            self.captured_inputs = [arrays[i] for i in sorted(arrays)]
+            self._capture_request.clear()
+            self._captured.set()
         return transform
+
+    def capture_inputs(self, timeout: float) -> list[npt.NDArray[Any]] | None:
+        """Copies of the inputs of the next inference (the latest real input), or None."""
+        self._captured.clear()
+        self._capture_request.set()
+        if not self._captured.wait(timeout):
+            self._capture_request.clear()
+            return None
+        return self.captured_inputs
 
     def invoke(self) -> list[npt.NDArray[Any]]:
         self.model.run()
@@ -221,6 +245,9 @@ class Pipeline:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_seq = 0
+        self._infer_lock = threading.Lock()
+        self.monitor: Callable[[list[npt.NDArray[Any]], float], None] | None = None
+        self.config_root = config
 
     def _check_cascade(self, cascade: CascadeConfig, where: str) -> None:
         runner = self.runners[0]
@@ -236,6 +263,13 @@ class Pipeline:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.name}", daemon=True)
         self._thread.start()
+
+    def swap_model(self, runner: ModelRunner) -> ModelRunner:
+        """Replace the first model between two inferences; returns the one it replaces."""
+        with self._infer_lock:
+            old = self.runners[0]
+            self.runners[0] = runner
+        return old
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -330,7 +364,8 @@ class Pipeline:
             self.fps_in.tick()
             self.busy_since = time.monotonic()
             try:
-                self._infer(trig)
+                with self._infer_lock:
+                    self._infer(trig)
             except StaleInput as exc:
                 self._give_back()
                 self.skipped += 1
@@ -374,6 +409,9 @@ class Pipeline:
         t1 = time.perf_counter()
         outputs = [r.invoke() for r in self.runners]
         t2 = time.perf_counter()
+        monitor = self.monitor
+        if monitor is not None:
+            monitor(outputs[0], (t2 - t1) * 1000)
         if self.config.ensemble is not None:
             result = self._combine(outputs)
         else:
