@@ -146,6 +146,26 @@ class MetricsConfig(Strict):
     port: int = Field(9108, ge=1, le=65535, description="Port to listen on.")
 
 
+class UpdatesConfig(Strict):
+    public_keys: list[str] = Field(
+        default_factory=list,
+        description="Base64 ed25519 public keys of the fleet; once one is set, unsigned updates are refused.",
+    )
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest model an update may download.")
+    download_timeout_s: float = Field(120.0, gt=0, description="Bound on a whole download.")
+    keep: int = Field(
+        3, ge=2, le=20, description="Model versions kept per pipeline (current and previous at least)."
+    )
+    probation_s: float = Field(30.0, gt=0, description="Longest probation of a new model.")
+    probation_results: int = Field(
+        20, ge=1, description="Results that end a probation early when all is well."
+    )
+    max_latency_factor: float = Field(
+        3.0, gt=1, description="Invoke p95 over this factor of the old one fails."
+    )
+    fail_on_constant: bool = Field(True, description="Outputs identical over the whole probation fail it.")
+
+
 class HealthConfig(Strict):
     interval_s: float = Field(30.0, gt=0, description="Seconds between health reports.")
 
@@ -288,6 +308,7 @@ class Config(Strict):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward bounds.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reports.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
+    updates: UpdatesConfig = Field(default_factory=UpdatesConfig, description="Over-the-air model updates.")
     sources: dict[str, SourceConfig] = Field(default_factory=dict, description="Named inputs.")
     pipelines: list[PipelineConfig] = Field(min_length=1, description="What runs.")
     base_dir: Path = Field(

@@ -95,6 +95,7 @@ class Service:
         self.pipelines: list[Pipeline] = []
         self.reporter: Reporter | None = None
         self.health: HealthReporter | None = None
+        self.updater: Any = None
         self.last_health: dict[str, Any] | None = None
         self.started_mono = time.monotonic()
         self.reloads = 0
@@ -116,8 +117,11 @@ class Service:
         """Reporting first (so that build problems are reported), then sources and pipelines."""
         self.reporter = Reporter(self.config, __version__, [p.name for p in self.config.pipelines])
         from edge_runtime.reporting.handlers import register_commands
+        from edge_runtime.updater import Updater, store_config
 
+        self.updater = Updater(self)
         register_commands(self)
+        self.config = store_config(self.config, self.updater.store, startup=True)
         self.sources, self.pipelines = self._build_runtime(self.config)
         self.health = HealthReporter(
             version=__version__,
@@ -359,6 +363,10 @@ class Service:
                 "reload: this daemon runs the embedded default; there is no file to re-read"
             )
         new = load_config(self.config_path, self.overrides, profile=self.profile)
+        if self.updater is not None:
+            from edge_runtime.updater import store_config
+
+            new = store_config(new, self.updater.store, startup=False)
         assert self.reporter is not None
         with self._swap_lock:
             if self.stop_event.is_set():

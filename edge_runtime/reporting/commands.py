@@ -179,6 +179,10 @@ class CommandDispatcher:
         ):
             self.publish(response, payload, props)
 
+    def reply(self, command: Command, body: dict[str, Any]) -> None:
+        """A further reply to ``command`` (long-running commands report each step)."""
+        self._reply(command.id, body, command.response_topic, command.correlation)
+
     def _run(self) -> None:
         while True:
             command = self._queue.get()

@@ -98,6 +98,18 @@ def register_commands(service: Service) -> None:
     d.register("pipeline.resume", resume, pipeline=(str, True))
     d.register("health", health)
     d.register("snapshot", snapshot, source=(str, True), quality=(int, False))
+    updater = service.updater
+    if updater is not None:
+        text = (str, True)
+        d.register(
+            "model.update", updater.update, pipeline=text, url=(str, False), transfer=(str, False),
+            sha256=text, size=(int, True), version=text, signature=(str, False),
+        )  # fmt: skip
+        d.register(
+            "model.chunk", updater.chunk, transfer=text, index=(int, True), total=(int, True), data=text
+        )
+        d.register("model.list", updater.list, pipeline=text)
+        d.register("model.rollback", updater.rollback, pipeline=text)
 
 
 def _detections_for(service: Service, source: str) -> list[dict[str, Any]]:

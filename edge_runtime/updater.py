@@ -1,0 +1,385 @@
+"""Over-the-air model updates, on the device: model.update, model.chunk, model.list, model.rollback.
+
+An update runs on its own thread, one per pipeline at a time, and reports each step as a reply
+on ``reply/{id}`` and a ``model.progress`` event: download (size limit, timeout) -> sha256 ->
+ed25519 signature -> load in a separate interpreter with the pipeline's delegate chain (after a
+crash-isolated check in a child process) -> check against the serving model -> smoke invoke on
+the latest real input -> swap between two inferences -> probation -> commit, or roll back by
+itself with an event that says why. The store (:mod:`modelstore`) is crash-safe: a restart
+during probation serves the last committed model.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_runtime.config import Config, ModelConfig
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.modelstore import ModelStore
+from edge_runtime.reporting.commands import Command, CommandError
+from edge_runtime.runtime.quant import dequantize
+from edge_runtime.signing import verify
+from edge_runtime.transfer import ChunkAssembler, download
+from edge_runtime.updates import (
+    CandidateLoadError,
+    ProbationError,
+    UpdateError,
+    UpdateRequest,
+    check_compatible,
+    neutral_inputs,
+    smoke_invoke,
+    verify_sha256,
+)
+
+if TYPE_CHECKING:
+    from edge_runtime.pipeline import ModelRunner, Pipeline
+    from edge_runtime.service import Service
+
+log = logging.getLogger(__name__)
+
+
+def store_config(config: Config, store: ModelStore, startup: bool) -> Config:
+    """The config with each pipeline's first model taken from the store when it holds one
+    (after a restart: the last committed model; a probation in progress is discarded)."""
+    pipelines = []
+    for p in config.pipelines:
+        entry = store.startup(p.name) if startup else store.current(p.name)
+        if entry is None:
+            pipelines.append(p)
+            continue
+        first = p.models[0].model_copy(update={"path": str(entry.path), "version": entry.version})
+        pipelines.append(p.model_copy(update={"models": [first, *p.models[1:]]}))
+    return config.model_copy(update={"pipelines": pipelines})
+
+
+def isolated_check(path: Path, timeout_s: float = 60.0) -> None:
+    """Parse and load an untrusted model in a child process first: a runtime that crashes on a
+    hostile file takes the child down, not the daemon."""
+    code = (
+        "import sys\nfrom edge_runtime.runtime.model import Model\n"
+        "m = Model(sys.argv[1], delegates=['cpu'])\nm.run()\n"
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise CandidateLoadError(f"candidate {path.name}: loading it took over {timeout_s:.0f} s") from None
+    if proc.returncode < 0:
+        raise CandidateLoadError(
+            f"candidate {path.name}: the runtime crashed on it (signal {-proc.returncode})"
+        )
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("INFO:")]
+        raise CandidateLoadError(f"candidate {path.name}: {lines[-1] if lines else 'cannot be loaded'}")
+
+
+class Probation:
+    """Watches the new model's first results: invoke errors, latency, NaN and constant outputs."""
+
+    def __init__(self, pipeline: Pipeline, baseline_p95_ms: float | None, specs: Any) -> None:
+        self.pipeline = pipeline
+        self.baseline = baseline_p95_ms
+        self.specs = specs
+        self.errors_at_start = pipeline.errors
+        self.latencies: list[float] = []
+        self.first: bytes | None = None
+        self.varied = False
+        self.nan = 0
+        self.lock = threading.Lock()
+
+    def observe(self, outputs: list[npt.NDArray[Any]], invoke_ms: float) -> None:
+        blob = b"".join(np.ascontiguousarray(a).tobytes() for a in outputs)
+        with self.lock:
+            self.latencies.append(invoke_ms)
+            if self.first is None:
+                self.first = blob
+            elif blob != self.first:
+                self.varied = True
+            for spec, array in zip(self.specs, outputs, strict=False):
+                values = dequantize(array, spec.quant) if spec.quant else np.asarray(array, dtype=np.float64)
+                if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+                    self.nan += 1
+                    break
+
+    @property
+    def count(self) -> int:
+        with self.lock:
+            return len(self.latencies)
+
+    def verdict(self, factor: float, check_constant: bool) -> str:
+        """Why the model fails probation, or ""."""
+        errors = self.pipeline.errors - self.errors_at_start
+        if errors:
+            return f"{errors} invoke errors during probation ({self.pipeline.last_error})"
+        with self.lock:
+            if self.nan:
+                return f"{self.nan} results with NaN or infinite outputs"
+            if check_constant and len(self.latencies) >= 5 and not self.varied:
+                return f"outputs constant over {len(self.latencies)} results"
+            if self.baseline and len(self.latencies) >= 5:
+                p95 = float(np.percentile(self.latencies, 95))
+                if p95 > factor * self.baseline:
+                    return f"invoke p95 {p95:.2f} ms is over {factor:g} x the previous model's {self.baseline:.2f} ms"
+        return ""
+
+
+class Updater:
+    """The device side of fleet model updates."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        cfg = service.config.updates
+        state = service.config.device.state_dir
+        self.store = ModelStore(state / "models", keep=cfg.keep)
+        self.chunks = ChunkAssembler(state / "downloads", max_bytes=cfg.max_bytes)
+        self._busy: set[str] = set()
+        self._complete: dict[str, Path] = {}
+        self._lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+
+    @property
+    def cfg(self) -> Any:
+        return self.service.config.updates
+
+    def _pipeline(self, name: str) -> Pipeline:
+        for p in self.service.pipelines:
+            if p.name == name:
+                return p
+        raise CommandError(f"no pipeline {name!r}")
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def chunk(self, cmd: Command) -> dict[str, Any]:
+        import base64
+        import binascii
+
+        try:
+            data = base64.b64decode(cmd.args["data"], validate=True)
+        except (binascii.Error, ValueError):
+            raise CommandError("'data' is not base64") from None
+        try:
+            done = self.chunks.add(cmd.args["transfer"], cmd.args["index"], cmd.args["total"], data)
+        except UpdateError as exc:
+            raise CommandError(str(exc)) from None
+        if done is not None:
+            with self._lock:
+                self._complete[cmd.args["transfer"]] = done
+        return {"transfer": cmd.args["transfer"], "index": cmd.args["index"], "complete": done is not None}
+
+    def update(self, cmd: Command) -> dict[str, Any]:
+        try:
+            request = UpdateRequest.from_payload({"id": cmd.id, **cmd.args})
+        except UpdateError as exc:
+            raise CommandError(str(exc)) from None
+        self._pipeline(request.pipeline)
+        with self._lock:
+            if request.pipeline in self._busy:
+                raise CommandError(f"an update of pipeline {request.pipeline!r} is already in progress")
+            self._busy.add(request.pipeline)
+        thread = threading.Thread(
+            target=self._run, args=(cmd, request), name=f"update-{request.pipeline}", daemon=True
+        )
+        self.threads.append(thread)
+        thread.start()
+        return {"step": "accepted", "pipeline": request.pipeline, "version": request.version}
+
+    def list(self, cmd: Command) -> dict[str, Any]:
+        name = self._pipeline(cmd.args["pipeline"]).name
+        return {
+            "pipeline": name,
+            "versions": self.store.versions(name),
+            "history": self.store.history(name, 50),
+        }
+
+    def rollback(self, cmd: Command) -> dict[str, Any]:
+        pipeline = self._pipeline(cmd.args["pipeline"])
+        with self._lock:
+            if pipeline.name in self._busy:
+                raise CommandError(f"an update of pipeline {pipeline.name!r} is in progress")
+            self._busy.add(pipeline.name)
+        try:
+            previous = self.store.previous(pipeline.name)
+            if previous is None:
+                raise CommandError(f"pipeline {pipeline.name!r} has no previous model to roll back to")
+            runner = self._runner(pipeline, previous.path, previous.version)
+            entry = self.store.rollback(pipeline.name, f"model.rollback {cmd.id}")
+            pipeline.swap_model(runner)
+            self._event(
+                "model.rolled_back",
+                f"pipeline {pipeline.name}: rolled back to {previous.version} on request",
+                pipeline.name,
+                sha256=previous.sha256,
+            )
+            return {
+                "pipeline": pipeline.name,
+                "sha256": entry.sha256 if entry else None,
+                "version": entry.version if entry else None,
+            }
+        finally:
+            with self._lock:
+                self._busy.discard(pipeline.name)
+
+    # -- the update itself ----------------------------------------------------------------------
+
+    def _event(self, kind: str, message: str, pipeline: str, **fields: Any) -> None:
+        reporter = self.service.reporter
+        if reporter is not None:
+            reporter.event(kind, message, {"pipeline": pipeline, **fields})
+
+    def _reply(self, cmd: Command, body: dict[str, Any]) -> None:
+        reporter = self.service.reporter
+        if reporter is not None:
+            reporter.dispatcher.reply(cmd, {"id": cmd.id, "command": cmd.name, **body})
+
+    def _step(self, cmd: Command, request: UpdateRequest, step: str, **fields: Any) -> None:
+        self._reply(cmd, {"ok": True, "step": step, **fields})
+        self._event(
+            "model.progress",
+            f"pipeline {request.pipeline}: update {request.id}: {step}",
+            request.pipeline,
+            update_id=request.id,
+            step=step,
+        )
+
+    def _runner(self, pipeline: Pipeline, path: Path, version: str) -> ModelRunner:
+        from edge_runtime.pipeline import ModelRunner
+
+        mc: ModelConfig = pipeline.config.models[0].model_copy(update={"path": str(path), "version": version})
+        try:
+            return ModelRunner(
+                mc, pipeline.config_root, self.service.sources, f"pipeline {pipeline.name}: update"
+            )
+        except EdgeRuntimeError as exc:
+            raise CandidateLoadError(str(exc)) from exc
+
+    def _run(self, cmd: Command, request: UpdateRequest) -> None:
+        step = "download"
+        try:
+            self._update(cmd, request)
+        except UpdateError as exc:
+            step = exc.step or "update"
+            self._refuse(cmd, request, step, str(exc), rolled_back=isinstance(exc, ProbationError))
+        except EdgeRuntimeError as exc:
+            self._refuse(cmd, request, step, str(exc), rolled_back=False)
+        finally:
+            with self._lock:
+                self._busy.discard(request.pipeline)
+
+    def _refuse(self, cmd: Command, request: UpdateRequest, step: str, error: str, rolled_back: bool) -> None:
+        log.error("pipeline %s: update %s refused at %s: %s", request.pipeline, request.id, step, error)
+        kind = "model.rolled_back" if rolled_back else "model.refused"
+        self._event(
+            kind,
+            f"pipeline {request.pipeline}: update to {request.version} {'rolled back' if rolled_back else 'refused'} at {step}: {error}",
+            request.pipeline,
+            update_id=request.id,
+            step=step,
+            error=error,
+        )
+        self._reply(
+            cmd, {"ok": False, "step": step, "error": error, "rolled_back": rolled_back, "final": True}
+        )
+
+    def _update(self, cmd: Command, request: UpdateRequest) -> None:
+        pipeline = self._pipeline(request.pipeline)
+        staging = self.store.staging_dir(request.pipeline)
+        dest = staging / f"{request.id}.tflite"
+        try:
+            if request.url is not None:
+                download(
+                    request.url,
+                    dest,
+                    max_bytes=self.cfg.max_bytes,
+                    timeout_s=self.cfg.download_timeout_s,
+                    expected_size=request.size,
+                )
+            else:
+                assert request.transfer is not None
+                self._assembled(request.transfer).replace(dest)
+            if dest.stat().st_size != request.size:
+                raise UpdateError(
+                    f"download is {dest.stat().st_size} bytes, the request says {request.size}", step="size"
+                )
+            self._step(cmd, request, "download", bytes=request.size)
+            verify_sha256(dest, request.sha256)
+            self._step(cmd, request, "sha256")
+            verify(self.cfg.public_keys, request.pipeline, request.version, request.sha256, request.signature)
+            self._step(cmd, request, "signature", signed=bool(request.signature))
+            isolated_check(dest)
+            stored = self.store.add(
+                request.pipeline, dest, request.sha256, request.version, {"update_id": request.id}, move=True
+            )
+        finally:
+            dest.unlink(missing_ok=True)
+        runner = self._runner(pipeline, stored, request.version)
+        old = pipeline.runners[0]
+        if old.model.delegate and runner.model.delegate != old.model.delegate:
+            raise CandidateLoadError(
+                f"the serving model runs on {old.model.delegate}; the new one would be {runner.model.placement}"
+            )
+        self._step(cmd, request, "load", delegate=runner.model.delegate)
+        check_compatible(runner.model, old.model)
+        self._step(cmd, request, "check")
+        inputs = old.capture_inputs(timeout=5.0) or neutral_inputs(runner.model)
+        smoke_invoke(runner.model, inputs)
+        self._step(cmd, request, "smoke")
+        baseline = pipeline.latency["invoke"].percentiles((95,)).get("p95")
+        self.store.activate(request.pipeline, request.sha256, probation=True)
+        watch = Probation(pipeline, baseline, runner.model.outputs)
+        pipeline.monitor = watch.observe
+        pipeline.swap_model(runner)
+        self._step(cmd, request, "swap")
+        verdict = self._probation(watch)
+        pipeline.monitor = None
+        if verdict:
+            pipeline.swap_model(old)
+            self.store.rollback(request.pipeline, verdict)
+            raise ProbationError(verdict, step="probation")
+        self._step(cmd, request, "probation", results=watch.count)
+        entry = self.store.commit(request.pipeline)
+        self._event(
+            "model.committed",
+            f"pipeline {request.pipeline}: now serving {entry.version} ({entry.sha256[:12]})",
+            request.pipeline,
+            update_id=request.id,
+            sha256=entry.sha256,
+            version=entry.version,
+        )
+        self._reply(
+            cmd,
+            {"ok": True, "step": "commit", "sha256": entry.sha256, "version": entry.version, "final": True},
+        )
+
+    def _assembled(self, transfer: str) -> Path:
+        with self._lock:
+            path = self._complete.pop(transfer, None)
+        if path is None or not path.exists():
+            raise UpdateError(
+                f"transfer {transfer!r} is not complete (send every model.chunk first)", step="download"
+            )
+        return path
+
+    def _probation(self, watch: Probation) -> str:
+        deadline = time.monotonic() + self.cfg.probation_s
+        while time.monotonic() < deadline and not self.service.stop_event.is_set():
+            verdict = watch.verdict(self.cfg.max_latency_factor, self.cfg.fail_on_constant)
+            if verdict:
+                return verdict
+            if watch.count >= self.cfg.probation_results:
+                break
+            time.sleep(0.05)
+        return watch.verdict(self.cfg.max_latency_factor, self.cfg.fail_on_constant)
