@@ -133,7 +133,10 @@ class Probation:
             if self.baseline and len(self.latencies) >= 5:
                 p95 = float(np.percentile(self.latencies, 95))
                 if p95 > factor * self.baseline:
-                    return f"invoke p95 {p95:.2f} ms is over {factor:g} x the previous model's {self.baseline:.2f} ms"
+                    return (
+                        f"invoke p95 {p95:.2f} ms is over {factor:g} x the previous model's "
+                        f"{self.baseline:.2f} ms"
+                    )
         return ""
 
 
@@ -284,7 +287,8 @@ class Updater:
         kind = "model.rolled_back" if rolled_back else "model.refused"
         self._event(
             kind,
-            f"pipeline {request.pipeline}: update to {request.version} {'rolled back' if rolled_back else 'refused'} at {step}: {error}",
+            f"pipeline {request.pipeline}: update to {request.version} "
+            f"{'rolled back' if rolled_back else 'refused'} at {step}: {error}",
             request.pipeline,
             update_id=request.id,
             step=step,
@@ -329,7 +333,8 @@ class Updater:
         old = pipeline.runners[0]
         if old.model.delegate and runner.model.delegate != old.model.delegate:
             raise CandidateLoadError(
-                f"the serving model runs on {old.model.delegate}; the new one would be {runner.model.placement}"
+                f"the serving model runs on {old.model.delegate}; "
+                f"the new one would be {runner.model.placement}"
             )
         self._step(cmd, request, "load", delegate=runner.model.delegate)
         check_compatible(runner.model, old.model)

@@ -91,7 +91,37 @@ def register_commands(service: Service) -> None:
             "data": base64.b64encode(jpeg).decode("ascii"),
         }
 
+    def config_update(cmd: Command) -> dict[str, Any]:
+        """Validate a new config, write it atomically, reload; put the old file back on failure."""
+        import os
+
+        from edge_runtime.config import DEMO_CONFIG, load_config
+        from edge_runtime.errors import EdgeRuntimeError
+
+        path = service.config_path
+        if path is None or path.resolve() == DEMO_CONFIG.resolve():
+            raise CommandError(
+                "this daemon runs the embedded default; start it with --config to update its config"
+            )
+        candidate = path.with_name(path.name + ".new")
+        backup = path.with_name(path.name + ".bak")
+        candidate.write_text(cmd.args["config"], encoding="utf-8")
+        try:
+            load_config(candidate, service.overrides, profile=service.profile)
+        except EdgeRuntimeError as exc:
+            candidate.unlink(missing_ok=True)
+            raise CommandError(f"refused: {exc}") from None
+        backup.write_bytes(path.read_bytes())
+        os.replace(candidate, path)
+        try:
+            summary = service.reload()
+        except EdgeRuntimeError as exc:
+            os.replace(backup, path)
+            raise CommandError(f"rolled back to the previous config: {exc}") from None
+        return {"reloaded": summary}
+
     d.register("ping", ping)
+    d.register("config.update", config_update, config=(str, True))
     d.register("get_config", get_config)
     d.register("reload", reload)
     d.register("pipeline.pause", pause, pipeline=(str, True))
