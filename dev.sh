@@ -74,7 +74,7 @@ setup_base() {
 
 setup_test() {
   setup_base
-  apt_ensure mosquitto mosquitto-clients socat ffmpeg
+  apt_ensure mosquitto mosquitto-clients socat ffmpeg systemd shellcheck
   if PY_TFL=$(pick_python 11); then
     venv_ensure .venv-tflite "$PY_TFL" ".[tflite-runtime,test]"
   else

@@ -508,7 +508,13 @@ def read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-PROFILE_DIRS = (Path("/etc/edge-runtime/profiles"), PACKAGE_DIR.parent / "devices")
+def profile_dirs() -> list[Path]:
+    """Where board profiles are looked up: ``$EDGE_RUNTIME_PROFILES`` (colon-separated), then
+    ``$CONFIGURATION_DIRECTORY/profiles`` (systemd), /etc/edge-runtime/profiles, and the source
+    tree's devices/."""
+    dirs = [Path(p) for p in os.environ.get("EDGE_RUNTIME_PROFILES", "").split(":") if p]
+    dirs += [Path(p) / "profiles" for p in os.environ.get("CONFIGURATION_DIRECTORY", "").split(":") if p]
+    return [*dirs, Path("/etc/edge-runtime/profiles"), PACKAGE_DIR.parent / "devices"]
 
 
 def find_profile(name: str) -> Path:
@@ -518,11 +524,11 @@ def find_profile(name: str) -> Path:
         if candidate.is_file():
             return candidate
         raise ConfigError([f"profile: {name!r}: no such file"], "--profile")
-    for folder in PROFILE_DIRS:
+    for folder in profile_dirs():
         path = folder / f"{name}.toml"
         if path.is_file():
             return path
-    known = sorted({p.stem for folder in PROFILE_DIRS if folder.is_dir() for p in folder.glob("*.toml")})
+    known = sorted({p.stem for folder in profile_dirs() if folder.is_dir() for p in folder.glob("*.toml")})
     raise ConfigError(
         [f"profile: {name!r}: unknown profile; known: {', '.join(known) or 'none'}"], "--profile"
     )

@@ -25,12 +25,15 @@ import numpy.typing as npt
 from edge_runtime.config import Config, ModelConfig
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.modelstore import ModelStore
+from edge_runtime.pipeline import load_model
 from edge_runtime.reporting.commands import Command, CommandError
+from edge_runtime.runtime.model import Model
 from edge_runtime.runtime.quant import dequantize
 from edge_runtime.signing import verify
 from edge_runtime.transfer import ChunkAssembler, download
 from edge_runtime.updates import (
     CandidateLoadError,
+    IncompatibleModelError,
     ProbationError,
     UpdateError,
     UpdateRequest,
@@ -56,7 +59,9 @@ def store_config(config: Config, store: ModelStore, startup: bool) -> Config:
         if entry is None:
             pipelines.append(p)
             continue
-        first = p.models[0].model_copy(update={"path": str(entry.path), "version": entry.version})
+        original = p.models[0]
+        name = original.name or Path(original.path.removeprefix("bundled:")).stem
+        first = original.model_copy(update={"path": str(entry.path), "version": entry.version, "name": name})
         pipelines.append(p.model_copy(update={"models": [first, *p.models[1:]]}))
     return config.model_copy(update={"pipelines": pipelines})
 
@@ -149,6 +154,7 @@ class Updater:
         state = service.config.device.state_dir
         self.store = ModelStore(state / "models", keep=cfg.keep)
         self.chunks = ChunkAssembler(state / "downloads", max_bytes=cfg.max_bytes)
+        self.chunks.cleanup(24 * 3600)  # partial transfers left by a crash
         self._busy: set[str] = set()
         self._complete: dict[str, Path] = {}
         self._lock = threading.Lock()
@@ -258,15 +264,24 @@ class Updater:
             step=step,
         )
 
-    def _runner(self, pipeline: Pipeline, path: Path, version: str) -> ModelRunner:
+    def _model_config(self, pipeline: Pipeline, path: Path, version: str) -> ModelConfig:
+        current = pipeline.config.models[0]
+        name = current.name or Path(current.path.removeprefix("bundled:")).stem
+        return current.model_copy(update={"path": str(path), "version": version, "name": name})
+
+    def _runner(
+        self, pipeline: Pipeline, path: Path, version: str, model: Model | None = None
+    ) -> ModelRunner:
+        """The pipeline's first model on another file, with the same bindings and post-processing."""
         from edge_runtime.pipeline import ModelRunner
 
-        mc: ModelConfig = pipeline.config.models[0].model_copy(update={"path": str(path), "version": version})
+        mc = self._model_config(pipeline, path, version)
+        where = f"pipeline {pipeline.name}: update"
         try:
-            return ModelRunner(
-                mc, pipeline.config_root, self.service.sources, f"pipeline {pipeline.name}: update"
-            )
+            return ModelRunner(mc, pipeline.config_root, self.service.sources, where, model=model)
         except EdgeRuntimeError as exc:
+            if model is not None:  # the model loaded: its bindings or outputs do not fit
+                raise IncompatibleModelError(str(exc)) from exc
             raise CandidateLoadError(str(exc)) from exc
 
     def _run(self, cmd: Command, request: UpdateRequest) -> None:
@@ -300,6 +315,13 @@ class Updater:
 
     def _update(self, cmd: Command, request: UpdateRequest) -> None:
         pipeline = self._pipeline(request.pipeline)
+        if pipeline.runners[0].model.sha256 == request.sha256:
+            self._reply(
+                cmd,
+                {"ok": True, "step": "commit", "sha256": request.sha256, "version": request.version,
+                 "already": True, "final": True},
+            )  # fmt: skip
+            return
         staging = self.store.staging_dir(request.pipeline)
         dest = staging / f"{request.id}.tflite"
         try:
@@ -324,24 +346,30 @@ class Updater:
             verify(self.cfg.public_keys, request.pipeline, request.version, request.sha256, request.signature)
             self._step(cmd, request, "signature", signed=bool(request.signature))
             isolated_check(dest)
+            old = pipeline.runners[0]
+            try:
+                candidate = load_model(
+                    self._model_config(pipeline, dest, request.version), pipeline.config_root
+                )
+            except EdgeRuntimeError as exc:
+                raise CandidateLoadError(f"candidate: {exc}") from exc
+            if old.model.delegate and candidate.delegate != old.model.delegate:
+                raise CandidateLoadError(
+                    f"the serving model runs on {old.model.delegate}; the new one would be {candidate.placement}"
+                )
+            self._step(cmd, request, "load", delegate=candidate.delegate)
+            check_compatible(candidate, old.model)
+            self._runner(pipeline, dest, request.version, model=candidate)  # bindings and outputs fit
+            self._step(cmd, request, "check")
+            smoke_invoke(candidate, old.capture_inputs(timeout=5.0) or neutral_inputs(candidate))
+            self._step(cmd, request, "smoke")
+            # only a model that passed every check enters the store
             stored = self.store.add(
                 request.pipeline, dest, request.sha256, request.version, {"update_id": request.id}, move=True
             )
         finally:
             dest.unlink(missing_ok=True)
-        runner = self._runner(pipeline, stored, request.version)
-        old = pipeline.runners[0]
-        if old.model.delegate and runner.model.delegate != old.model.delegate:
-            raise CandidateLoadError(
-                f"the serving model runs on {old.model.delegate}; "
-                f"the new one would be {runner.model.placement}"
-            )
-        self._step(cmd, request, "load", delegate=runner.model.delegate)
-        check_compatible(runner.model, old.model)
-        self._step(cmd, request, "check")
-        inputs = old.capture_inputs(timeout=5.0) or neutral_inputs(runner.model)
-        smoke_invoke(runner.model, inputs)
-        self._step(cmd, request, "smoke")
+        runner = self._runner(pipeline, stored, request.version, model=candidate)
         baseline = pipeline.latency["invoke"].percentiles((95,)).get("p95")
         self.store.activate(request.pipeline, request.sha256, probation=True)
         watch = Probation(pipeline, baseline, runner.model.outputs)

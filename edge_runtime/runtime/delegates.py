@@ -53,7 +53,7 @@ class VxConfig(_DelegateConfig):
 
 class ArmnnConfig(_DelegateConfig):
     type: Literal["armnn"] = Field("armnn", description="Arm NN delegate (Mali GPU, Neon CPU).")
-    library: str = Field("libarmnn_delegate.so", description="Path or soname of the Arm NN delegate.")
+    library: str = Field("libarmnnDelegate.so", description="Path or soname of the Arm NN delegate.")
     backends: str = Field("GpuAcc,CpuAcc", description="Arm NN backends in order of preference.")
     options: dict[str, str] = Field(default_factory=dict, description="Further options.")
 
