@@ -74,19 +74,31 @@ def _find_input(model: Model, ref: int | str) -> TensorSpec:
     raise PipelineError(f"{model.path.name}: no input {ref!r}; inputs are {names}")
 
 
+def load_model(mc: ModelConfig, config: Config) -> Model:
+    """A model of the config, on its delegate chain (or the config's defaults)."""
+    return Model(
+        config.resolve(mc.path),
+        delegates=list(mc.delegates or config.defaults.delegates),
+        threads=mc.threads or config.defaults.threads,
+        backend=config.runtime.backend,
+        name=mc.name,
+    )
+
+
 class ModelRunner:
     """One model with the builders of its inputs and the post-processors of its outputs."""
 
-    def __init__(self, mc: ModelConfig, config: Config, sources: Mapping[str, Source], where: str) -> None:
+    def __init__(
+        self,
+        mc: ModelConfig,
+        config: Config,
+        sources: Mapping[str, Source],
+        where: str,
+        model: Model | None = None,
+    ) -> None:
         self.config = mc
         try:
-            self.model = Model(
-                config.resolve(mc.path),
-                delegates=list(mc.delegates or config.defaults.delegates),
-                threads=mc.threads or config.defaults.threads,
-                backend=config.runtime.backend,
-                name=mc.name,
-            )
+            self.model = model or load_model(mc, config)
         except EdgeRuntimeError as exc:
             raise PipelineError(f"{where}: {exc}") from exc
         self.images: list[tuple[int, ImageBuilder, str]] = []

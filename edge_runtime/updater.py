@@ -355,7 +355,8 @@ class Updater:
                 raise CandidateLoadError(f"candidate: {exc}") from exc
             if old.model.delegate and candidate.delegate != old.model.delegate:
                 raise CandidateLoadError(
-                    f"the serving model runs on {old.model.delegate}; the new one would be {candidate.placement}"
+                    f"the serving model runs on {old.model.delegate}; "
+                    f"the new one would be {candidate.placement}"
                 )
             self._step(cmd, request, "load", delegate=candidate.delegate)
             check_compatible(candidate, old.model)
