@@ -57,7 +57,8 @@ class Entry:
         return {"sha256": self.sha256, "version": self.version, "committed_at": self.committed_at}
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -80,7 +81,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         raise StoreError(f"{path}: cannot write: {exc.strerror or exc}; the old content is intact") from exc
 
@@ -183,7 +184,7 @@ class ModelStore:
                         os.fsync(f.fileno())
                     self._write_meta(pipeline, sha, version, tmp.stat().st_size, meta or {})
                     os.replace(tmp, target)
-                    _fsync_dir(target.parent)
+                    fsync_dir(target.parent)
                 except OSError as exc:
                     tmp.unlink(missing_ok=True)
                     raise StoreError(
@@ -267,7 +268,7 @@ class ModelStore:
     def _end_probation(self, pipeline: str) -> None:
         path = self.pipeline_dir(pipeline) / "probation.json"
         path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -476,7 +477,7 @@ class ModelStore:
             version = self._meta(pipeline, sha).get("version")
             path.unlink(missing_ok=True)
             (path.parent / f"{sha}.json").unlink(missing_ok=True)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             self.record(pipeline, "removed", sha, version, reason)
             log.info("%s: model %s removed from the store: %s", pipeline, sha, reason)
             return True

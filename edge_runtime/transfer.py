@@ -22,6 +22,7 @@ from http.client import HTTPException, HTTPMessage
 from pathlib import Path
 from typing import IO
 
+from edge_runtime.modelstore import fsync_dir
 from edge_runtime.updates import TRANSFER_ID_RE, DownloadError, SizeLimitError
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,6 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
                 f"{redact_url(req.full_url)}: refusing redirect ({code}) to {redact_url(newurl)}"
             )
         return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _open_http(url: str, timeout_s: float, ca_file: str | Path | None) -> tuple[IO[bytes], int | None]:
@@ -171,7 +164,7 @@ def download(
                 out.flush()
                 os.fsync(out.fileno())
         os.replace(part, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except OSError as exc:  # reads are handled in _copy: this is the local side
         part.unlink(missing_ok=True)
         raise DownloadError(f"{shown}: cannot write {part}: {exc.strerror or exc}") from exc
@@ -285,7 +278,7 @@ class ChunkAssembler:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(part, done)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException:
             part.unlink(missing_ok=True)
             raise

@@ -11,6 +11,7 @@ from edge_runtime.runtime.backend import get_backend
 from edge_runtime.runtime.delegates import REGISTRY
 from edge_runtime.runtime.model import Model
 from edge_runtime.runtime.modelfile import TensorInfo, read_model_file
+from edge_runtime.runtime.quant import quant_fields
 
 DEFAULT_PROBE = ("edgetpu", "gpu", "vx", "armnn", "cpu")
 
@@ -39,16 +40,8 @@ def probe_delegates(path: Path, delegates: tuple[str, ...], backend: str) -> lis
 
 def _tensor(t: TensorInfo) -> dict[str, Any]:
     q = t.quantization
-    return {
-        "index": t.index,
-        "name": t.name,
-        "shape": list(t.shape),
-        "dtype": t.dtype,
-        "scale": (list(q.scale) if q.per_channel else q.scale[0]) if q else None,
-        "zero_point": (list(q.zero_point) if q.per_channel else q.zero_point[0]) if q else None,
-        "per_channel": bool(q and q.per_channel),
-        "quantized_dimension": q.axis if q else None,
-    }
+    fields = quant_fields(q.scale, q.zero_point, q.axis) if q else quant_fields(None, None, None)
+    return {"index": t.index, "name": t.name, "shape": list(t.shape), "dtype": t.dtype, **fields}
 
 
 def build_report(

@@ -21,7 +21,7 @@ from edge_runtime.errors import DelegateError, InputError, InvokeError, ModelLoa
 from edge_runtime.runtime.backend import Backend, get_backend
 from edge_runtime.runtime.delegates import Delegate, DelegateFailure, parse_chain
 from edge_runtime.runtime.modelfile import read_model_file
-from edge_runtime.runtime.quant import QuantParams
+from edge_runtime.runtime.quant import QuantParams, quant_fields
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,13 @@ class TensorSpec:
 
     def to_dict(self) -> dict[str, Any]:
         q = self.quant
+        fields = quant_fields(q.scale, q.zero_point, q.axis) if q else quant_fields(None, None, None)
         return {
             "name": self.name,
             "index": self.index,
             "shape": list(self.shape),
             "dtype": self.dtype,
-            "scale": (list(q.scale) if q.per_channel else q.scale[0]) if q else None,
-            "zero_point": (list(q.zero_point) if q.per_channel else q.zero_point[0]) if q else None,
-            "per_channel": bool(q and q.per_channel),
-            "quantized_dimension": q.axis if q else None,
+            **fields,
         }
 
 

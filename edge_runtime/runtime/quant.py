@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -102,3 +103,18 @@ def apply_lut(image: npt.NDArray[np.uint8], lut: npt.NDArray[np.integer]) -> npt
     if image.ndim < 1 or image.shape[-1] != channels:
         raise ValueError(f"a {channels}-channel table needs an image with {channels} channels")
     return np.take_along_axis(lut, image.reshape(-1, channels).astype(np.intp), axis=0).reshape(image.shape)
+
+
+def quant_fields(
+    scale: tuple[float, ...] | None, zero_point: tuple[int, ...] | None, axis: int | None
+) -> dict[str, Any]:
+    """Quantization as JSON fields: one scale and zero point per tensor, or lists per channel."""
+    if not scale or zero_point is None:
+        return {"scale": None, "zero_point": None, "per_channel": False, "quantized_dimension": None}
+    per_channel = len(scale) > 1
+    return {
+        "scale": list(scale) if per_channel else scale[0],
+        "zero_point": list(zero_point) if per_channel else zero_point[0],
+        "per_channel": per_channel,
+        "quantized_dimension": axis,
+    }
