@@ -163,6 +163,9 @@ class UpdatesConfig(Strict):
     max_latency_factor: float = Field(
         3.0, gt=1, description="Invoke p95 over this factor of the old one fails."
     )
+    latency_floor_ms: float = Field(
+        5.0, ge=0, description="...and only when it is also this much slower (small models jitter)."
+    )
     fail_on_constant: bool = Field(True, description="Outputs identical over the whole probation fail it.")
 
 

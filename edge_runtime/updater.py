@@ -125,7 +125,9 @@ class Probation:
         with self.lock:
             return len(self.latencies)
 
-    def verdict(self, factor: float, check_constant: bool) -> str:
+    WARMUP = 3  # a new interpreter's first invokes are slow (caches, XNNPACK packing): not judged
+
+    def verdict(self, factor: float, check_constant: bool, floor_ms: float = 5.0) -> str:
         """Why the model fails probation, or ""."""
         errors = self.pipeline.errors - self.errors_at_start
         if errors:
@@ -135,9 +137,10 @@ class Probation:
                 return f"{self.nan} results with NaN or infinite outputs"
             if check_constant and len(self.latencies) >= 5 and not self.varied:
                 return f"outputs constant over {len(self.latencies)} results"
-            if self.baseline and len(self.latencies) >= 5:
-                p95 = float(np.percentile(self.latencies, 95))
-                if p95 > factor * self.baseline:
+            judged = self.latencies[self.WARMUP :]
+            if self.baseline and len(judged) >= 5:
+                p95 = float(np.percentile(judged, 95))
+                if p95 > factor * self.baseline and p95 - self.baseline > floor_ms:
                     return (
                         f"invoke p95 {p95:.2f} ms is over {factor:g} x the previous model's "
                         f"{self.baseline:.2f} ms"
@@ -410,10 +413,14 @@ class Updater:
     def _probation(self, watch: Probation) -> str:
         deadline = time.monotonic() + self.cfg.probation_s
         while time.monotonic() < deadline and not self.service.stop_event.is_set():
-            verdict = watch.verdict(self.cfg.max_latency_factor, self.cfg.fail_on_constant)
+            verdict = watch.verdict(
+                self.cfg.max_latency_factor, self.cfg.fail_on_constant, self.cfg.latency_floor_ms
+            )
             if verdict:
                 return verdict
             if watch.count >= self.cfg.probation_results:
                 break
             time.sleep(0.05)
-        return watch.verdict(self.cfg.max_latency_factor, self.cfg.fail_on_constant)
+        return watch.verdict(
+            self.cfg.max_latency_factor, self.cfg.fail_on_constant, self.cfg.latency_floor_ms
+        )

@@ -153,7 +153,7 @@ class CommandDispatcher:
         self.event("command.error", f"command {name} refused: {message}", {"command": name, "id": request_id})
         self._reply(
             request_id,
-            {"id": request_id, "command": name, "ok": False, "error": message},
+            {"id": request_id, "command": name, "ok": False, "error": message, "final": True},
             response,
             correlation,
         )
