@@ -210,6 +210,8 @@ class MqttLink:
                 )
                 continue
             while not self._stop.is_set():
+                if self._closing and not self.connected.is_set():
+                    break  # disconnected on purpose: do not loop on the closed socket
                 try:
                     rc = self.client.loop(timeout=0.1)
                 except (OSError, ssl.SSLError) as exc:
