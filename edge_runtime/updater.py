@@ -318,13 +318,6 @@ class Updater:
 
     def _update(self, cmd: Command, request: UpdateRequest) -> None:
         pipeline = self._pipeline(request.pipeline)
-        if pipeline.runners[0].model.sha256 == request.sha256:
-            self._reply(
-                cmd,
-                {"ok": True, "step": "commit", "sha256": request.sha256, "version": request.version,
-                 "already": True, "final": True},
-            )  # fmt: skip
-            return
         staging = self.store.staging_dir(request.pipeline)
         dest = staging / f"{request.id}.tflite"
         try:
@@ -348,6 +341,13 @@ class Updater:
             self._step(cmd, request, "sha256")
             verify(self.cfg.public_keys, request.pipeline, request.version, request.sha256, request.signature)
             self._step(cmd, request, "signature", signed=bool(request.signature))
+            if pipeline.runners[0].model.sha256 == request.sha256:  # verified, and already serving
+                self._reply(
+                    cmd,
+                    {"ok": True, "step": "commit", "sha256": request.sha256, "version": request.version,
+                     "already": True, "final": True},
+                )  # fmt: skip
+                return
             isolated_check(dest)
             old = pipeline.runners[0]
             try:

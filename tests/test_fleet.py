@@ -134,6 +134,7 @@ class FakeDevice:
         self.version = "1"
         self.previous = ("f" * 64, "0")
         self.commands: list[tuple[str, dict[str, Any]]] = []
+        self._updating = False
         self.downloads = 0
         self.chunks: dict[str, dict[int, bytes]] = {}
         self.received: bytes | None = None
@@ -184,7 +185,14 @@ class FakeDevice:
         self.publish("health", health, retain=True)
 
     def reply(self, request_id: str, body: dict[str, Any]) -> None:
+        if self._updating and (body.get("final") or body.get("ok") is False):
+            self._end()  # before the tool can see the final reply and start the next device
         self.publish(f"reply/{request_id}", {"id": request_id, **body})
+
+    def _end(self) -> None:
+        if self._updating:
+            self._updating = False
+            self.tracker.record(self.name, "end")
 
     def close(self) -> None:
         self._queue.put(None)
@@ -202,10 +210,11 @@ class FakeDevice:
                 self._chunk(body)
             elif command == "model.update":
                 self.tracker.record(self.name, "start")
+                self._updating = True
                 try:
                     self._update(body)
                 finally:
-                    self.tracker.record(self.name, "end")
+                    self._end()
             elif command == "model.rollback":
                 self._rollback(body)
 

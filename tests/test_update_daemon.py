@@ -20,6 +20,7 @@ from edge_runtime.signing import generate_keypair, sign
 
 DIGITS = MODELS / "digits_int8.tflite"
 CONSTANT = DATA / "constant_digits_int8.tflite"
+V2 = DATA / "digits_v2_int8.tflite"  # digits with another description: another sha256, same behaviour
 
 
 @contextmanager
@@ -152,11 +153,10 @@ def test_a_good_update_commits_and_a_constant_model_rolls_back(
     private, public = keys
     extra = f'[updates]\npublic_keys = ["{public}"]\nprobation_s = 10\nprobation_results = 10\n'
     config = digits_config(tmp_path, port=broker.port, extra=extra)
-    digits = DIGITS.read_bytes()
     constant = CONSTANT.read_bytes()
     with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
         assert sub.wait_for(lambda ms: any(m.topic.endswith("/health") for m in ms), 30), daemon.log()
-        replies = request(sub, "good", update_body(DIGITS, digits, "2", private))
+        replies = request(sub, "good", update_body(V2, V2.read_bytes(), "2", private))
         steps = ["accepted", "download", "sha256", "signature", "load", "check", "smoke", "swap", "probation"]
         assert [r["step"] for r in replies] == [*steps, "commit"]
         assert replies[-1]["ok"] and replies[-1]["version"] == "2"
@@ -165,10 +165,16 @@ def test_a_good_update_commits_and_a_constant_model_rolls_back(
         final = replies[-1]
         assert final["ok"] is False and final["step"] == "probation" and final["rolled_back"] is True
         assert "constant" in final["error"]
-        rolled = [
-            m.json() for m in sub.messages("edge/dev1/events") if m.json()["kind"] == "model.rolled_back"
-        ]
-        assert rolled and "constant" in rolled[-1]["message"]
+
+        def rolled(ms: list[Any]) -> list[dict[str, Any]]:
+            return [
+                m.json()
+                for m in ms
+                if m.topic.endswith("/events") and m.json()["kind"] == "model.rolled_back"
+            ]
+
+        assert sub.wait_for(lambda ms: bool(rolled(ms)), 20)
+        assert "constant" in rolled(sub.messages("edge/dev1/events"))[-1]["message"]
         assert sub.wait_for(lambda ms: serving(sub)[1] == "2", 20)
         assert no_gap(sub)
         sub.publish("edge/dev1/cmd/model.list", b'{"id": "l1", "pipeline": "digits"}', qos=1)

@@ -1,5 +1,6 @@
 """Derive test models from the bundled ones, without TensorFlow.
 
+``tests/data/digits_v2_int8.tflite``: the same model with another description (another sha256).
 ``tests/data/constant_digits_int8.tflite``: the bundled digits model with the weights of its last
 FULLY_CONNECTED layer set to zero, so its output is softmax(bias) whatever the input: the same
 inputs and outputs as digits (it passes an update's staging checks) but constant outputs (it must
@@ -35,6 +36,19 @@ def constant_digits(source: Path, target: Path) -> None:
     print(f"{target}: {weights.name} ({len(view)} int8 weights) zeroed")
 
 
+def relabelled_copy(source: Path, target: Path) -> None:
+    """The same model with another description string: other bytes and sha256, same behaviour
+    (a stand-in for a retrained model that passes every check of an update)."""
+    data = bytearray(source.read_bytes())
+    marker = b"MLIR Converted."
+    start = data.find(marker)
+    if start < 0:
+        raise SystemExit(f"{source}: no converter description to change")
+    data[start : start + len(marker)] = b"MLIR Converted!"
+    target.write_bytes(bytes(data))
+    print(f"{target}: {source.name} with another description")
+
+
 def _buffer_bytes(data: bytes, buffer_index: int) -> bytes:
     from edge_runtime.runtime.flatbuffer import Buffer, root
     from edge_runtime.runtime.modelfile import TFLITE_IDENTIFIER
@@ -49,3 +63,4 @@ def _buffer_bytes(data: bytes, buffer_index: int) -> bytes:
 if __name__ == "__main__":
     models = ROOT / "edge_runtime" / "models"
     constant_digits(models / "digits_int8.tflite", ROOT / "tests" / "data" / "constant_digits_int8.tflite")
+    relabelled_copy(models / "digits_int8.tflite", ROOT / "tests" / "data" / "digits_v2_int8.tflite")
