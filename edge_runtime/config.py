@@ -27,6 +27,8 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -97,11 +99,22 @@ class RuntimeConfig(Strict):
 
 
 class TlsConfig(Strict):
-    ca: str = Field("", description="CA bundle that signs the broker's certificate (empty: no TLS).")
+    required: bool = Field(False, description="Refuse to start unless TLS is configured.")
+    ca: str = Field(
+        "",
+        validate_default=True,
+        description="CA bundle that signs the broker's certificate (empty: no TLS).",
+    )
     cert: str = Field("", description="Client certificate for mutual TLS.")
     key: str = Field("", description="Client private key for mutual TLS.")
     insecure: bool = Field(False, description="Skip the broker hostname check (never in production).")
-    required: bool = Field(False, description="Refuse to start unless TLS is configured.")
+
+    @field_validator("ca")
+    @classmethod
+    def _required(cls, ca: str, info: ValidationInfo) -> str:
+        if info.data.get("required") and not ca:
+            raise ValueError("tls.required is set but no CA is configured")
+        return ca
 
 
 class PublishConfig(Strict):

@@ -371,16 +371,18 @@ class Service:
         with self._swap_lock:
             if self.stop_event.is_set():
                 raise EdgeRuntimeError("reload: the daemon is stopping")
-            self._stop_runtime()
             old_config = self.config
-            try:
+            try:  # build everything (models loaded) before touching what runs
                 sources, pipelines = self._build_runtime(new)
             except EdgeRuntimeError as exc:
-                log.error("reload failed, keeping the running config: %s", exc)
-                self.sources, self.pipelines = self._build_runtime(old_config)
-                self._start_runtime()
+                log.error("reload failed, the running config goes on: %s", exc)
                 self.reporter.event("config.reload_failed", f"reload failed: {exc}", {})
                 raise
+            self._stop_runtime()
+            for pipeline in pipelines:  # results the old pipelines made meanwhile keep their seq
+                pipeline.seq = max(
+                    pipeline.seq, self._seqs.get(pipeline.name, 0), self.reporter.last_seq(pipeline.name)
+                )
             self.sources, self.pipelines, self.config = sources, pipelines, new
             self._start_runtime()
             self.reloads += 1

@@ -20,7 +20,7 @@ from typing import Any
 
 from edge_runtime.config import MqttConfig
 from edge_runtime.errors import ConfigError
-from edge_runtime.reporting.outbox import Outbox
+from edge_runtime.reporting.outbox import Outbox, OutboxError
 from edge_runtime.reporting.topics import Topics, status_payload
 from edge_runtime.sources.base import Backoff
 
@@ -115,6 +115,7 @@ class MqttLink:
         self._last_ack = time.monotonic()
         self._net: threading.Thread | None = None
         self._fwd: threading.Thread | None = None
+        self.last_outbox_error = ""
         self._forwarding = threading.Event()
         self._forwarding.set()
 
@@ -224,37 +225,45 @@ class MqttLink:
             self.connected.clear()
 
     def _forward(self) -> None:
-        """Drain the outbox in order while connected; ack what the broker acknowledged."""
+        """Drain the outbox in order while connected; ack what the broker acknowledged. An outbox
+        error (a full disk) is logged and retried: this thread never dies of it."""
         while not self._stop.is_set():
-            self._collect_acks()
-            if not self._forwarding.is_set() or not self.connected.wait(0.2):
-                continue
-            if self._inflight and time.monotonic() - self._last_ack > STALL_S:
-                log.warning(
-                    "mqtt: %d messages unacknowledged for %.0f s; sending again", len(self._inflight), STALL_S
-                )
-                self._inflight.clear()
-                self._last_id = 0
-                self._last_ack = time.monotonic()
-            room = self.cfg.max_inflight - len(self._inflight)
-            if room <= 0:
-                time.sleep(0.002)
-                continue
-            batch = self.outbox.peek(limit=min(room, 200), after_id=self._last_id)
-            if not batch:
-                self.outbox.wait(self._last_id, 0.05 if self._inflight else 0.2)
-                continue
-            for message in batch:
-                if not self.connected.is_set():
-                    break
-                info = self.client.publish(
-                    message.topic, message.payload, qos=message.qos, retain=message.retain
-                )
-                if info.rc != 0:
-                    break
-                self._last_id = message.id
-                self.published += 1
-                self._inflight.append((message.id, info, time.monotonic()))
+            try:
+                self._forward_once()
+            except OutboxError as exc:
+                if str(exc) != self.last_outbox_error:
+                    log.error("mqtt: outbox: %s (retrying)", exc)
+                self.last_outbox_error = str(exc)
+                self._stop.wait(0.5)
+
+    def _forward_once(self) -> None:
+        self._collect_acks()
+        if not self._forwarding.is_set() or not self.connected.wait(0.2):
+            return
+        if self._inflight and time.monotonic() - self._last_ack > STALL_S:
+            log.warning(
+                "mqtt: %d messages unacknowledged for %.0f s; sending again", len(self._inflight), STALL_S
+            )
+            self._inflight.clear()
+            self._last_id = 0
+            self._last_ack = time.monotonic()
+        room = self.cfg.max_inflight - len(self._inflight)
+        if room <= 0:
+            time.sleep(0.002)
+            return
+        batch = self.outbox.peek(limit=min(room, 200), after_id=self._last_id)
+        if not batch:
+            self.outbox.wait(self._last_id, 0.05 if self._inflight else 0.2)
+            return
+        for message in batch:
+            if not self.connected.is_set():
+                break
+            info = self.client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+            if info.rc != 0:
+                break
+            self._last_id = message.id
+            self.published += 1
+            self._inflight.append((message.id, info, time.monotonic()))
 
     def _collect_acks(self) -> None:
         """Delete from the outbox what the broker acknowledged (QoS 0: what was written)."""
@@ -264,8 +273,8 @@ class MqttLink:
         if not done:
             return
         ids = {entry[0] for entry in done}
+        self.outbox.ack(ids)  # may raise (a full disk): then they stay in flight for the next try
         self._inflight = [entry for entry in self._inflight if entry[0] not in ids]
-        self.outbox.ack(ids)
         self._last_ack = time.monotonic()
 
     # -- direct publishing (status, health: retained, not through the outbox) -----------------------
@@ -324,4 +333,7 @@ class MqttLink:
         for thread in (self._fwd, self._net):
             if thread is not None:
                 thread.join(timeout)
-        self._collect_acks()
+        try:
+            self._collect_acks()
+        except OutboxError as exc:
+            log.error("mqtt: outbox: %s; unacknowledged messages will be sent again after a restart", exc)

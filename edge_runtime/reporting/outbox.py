@@ -158,7 +158,14 @@ class Outbox:
             if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
                 raise OutboxError(f"{self.path}: outbox cannot use a WAL journal on this filesystem")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA journal_size_limit=8388608")
+            # keep the write-ahead log small next to the bound: a checkpoint every ~1/8 of
+            # max_bytes (at least 16 pages), and the log file truncated back after it
+            page = conn.execute("PRAGMA page_size").fetchone()[0] or 4096
+            pages = max(16, min(1000, self.max_bytes // 8 // page))
+            conn.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
+            conn.execute(
+                f"PRAGMA journal_size_limit={int(min(8 * 1024 * 1024, max(65536, self.max_bytes // 8)))}"
+            )
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise OutboxCorruptError(f"{self.path}: outbox database is corrupt: {check}")
