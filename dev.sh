@@ -74,7 +74,7 @@ setup_base() {
 
 setup_test() {
   setup_base
-  apt_ensure mosquitto mosquitto-clients socat ffmpeg systemd shellcheck
+  apt_ensure mosquitto mosquitto-clients socat ffmpeg systemd shellcheck faketime
   if PY_TFL=$(pick_python 11); then
     venv_ensure .venv-tflite "$PY_TFL" ".[tflite-runtime,test]"
   else
@@ -91,6 +91,7 @@ case "$cmd" in
     exec .venv/bin/edge-runtime run "$@" ;;
   test)
     setup_test
+    export EDGE_RUNTIME_SOAK_S=${EDGE_RUNTIME_SOAK_S:-60}  # the soak test, shortened (600 = 10 min)
     log "suite under LiteRT (.venv)"
     .venv/bin/python -m pytest "$@"
     if [ -x .venv-tflite/bin/python ]; then
