@@ -1,6 +1,12 @@
 """Benchmark the SQLite outbox: put, put_many, and draining a backlog with peek+ack.
 
     .venv/bin/python tools/bench_outbox.py [--n 20000] [--payload 600] [--batch 100] [--dir DIR]
+                                           [--mqtt]
+
+With ``--mqtt`` it also measures the whole reporting path against a real mosquitto (started on a
+free loopback port): the drain of a 10,000-result backlog (the broker was away) through the
+MQTT link at QoS 1 to a subscriber, and the live rate the path sustains (results put into the
+outbox as fast as they come, forwarded and acknowledged) over a few seconds.
 
 Runs on the filesystem of ``--dir`` (default: a temporary directory), which is what matters on a
 board: put it on the SD card or eMMC that will hold the state directory.
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -58,15 +65,111 @@ def bench(directory: Path, n: int, size: int, batch: int) -> list[tuple[str, int
     return rows
 
 
+def _broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    import os
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    conf = directory / "mosquitto.conf"
+    user = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 100\n{user}"
+    )
+    proc = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("mosquitto did not start (apt-get install -y mosquitto)")
+
+
+def mqtt_bench(
+    directory: Path, size: int, backlog: int = 10_000, live_s: float = 5.0
+) -> list[tuple[str, int, float]]:
+    """The drain of a backlog and the live rate of outbox -> MQTT link -> broker -> subscriber."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_runtime.config import MqttConfig
+    from edge_runtime.reporting.mqtt import MqttLink
+    from edge_runtime.reporting.topics import Topics
+
+    rows: list[tuple[str, int, float]] = []
+    proc, port = _broker(directory)
+    received = 0
+    lock = threading.Lock()
+
+    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        nonlocal received
+        with lock:
+            received += 1
+
+    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", port)
+    sub.subscribe("edge/bench/#", qos=1)
+    sub.loop_start()
+    time.sleep(0.3)
+    try:
+        topics = Topics("edge", "bench")
+        with Outbox(directory / "mqtt.db", max_count=backlog * 10) as box:
+            box.put_many(
+                [(topics.results("p"), _payload(size, i), 1, False, ("p", i + 1)) for i in range(backlog)]
+            )
+            link = MqttLink(
+                MqttConfig(host="127.0.0.1", port=port), topics, box, version="bench", pipelines=["p"]
+            )
+            start = time.perf_counter()
+            link.start()
+            while box.stats()["depth"] and time.perf_counter() - start < 120:
+                time.sleep(0.01)
+            rows.append((f"drain of {backlog} to the broker (PUBACKs)", backlog, time.perf_counter() - start))
+            while received < backlog and time.perf_counter() - start < 120:
+                time.sleep(0.01)
+            rows.append(
+                (f"... at a QoS 1 subscriber ({received} received)", received, time.perf_counter() - start)
+            )
+            with lock:
+                received = 0
+            stop = time.perf_counter() + live_s
+            seq = backlog
+            start = time.perf_counter()
+            while time.perf_counter() < stop:
+                seq += 1
+                box.put(topics.results("p"), _payload(size, seq), seq=("p", seq))
+            while box.stats()["depth"] and time.perf_counter() - start < live_s + 60:
+                time.sleep(0.01)
+            rows.append(("live: put + forward + PUBACK + delete", received, time.perf_counter() - start))
+            link.stop()
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+        proc.terminate()
+        proc.wait(10)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=20_000, help="messages for the put benchmarks")
     parser.add_argument("--payload", type=int, default=600, help="payload size in bytes")
     parser.add_argument("--batch", type=int, default=100, help="put_many and peek batch size")
     parser.add_argument("--dir", type=Path, default=None, help="directory for the databases")
+    parser.add_argument("--mqtt", action="store_true", help="also the reporting path to a real mosquitto")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         rows = bench(Path(tmp), args.n, args.payload, args.batch)
+        if args.mqtt:
+            rows += mqtt_bench(Path(tmp), args.payload)
     print(f"payload {args.payload} B, databases in {args.dir or tempfile.gettempdir()}")
     print(f"{'operation':<48} {'messages':>9} {'seconds':>9} {'msg/s':>10}")
     for name, count, seconds in rows:
