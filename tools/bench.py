@@ -68,6 +68,7 @@ CACHE = Path(tempfile.gettempdir()) / "edge-runtime-bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHILD = "_child"
 RESULT_PREFIX = "BENCH-RESULT "
+DAEMON = ["-m", "edge_runtime"]  # how (c) starts the daemon: python DAEMON run --config ...; see --daemon
 RING = 1 << 18  # invoke times kept by the bare loop (the last 262,144)
 
 # targets of the issue (mobilenet_v2_int8 on a 2-core machine)
@@ -595,7 +596,7 @@ def run_pipeline(
     run = Run(kind, latency_kind="capture to subscriber")
     log_path = directory / f"{tag}.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "edge_runtime", "run", "--config", str(config), "--quiet"]
+    cmd = [sys.executable, *DAEMON, "run", "--config", str(config), "--quiet"]
     with log_path.open("wb") as err:
         started = time.time()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO)
@@ -1236,6 +1237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="before each run, wait up to this long for the machine to be idle (shared machines)",
     )
     parser.add_argument(
+        "--daemon",
+        default=None,
+        metavar="SCRIPT",
+        help="run (c) as 'python SCRIPT run --config ...' instead of 'python -m edge_runtime run ...': "
+        "a script that calls edge_runtime.cli.main(), to profile the daemon or try a change",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -1243,6 +1251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="make each run N times and keep the one least disturbed by other processes",
     )
     args = parser.parse_args(args_list)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # cleanup runs
+    if args.daemon:
+        DAEMON[:] = [str(Path(args.daemon).resolve())]
     seconds = args.seconds if args.seconds is not None else (2.0 if args.short else 20.0)
     warmup_s = 0.3 if args.short else 1.0
     models = resolve_models(_csv(args.models))
@@ -1253,7 +1264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not models or not threads or min(threads) < 1:
         parser.error("give at least one model and thread counts >= 1")
 
-    report: dict[str, Any] = {"machine": machine(), "seconds": seconds, "short": args.short, "combos": []}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "seconds": seconds,
+        "short": args.short,
+        "repeat": args.repeat,
+        "daemon": [Path(sys.executable).name, *DAEMON],
+        "combos": [],
+    }
     notes: list[str] = []
     available = []
     for label, path in models:
