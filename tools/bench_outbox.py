@@ -74,9 +74,8 @@ def _broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
         port = int(sock.getsockname()[1])
     conf = directory / "mosquitto.conf"
     user = "user root\n" if os.geteuid() == 0 else ""
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 100\n{user}"
-    )
+    limits = "max_queued_messages 0\nmax_inflight_messages 100\n"  # the subscriber must not lose any
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{limits}{user}")
     proc = subprocess.Popen(
         ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
