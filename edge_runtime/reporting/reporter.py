@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ class Reporter:
         self.store_errors = 0
         self.events_sent = 0
         self._final_outbox: dict[str, Any] | None = None
+        self._last_store_log = float("-inf")
+        self._logged_errors = 0
         self._lock = threading.Lock()
         self.dispatcher = CommandDispatcher(
             self.topics, self._publish_reply, self.event, max_bytes=config.mqtt.max_command_bytes
@@ -134,10 +137,21 @@ class Reporter:
         except OutboxError as exc:
             with self._lock:
                 self.store_errors += 1
-            log.error("result %s/%s not stored: %s", pipeline, result["seq"], exc)
+            self._store_error(f"result {pipeline}/{result['seq']}", exc)
 
     def close(self) -> None:
         """Sinks are closed by :meth:`stop`."""
+
+    def _store_error(self, what: str, exc: Exception) -> None:
+        """Log the first store failure, then one line per 10 s with the count (a full disk would
+        otherwise log every result)."""
+        now = time.monotonic()
+        if now - self._last_store_log >= 10.0:
+            suppressed = self.store_errors - self._logged_errors - 1
+            more = f" ({suppressed} more not stored since the last message)" if suppressed > 0 else ""
+            log.error("%s not stored: %s%s", what, exc, more)
+            self._last_store_log = now
+            self._logged_errors = self.store_errors
 
     def event(self, kind: str, message: str, fields: dict[str, Any]) -> None:
         """An event on ``{prefix}/{device}/events`` (through the outbox) and in the log."""
@@ -157,7 +171,7 @@ class Reporter:
         except OutboxError as exc:
             with self._lock:
                 self.store_errors += 1
-            log.error("event %s not stored: %s", kind, exc)
+            self._store_error(f"event {kind}", exc)
 
     def publish_health(self, report: dict[str, Any]) -> bool:
         if self.link is None:
