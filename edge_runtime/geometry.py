@@ -47,14 +47,6 @@ class ImageTransform:
         out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, self.src_h)
         return out
 
-    def boxes_to_input(self, boxes: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """Boxes in source pixels -> input pixels (the inverse of :meth:`boxes_to_source`)."""
-        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        out = np.empty_like(b)
-        out[:, [0, 2]] = b[:, [0, 2]] * self.sx + self.ox
-        out[:, [1, 3]] = b[:, [1, 3]] * self.sy + self.oy
-        return out
-
 
 def plan(src_w: int, src_h: int, dst_w: int, dst_h: int, mode: ResizeMode = "stretch") -> ImageTransform:
     """The transform that ``mode`` applies to a ``src_w`` x ``src_h`` frame."""

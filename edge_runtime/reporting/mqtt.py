@@ -116,8 +116,6 @@ class MqttLink:
         self._net: threading.Thread | None = None
         self._fwd: threading.Thread | None = None
         self.last_outbox_error = ""
-        self._forwarding = threading.Event()
-        self._forwarding.set()
 
     # -- paho callbacks (network thread) -----------------------------------------------------------
 
@@ -238,7 +236,7 @@ class MqttLink:
 
     def _forward_once(self) -> None:
         self._collect_acks()
-        if not self._forwarding.is_set() or not self.connected.wait(0.2):
+        if not self.connected.wait(0.2):
             return
         if self._inflight and time.monotonic() - self._last_ack > STALL_S:
             log.warning(
@@ -283,12 +281,6 @@ class MqttLink:
         if not self.connected.is_set():
             return False
         return bool(self.client.publish(topic, payload, qos=qos, retain=retain).rc == 0)
-
-    def pause_forwarding(self) -> None:
-        self._forwarding.clear()
-
-    def resume_forwarding(self) -> None:
-        self._forwarding.set()
 
     def stats(self) -> dict[str, Any]:
         inflight = len(self._inflight)

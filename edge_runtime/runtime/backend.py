@@ -92,15 +92,3 @@ def get_backend(choice: str = "auto") -> Backend:
         )
     chosen: BackendName = "litert" if choice == "litert" else "tflite-runtime"
     return _import(chosen)
-
-
-def available_backends() -> list[str]:
-    """Names of the backends that import in this environment."""
-    found: list[str] = []
-    for name in AUTO_ORDER:
-        try:
-            _import(name)
-        except BackendUnavailableError:
-            continue
-        found.append(name)
-    return found

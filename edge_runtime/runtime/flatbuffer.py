@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import TypeVar
 
 from edge_runtime.errors import ModelFormatError
 
-T = TypeVar("T")
-
-_U8 = struct.Struct("<B")
 _I8 = struct.Struct("<b")
 _U16 = struct.Struct("<H")
 _I32 = struct.Struct("<i")
@@ -44,9 +40,6 @@ class Buffer:
         self.check(pos, fmt.size)
         value: int = fmt.unpack_from(self.data, pos)[0]
         return value
-
-    def u8(self, pos: int) -> int:
-        return self._read(_U8, pos)
 
     def i8(self, pos: int) -> int:
         return self._read(_I8, pos)
@@ -136,9 +129,6 @@ class Table:
     def tables(self, index: int) -> list[Table]:
         start, length = self._vector(index, 4)
         return [Table(self.buf, self._indirect(start + i * 4)) for i in range(length)]
-
-    def map_tables(self, index: int, build: Callable[[Table], T]) -> list[T]:
-        return [build(t) for t in self.tables(index)]
 
 
 def root(buf: Buffer, identifier: bytes | None = None) -> Table:

@@ -8,7 +8,6 @@ from typing import Any
 
 from edge_runtime.errors import BackendUnavailableError, EdgeRuntimeError
 from edge_runtime.runtime.backend import get_backend
-from edge_runtime.runtime.delegates import REGISTRY
 from edge_runtime.runtime.model import Model
 from edge_runtime.runtime.modelfile import TensorInfo, read_model_file
 from edge_runtime.runtime.quant import quant_fields
@@ -136,7 +135,3 @@ def format_report(report: dict[str, Any]) -> str:
         state = "loads" if d["loads"] else f"no: {d['cause']}"
         lines.append(f"{label:<12}{d['delegate']:<9} {state}")
     return "\n".join(lines)
-
-
-def known_delegates() -> list[str]:
-    return [k for k in REGISTRY if k != "external"]
