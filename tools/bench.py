@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench.py [--models mobilenet,digits] [--threads 1,2] [--seconds S]
                                     [--short] [--json] [--soak MINUTES] [--workdir DIR]
+                                    [--runs a,b,c,c'] [--repeat N] [--wait-idle S] [--daemon SCRIPT]
 
 For each model and thread count, side by side, each run in a fresh process:
 
@@ -19,7 +20,11 @@ c: capture to subscriber); per-stage medians; CPU % (100 = one core) and peak RS
 process; seconds from process start to the first result (a: first invoke; b, c: first message
 at the subscriber). ``--json`` prints everything as JSON on stdout (the tables go to stderr).
 ``--short`` is the CI variant (about a minute). ``--soak MINUTES`` runs (c) that long instead of
-the tables, sampling the daemon's RSS every 10 s, and reports its growth.
+the tables, sampling the daemon's RSS every 10 s, and reports its growth. On a shared machine,
+``--wait-idle S --repeat N`` waits for quiet seconds and keeps the least disturbed of N runs (a
+warning under a table names each row during which other processes used over 15 % of the CPU).
+``--daemon SCRIPT`` runs (c) through a script that calls ``edge_runtime.cli.main()`` (to profile
+it or to measure a change without editing the package). docs/performance.md has the figures.
 
 Models: ``mobilenet`` (models/mobilenet_v2_int8.tflite), ``digits`` (the bundled digits CNN), or
 any .tflite path; a 3-channel input gets MobileNet preprocessing (stretch, RGB, (x - 127.5) / 127.5),
@@ -661,9 +666,14 @@ def run_pipeline(
     run.window_s = t1 - t0
     run.latency_ms = percentiles(e2e)
     run.stages_ms = {k: percentiles(v) for k, v in stages.items()}
+    # the worker's time per result outside invoke (pre, post, emit, waits): what keeps (c) from (a)
+    overhead = (
+        1000 / run.fps - run.stages_ms["invoke"]["p50"] if run.fps > 0 and not realtime else float("nan")
+    )
     pipeline_stats = _stats_line(text, "pipeline bench stats: ")
     source_stats = _stats_line(text, "source camera stats: ")
     run.extra = {
+        "overhead_ms_per_result": overhead,
         "received": len(messages),
         "exit_code": proc.returncode,
         "stop_s": round(stop_s, 3),
@@ -887,6 +897,14 @@ def resolve_models(names: Sequence[str]) -> list[tuple[str, Path]]:
     return found
 
 
+def input_channels(path: Path) -> int:
+    """Channels of the model's first input (3: MobileNet preprocessing, 1: digits)."""
+    from edge_runtime.runtime.modelfile import read_model_file
+
+    info, _ = read_model_file(path)
+    return int(info.input_tensors[0].shape[-1])
+
+
 def other_load(run: Run) -> float:
     """CPU % of the machine (100 = every core) not used by the measured process during ``run``."""
     return run.machine_busy_pct - run.cpu_pct / (os.cpu_count() or 1)
@@ -904,6 +922,7 @@ def bench_combo(
     video: Path,
     idle_s: float = 0.0,
     repeat: int = 1,
+    rows: frozenset[str] = frozenset(("a", "b", "c", "c'")),
 ) -> Combo:
     """(a), (b), (c), (c') for one model and thread count. With ``repeat`` > 1 each run is made
     that many times and the one least disturbed by the rest of the machine is kept (all are in
@@ -939,17 +958,21 @@ def bench_combo(
         log(f"{tag}: {name}: {chosen.fps:.1f} fps, p99 {p99:.3f} ms {chosen.error}")
         return chosen
 
-    bare = combo.runs["a"] = measure(
-        "(a) bare invoke loop", lambda i: run_bare(path, threads, seconds, warmup_s)
-    )
-    if bare.error:
-        combo.note = f"bare run failed: {bare.error}"
+    if "a" in rows:
+        bare = combo.runs["a"] = measure(
+            "(a) bare invoke loop", lambda i: run_bare(path, threads, seconds, warmup_s)
+        )
+        if bare.error:
+            combo.note = f"bare run failed: {bare.error}"
+            return combo
+    channels = input_channels(path)
+    if "b" in rows:
+        combo.runs["b"] = measure(
+            "(b) naive loop",
+            lambda i: run_naive(path, threads, seconds, warmup_s, video, broker.port, sub, f"{tag}-{i}"),
+        )
+    if not rows & {"c", "c'"}:
         return combo
-    channels = int(bare.extra["input"]["shape"][-1])
-    combo.runs["b"] = measure(
-        "(b) naive loop",
-        lambda i: run_naive(path, threads, seconds, warmup_s, video, broker.port, sub, f"{tag}-{i}"),
-    )
     pipe = combo.runs["c"] = measure(
         "(c) edge-runtime",
         lambda i: run_pipeline(
@@ -967,7 +990,7 @@ def bench_combo(
             sub,
         ),
     )
-    if pipe.error or not pipe.fps > 0:
+    if pipe.error or not pipe.fps > 0 or "c'" not in rows:
         return combo
     combo.half_fps = round(pipe.fps / 2, 1)
     half_video = make_video(combo.half_fps, workdir)
@@ -1028,7 +1051,7 @@ def format_combo(combo: Combo) -> str:
         f"{'pre ms':>8}{'inv ms':>8}{'post ms':>8}{'CPU %':>7}{'RSS MB':>8}{'first s':>8}"
     )
     lines.append(header)
-    base = bare.fps if bare is not None else float("nan")
+    base = bare.fps if bare is not None and not bare.error else float("nan")
     for key in ("a", "b", "c", "c'"):
         run = combo.runs.get(key)
         if run is None:
@@ -1054,10 +1077,17 @@ def format_combo(combo: Combo) -> str:
                 "of its CPU (broker, subscriber, other processes): that row is pessimistic"
             )
     b, c = combo.runs.get("b"), combo.runs.get("c")
+    a_cpu = f"{bare.cpu_pct * 10 / bare.fps:.1f} ms" if bare is not None and not bare.error else "-"
     if b is not None and c is not None and not b.error and not c.error:
         lines.append(
             f"  (c) vs (b): {c.fps / b.fps:.2f}x the naive loop's fps; latency: a = invoke, "
             "b = read..publish of one frame, c = capture..subscriber"
+        )
+    if c is not None and not c.error:
+        overhead = c.extra.get("overhead_ms_per_result", float("nan"))
+        lines.append(
+            f"  (c) worker time per result outside invoke (1000/fps - invoke p50): {overhead:.2f} ms; "
+            f"CPU per result: {c.cpu_pct * 10 / c.fps:.1f} ms (a: {a_cpu})"
         )
     return "\n".join(lines)
 
@@ -1133,12 +1163,9 @@ def soak(
     video: Path,
 ) -> dict[str, Any]:
     """(c) for ``minutes``, RSS sampled every 10 s; growth after a warm-up of 1 minute (or 10 %)."""
-    from edge_runtime.runtime.modelfile import read_model_file
-
-    info, _ = read_model_file(path)
-    channels = int(info.input_tensors[0].shape[-1])
+    channels = input_channels(path)
     seconds = minutes * 60
-    log(f"soak: {label}, {threads} threads, {minutes:g} min of (c) ...")
+    log(f"soak: {label}, {threads} thread{'s' if threads > 1 else ''}, {minutes:g} min of (c) ...")
     run = run_pipeline(
         "edge-runtime soak", workdir, f"soak-{label}-t{threads}", path, threads, channels, video, False,
         seconds, 0.0, broker.port, sub, sample_every_s=10.0,
@@ -1177,7 +1204,8 @@ def format_soak(s: dict[str, Any]) -> str:
     ok = s["rss_growth_mb"] < TARGET_RSS_GROWTH_MB and s["rss_end_mb"] <= TARGET_RSS_MB
     return "\n".join(
         [
-            f"soak: {s['model']}, {s['threads']} threads, {s['minutes']:g} min of (c), RSS every 10 s",
+            f"soak: {s['model']}, {s['threads']} thread{'s' if s['threads'] > 1 else ''}, "
+            f"{s['minutes']:g} min of (c), RSS every 10 s",
             f"  fps {s['fps']:.1f}, capture->subscriber p50 {s['latency_ms']['p50']:.2f} "
             f"p99 {s['latency_ms']['p99']:.2f} ms, CPU {s['cpu_pct']:.0f} %, "
             f"peak RSS {s['peak_rss_mb']:.1f} MB",
@@ -1219,7 +1247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--threads", default="1,2", help="thread counts (comma-separated)")
     parser.add_argument(
-        "--seconds", type=float, default=None, help="measured seconds per run (default 20; --short: 3)"
+        "--seconds", type=float, default=None, help="measured seconds per run (default 20; --short: 2)"
     )
     parser.add_argument(
         "--short", action="store_true", help="CI: digits and mobilenet, threads 1 and 2, about a minute"
@@ -1244,6 +1272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "a script that calls edge_runtime.cli.main(), to profile the daemon or try a change",
     )
     parser.add_argument(
+        "--runs",
+        default="a,b,c,c'",
+        help="which rows to run (comma-separated from a, b, c, c'; c' needs c, which it runs)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -1263,6 +1296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--threads: not a list of integers: {args.threads!r}")
     if not models or not threads or min(threads) < 1:
         parser.error("give at least one model and thread counts >= 1")
+    rows = frozenset(_csv(args.runs))
+    if not rows or not rows <= {"a", "b", "c", "c'"}:
+        parser.error(f"--runs: expected some of a, b, c, c', got {args.runs!r}")
 
     report: dict[str, Any] = {
         "machine": machine(),
@@ -1323,7 +1359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for n in threads:
                     combo = bench_combo(
                         label, path, n, seconds, warmup_s, workdir, broker, sub, video, args.wait_idle,
-                        max(1, args.repeat),
+                        max(1, args.repeat), rows,
                     )  # fmt: skip
                     combos.append(combo)
             report["combos"] = [
