@@ -380,12 +380,12 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
             check=False,
         )
         if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}): full-disk tests need root")
+            pytest.fail(f"cannot mount a tmpfs here ({proc.stderr.strip()}): full-disk tests need root")
         mounted.append(point)
         return point
 
     if shutil.which("mount") is None:
-        pytest.skip("no mount command: full-disk tests need util-linux mount")
+        pytest.fail("no mount command: full-disk tests need util-linux mount")
     try:
         yield mount
     finally:

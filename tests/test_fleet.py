@@ -37,7 +37,6 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from realparts import wait_until
 
-import edge_runtime
 from edge_runtime import signing
 from edge_runtime.updates import SignatureError
 
@@ -60,18 +59,6 @@ from edge_fleet.cli import main
 
 FLEET = ROOT / "tools" / "fleet.py"
 OLD_SHA = "0" * 64
-
-
-def _daemon_supports_updates() -> bool:
-    """Whether the daemon handles model.update yet (the real-daemon tests need it)."""
-    handlers = ROOT / "edge_runtime" / "reporting" / "handlers.py"
-    text = handlers.read_text() if handlers.exists() else ""
-    return '"model.update"' in text or hasattr(edge_runtime, "model_update")
-
-
-needs_updates = pytest.mark.skipif(
-    not _daemon_supports_updates(), reason="the daemon does not handle model.update yet"
-)
 
 
 # --- fake devices ------------------------------------------------------------------------------------
@@ -751,7 +738,6 @@ def _health_sha(sub: Subscriber, device: str) -> str | None:
     return sha
 
 
-@needs_updates
 @pytest.mark.slow
 def test_real_daemons_signed_update_canary_then_four(
     tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]
@@ -798,7 +784,6 @@ def test_real_daemons_signed_update_canary_then_four(
         assert committed == set(names)
 
 
-@needs_updates
 @pytest.mark.slow
 def test_real_daemon_probation_failure_rolls_back_and_halts(
     tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]
@@ -842,7 +827,6 @@ def test_real_daemon_probation_failure_rolls_back_and_halts(
         assert _health_sha(sub, "dev1") == original["dev1"]
 
 
-@needs_updates
 @pytest.mark.slow
 def test_real_daemon_update_over_mqtt_chunks(
     tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]

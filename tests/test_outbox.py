@@ -339,9 +339,9 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
             ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=False, capture_output=True
         )
     except FileNotFoundError:
-        pytest.skip("no mount command")
+        pytest.fail("no mount command: apt-get install -y mount (util-linux)")
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+        pytest.fail(f"cannot mount a tmpfs here (run as root): {proc.stderr.decode().strip()}")
     try:
         yield mnt
     finally:

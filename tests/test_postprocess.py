@@ -635,7 +635,9 @@ def test_the_precision_recall_helper() -> None:
 def test_detector_finds_the_held_out_digits(backend_name: str) -> None:
     model_path, data_path = MODELS / "detect_int8.tflite", MODELS / "detect_heldout.npz"
     if not (model_path.exists() and data_path.exists()):
-        pytest.skip("detect_int8.tflite and detect_heldout.npz are not built")
+        pytest.fail(
+            "detect_int8.tflite and detect_heldout.npz are missing: rebuild with tools/build_models.py"
+        )
     from edge_runtime.runtime.model import Model
 
     model = Model(model_path, backend=backend_name)
