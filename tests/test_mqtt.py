@@ -121,7 +121,9 @@ def test_broker_outage_loses_no_result(tmp_path: Path, broker: Mosquitto) -> Non
             assert depths[-1] > depths[0] > 0, depths  # results pile up in the outbox
             broker.start()
             sub.wait_ready(after=connections)
-            assert wait_until(lambda: outbox_depth() == 0, 30), "the outbox did not drain"
+            # the backlog drains while results keep coming (20/s): at most the newest one or two
+            # are between the outbox and their acknowledgement at any moment
+            assert wait_until(lambda: outbox_depth() <= 2, 30), f"the outbox did not drain: {outbox_depth()}"
             produced = daemon.count()
             assert sub.wait_for(lambda ms: max(seqs(sub), default=0) >= produced, 30)
             assert daemon.stop() == 0

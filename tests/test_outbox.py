@@ -179,10 +179,14 @@ def test_concurrent_producers_and_a_forwarder_lose_and_duplicate_nothing(tmp_pat
                 box.put_many(items)
                 i += 2
 
+    wake = threading.Event()
+    box.watch(wake)
+
     def forward() -> None:
         after = 0
         while not (done.is_set() and box.stats()["depth"] == 0):
-            box.wait(after, 0.2)
+            wake.wait(0.2)
+            wake.clear()
             msgs = box.peek(100, after_id=after)
             if msgs:
                 got.extend((m.id, m.payload) for m in msgs)
@@ -216,18 +220,27 @@ def test_concurrent_producers_and_a_forwarder_lose_and_duplicate_nothing(tmp_pat
     box.close()
 
 
-def test_wait_wakes_on_put_times_out_and_returns_on_close(tmp_path: Path) -> None:
+def test_watched_events_are_set_by_each_put_and_by_close(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
-    start = time.monotonic()
-    assert box.wait(0, 0.1) is False and time.monotonic() - start >= 0.09
+    wake, gone = threading.Event(), threading.Event()
+    box.watch(wake)
+    box.watch(gone)
+    box.unwatch(gone)
+    assert not wake.wait(0.05)
     threading.Timer(0.2, box.put, args=(TOPIC, b"{}")).start()
     start = time.monotonic()
-    assert box.wait(0, 5.0) is True and time.monotonic() - start < 2.0
-    first = box.peek()[0].id
-    assert box.wait(0, 0) is True and box.wait(first, 0) is False
-    threading.Timer(0.2, box.close).start()
-    start = time.monotonic()
-    assert box.wait(first, 5.0) is False and time.monotonic() - start < 2.0
+    assert wake.wait(5.0) and time.monotonic() - start < 2.0
+    wake.clear()
+    box.put_many([(TOPIC, b"{}", 1, False, None)] * 2)
+    assert wake.is_set() and not gone.is_set()
+    wake.clear()
+    box.ack([])  # an empty ack writes nothing and wakes nobody
+    assert not wake.is_set()
+    box.close()
+    assert wake.is_set() and not gone.is_set()
+    late = threading.Event()
+    box.watch(late)  # watching a closed outbox: set at once, the watcher sees the close
+    assert late.is_set()
     with pytest.raises(OutboxError, match="closed"):
         box.put(TOPIC, b"{}")
 
@@ -311,7 +324,7 @@ def test_disk_full_emulated_with_max_page_count(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     box = Outbox(path)
     ids = [box.put(TOPIC, os.urandom(600), seq=("digits", n)) for n in range(1, 51)]
-    with box._cond:
+    with box._lock:
         pages = box._conn.execute("PRAGMA page_count").fetchone()[0]
         box._conn.execute(f"PRAGMA max_page_count = {pages + 3}")
     ids += fill_until_full(box, 51)
@@ -320,7 +333,7 @@ def test_disk_full_emulated_with_max_page_count(tmp_path: Path) -> None:
     with pytest.raises(OutboxError, match="disk full"):
         box.put_many(batch)  # all or nothing
     check_consistent(box, ids, len(ids))
-    with box._cond:
+    with box._lock:
         box._conn.execute("PRAGMA max_page_count = 1073741823")  # space freed
     ids.append(box.put(TOPIC, os.urandom(600), seq=("digits", len(ids) + 1)))
     check_consistent(box, ids, len(ids))

@@ -113,6 +113,8 @@ class MqttLink:
         self._inflight: list[tuple[int, Any, float]] = []  # (outbox id, MQTTMessageInfo, sent at)
         self._last_id = 0
         self._last_ack = time.monotonic()
+        self._wake = threading.Event()  # a new message in the outbox, an acknowledgement, a stop
+        outbox.watch(self._wake)
         self._net: threading.Thread | None = None
         self._fwd: threading.Thread | None = None
         self.last_outbox_error = ""
@@ -145,8 +147,9 @@ class MqttLink:
             self._error("mqtt.disconnected", f"disconnected from {self.cfg.host}:{self.cfg.port}: {reason}")
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        # Called with paho's message lock held: take no lock of ours here (the forwarder holds
-        # ours while it publishes). Acknowledgements are read from the MQTTMessageInfo objects.
+        # Called with paho's message lock held: take no lock of ours here. Acknowledgements are
+        # read from the MQTTMessageInfo objects by the forwarder, which this wakes.
+        self._wake.set()
         if reason is not None and getattr(reason, "is_failure", False):
             self.rejected += 1
             log.error("mqtt: broker rejected message %d: %s", mid, reason)
@@ -235,6 +238,7 @@ class MqttLink:
                 self._stop.wait(0.5)
 
     def _forward_once(self) -> None:
+        self._wake.clear()  # cleared before looking: a put or an ack after this wakes the wait below
         self._collect_acks()
         if not self.connected.wait(0.2):
             return
@@ -247,11 +251,11 @@ class MqttLink:
             self._last_ack = time.monotonic()
         room = self.cfg.max_inflight - len(self._inflight)
         if room <= 0:
-            time.sleep(0.002)
+            self._wake.wait(0.05)  # an acknowledgement makes room
             return
         batch = self.outbox.peek(limit=min(room, 200), after_id=self._last_id)
         if not batch:
-            self.outbox.wait(self._last_id, 0.05 if self._inflight else 0.2)
+            self._wake.wait(0.2)
             return
         for message in batch:
             if not self.connected.is_set():
@@ -322,9 +326,11 @@ class MqttLink:
             while self.connected.is_set() and time.monotonic() < deadline + 1.0:
                 time.sleep(0.01)
         self._stop.set()
+        self._wake.set()
         for thread in (self._fwd, self._net):
             if thread is not None:
                 thread.join(timeout)
+        self.outbox.unwatch(self._wake)
         try:
             self._collect_acks()
         except OutboxError as exc:

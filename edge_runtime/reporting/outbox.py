@@ -121,10 +121,11 @@ class Outbox:
         self.max_bytes = max_bytes
         self.max_count = max_count
         self.corrupt_moved_to: Path | None = None  # set by open_outbox when it replaced a corrupt file
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._closed = False
-        self._count = self._bytes = self._dropped = self._max_id = self._puts = self._acks = 0
+        self._count = self._bytes = self._dropped = self._puts = self._acks = 0
         self._dropping = False
+        self._watchers: list[threading.Event] = []
         try:
             _make_dirs(self.path.parent)
             self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -174,11 +175,11 @@ class Outbox:
                 raise OutboxError(f"{self.path}: outbox schema {version} is newer than {SCHEMA_VERSION}")
             if version < SCHEMA_VERSION:  # written once, so a full disk does not stop a reopen
                 conn.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
-            count, nbytes, max_id = conn.execute(
-                "SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(max(id), 0) FROM messages"
+            count, nbytes = conn.execute(
+                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM messages"
             ).fetchone()
             row = conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
-            self._count, self._bytes, self._max_id = count, nbytes, max_id
+            self._count, self._bytes = count, nbytes
             self._dropped = row[0] if row else 0
             with self._transaction(conn, "open"):
                 dropped, count, nbytes = self._evict(conn, count, nbytes)
@@ -252,7 +253,7 @@ class Outbox:
             return []
         now = time.time()
         ids: list[int] = []
-        with self._cond:
+        with self._lock:
             conn = self._live()
             with self._transaction(conn, "put"):
                 for topic, payload, qos, retain, seq in items:
@@ -260,10 +261,11 @@ class Outbox:
                     if seq is not None:
                         conn.execute(_UPSERT_SEQ, seq)
                 dropped, count, nbytes = self._evict(conn, self._count + len(items), self._bytes + added)
-            self._count, self._bytes, self._max_id = count, nbytes, ids[-1]
+            self._count, self._bytes = count, nbytes
             self._dropped += dropped
             self._puts += len(items)
-            self._cond.notify_all()
+            for event in self._watchers:
+                event.set()
             if dropped and not self._dropping:
                 log.warning("outbox %s is full: dropping the oldest messages until acks make room", self.path)
             self._dropping = self._dropping or dropped > 0
@@ -271,7 +273,7 @@ class Outbox:
 
     def peek(self, limit: int = 100, after_id: int = 0) -> list[OutboxMessage]:
         """Up to ``limit`` messages with ``id > after_id``, oldest first."""
-        with self._cond:
+        with self._lock:
             try:
                 rows = self._live().execute(_PEEK, (after_id, limit)).fetchall()
             except sqlite3.Error as exc:
@@ -284,7 +286,7 @@ class Outbox:
         if not wanted:
             return 0
         removed = freed = 0
-        with self._cond:
+        with self._lock:
             conn = self._live()
             with self._transaction(conn, "ack"):
                 for start in range(0, len(wanted), _CHUNK):
@@ -306,7 +308,7 @@ class Outbox:
 
     def last_seq(self, pipeline: str) -> int:
         """The last ``seq`` stored for ``pipeline``; 0 when it never stored one."""
-        with self._cond:
+        with self._lock:
             try:
                 row = self._live().execute("SELECT seq FROM seqs WHERE pipeline = ?", (pipeline,)).fetchone()
             except sqlite3.Error as exc:
@@ -315,7 +317,7 @@ class Outbox:
 
     def stats(self) -> dict[str, Any]:
         """Depth, payload bytes, age of the oldest message, drops (ever), puts and acks (since open)."""
-        with self._cond:
+        with self._lock:
             try:
                 row = self._live().execute("SELECT created FROM messages ORDER BY id LIMIT 1").fetchone()
             except sqlite3.Error as exc:
@@ -329,30 +331,27 @@ class Outbox:
                 "acked": self._acks,
             }
 
-    def _exists_after(self, after_id: int) -> bool:
-        if self._closed:
-            return True  # wakes the waiter; wait() then returns False
-        if self._max_id <= after_id:
-            return False
-        try:
-            sql = "SELECT 1 FROM messages WHERE id > ? LIMIT 1"
-            return self._conn.execute(sql, (after_id,)).fetchone() is not None
-        except sqlite3.Error as exc:
-            raise _error(self.path, "wait", exc) from exc
+    def watch(self, event: threading.Event) -> None:
+        """Set ``event`` after every put (and on close): a forwarder waits on it together with
+        whatever else should wake it, such as acknowledgements."""
+        with self._lock:
+            self._watchers.append(event)
+            if self._closed:
+                event.set()
 
-    def wait(self, after_id: int, timeout: float) -> bool:
-        """Block until a message with ``id > after_id`` exists or ``timeout`` passes; whether one does."""
-        with self._cond:
-            found = self._cond.wait_for(lambda: self._exists_after(after_id), timeout)
-            return found and not self._closed
+    def unwatch(self, event: threading.Event) -> None:
+        with self._lock:
+            if event in self._watchers:
+                self._watchers.remove(event)
 
     def close(self) -> None:
-        """Close the database (idempotent); wakes every :meth:`wait`."""
-        with self._cond:
+        """Close the database (idempotent); sets every watched event."""
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._cond.notify_all()
+            for event in self._watchers:
+                event.set()
             try:
                 self._conn.close()
             finally:
