@@ -31,6 +31,7 @@ from edge_runtime.config import (
 from edge_runtime.errors import EdgeRuntimeError, PipelineError
 from edge_runtime.fusion import ImageBuilder, SensorBuilder, StaleInput
 from edge_runtime.geometry import ImageTransform
+from edge_runtime.handoff import Stage
 from edge_runtime.postprocess import (
     ClassificationConfig,
     Postprocessor,
@@ -64,6 +65,20 @@ class Trigger:
     source: str
     seq: int
     frame: Frame | None
+
+
+@dataclass
+class Invoked:
+    """What the worker hands to the result stage: the outputs of one inference and its context."""
+
+    trig: Trigger
+    frames: dict[str, Frame]
+    runners: list[ModelRunner]
+    transforms: list[ImageTransform | None]
+    outputs: list[list[npt.NDArray[Any]]]
+    pre_ms: float
+    invoke_ms: float
+    t0: float
 
 
 def _find_input(model: Model, ref: int | str) -> TensorSpec:
@@ -240,6 +255,7 @@ class Pipeline:
         self.budget = budget
         self.last_result: dict[str, Any] | None = None
         self.results = 0
+        self.handed_over = 0  # inferences given to the result stage
         self.triggers = 0
         self.skipped = 0
         self.errors = 0
@@ -256,6 +272,8 @@ class Pipeline:
         self.fps_out = RateMeter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._results: Stage[Invoked] | None = None
+        self._errors_lock = threading.Lock()
         self._last_seq = 0
         self._infer_lock = threading.Lock()
         self.monitor: Callable[[list[npt.NDArray[Any]], float], None] | None = None
@@ -273,6 +291,7 @@ class Pipeline:
 
     def start(self) -> None:
         self._stop.clear()
+        self._results = Stage(f"results-{self.name}", self._finish)
         self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.name}", daemon=True)
         self._thread.start()
 
@@ -287,7 +306,7 @@ class Pipeline:
         self._stop.set()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the inference in flight."""
+        """Stop after the inference in flight (and the results handed over are emitted)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -297,18 +316,27 @@ class Pipeline:
         return self._thread is not None and self._thread.is_alive()
 
     def stuck(self, limit_s: float) -> str:
-        """Why this pipeline makes no progress (dead worker, an invoke or wait over ``limit_s``), or ""."""
+        """Why this pipeline makes no progress (a dead thread, an invoke, a post-processing or a
+        wait over ``limit_s``), or ""."""
         if self._thread is None or self.finished:
             return ""
-        if not self._thread.is_alive():
-            return f"pipeline {self.name}: worker thread died"
-        if self.busy_since is not None and time.monotonic() - self.busy_since > limit_s:
-            return (
-                f"pipeline {self.name}: an inference has run for {time.monotonic() - self.busy_since:.1f} s"
-            )
-        if time.monotonic() - self.last_progress > limit_s:
-            return f"pipeline {self.name}: no progress for {time.monotonic() - self.last_progress:.1f} s"
-        return ""
+        stage = self._results
+        now = time.monotonic()
+        busy = stage.busy_since if stage is not None else None
+        problems = [
+            (not self._thread.is_alive(), "worker thread died"),
+            (stage is not None and not stage.alive, "result thread died"),
+            (
+                self.busy_since is not None and now - self.busy_since > limit_s,
+                f"an inference has run for {now - (self.busy_since or now):.1f} s",
+            ),
+            (
+                busy is not None and now - busy > limit_s,
+                f"a result has been post-processed for {now - (busy or now):.1f} s",
+            ),
+            (now - self.last_progress > limit_s, f"no progress for {now - self.last_progress:.1f} s"),
+        ]
+        return next((f"pipeline {self.name}: {why}" for bad, why in problems if bad), "")
 
     # -- the loop ------------------------------------------------------------------------------------
 
@@ -341,12 +369,17 @@ class Pipeline:
 
     def _run(self) -> None:
         try:
-            self._loop()
+            finished = self._loop()
         except BaseException:
             log.exception("pipeline %s: worker thread died", self.name)
             raise
+        finally:
+            if self._results is not None:
+                self._results.close()  # every result handed over is emitted before the worker ends
+        self.finished = finished
 
-    def _loop(self) -> None:
+    def _loop(self) -> bool:
+        """Trigger, fill, invoke, hand over, until stopped (False) or finished (True)."""
         min_gap = getattr(self.config.trigger, "min_interval_s", 0.0)
         last_t = float("-inf")
         while not self._stop.is_set():
@@ -358,9 +391,8 @@ class Pipeline:
                     if getattr(source, "get", None) is not None and source.seq > self._last_seq:
                         self.dropped += source.seq - self._last_seq  # released after our last frame
                         self._last_seq = source.seq
-                    self.finished = True
                     log.info("pipeline %s: source %s finished", self.name, source.name)
-                    return
+                    return True
                 continue
             if self.paused:
                 self.paused_skips += 1
@@ -370,8 +402,7 @@ class Pipeline:
                 continue
             last_t = trig.t_mono
             if self.budget is not None and not self.budget.take():
-                self.finished = True  # the run's --max-results is reached: produce nothing more
-                return
+                return True  # the run's --max-results is reached: produce nothing more
             self.triggers += 1
             self.fps_in.tick()
             self.busy_since = time.monotonic()
@@ -383,19 +414,25 @@ class Pipeline:
                 self.skipped += 1
                 log.debug("pipeline %s: skipped: %s", self.name, exc)
             except EdgeRuntimeError as exc:
-                self._give_back()
-                self.errors += 1
-                if str(exc) != self.last_error:  # report each new error once, count them all
-                    log.error("pipeline %s: %s", self.name, exc)
-                    if self.event is not None:
-                        self.event("pipeline.error", f"pipeline {self.name}: {exc}", {"pipeline": self.name})
-                self.last_error = str(exc)
+                self._failed(exc)
             finally:
                 self.busy_since = None
             max_results = self.config.max_results
-            if max_results is not None and self.results >= max_results:
-                self.finished = True
-                return
+            if max_results is not None and self.handed_over >= max_results:
+                return True
+        return False
+
+    def _failed(self, exc: EdgeRuntimeError) -> None:
+        """An inference that gives no result (either stage): counted, reported once per new error."""
+        self._give_back()
+        with self._errors_lock:
+            self.errors += 1
+            new = str(exc) != self.last_error
+            self.last_error = str(exc)
+        if new:
+            log.error("pipeline %s: %s", self.name, exc)
+            if self.event is not None:
+                self.event("pipeline.error", f"pipeline {self.name}: {exc}", {"pipeline": self.name})
 
     def _give_back(self) -> None:
         if self.budget is not None:
@@ -415,28 +452,45 @@ class Pipeline:
         return frames
 
     def _infer(self, trig: Trigger) -> None:
+        """On the worker: fill the inputs and invoke; the rest is handed to the result stage."""
         t0 = time.perf_counter()
         frames = self._frames(trig)
-        transforms = [r.fill(frames, trig.t_mono) for r in self.runners]
+        runners = list(self.runners)
+        transforms = [r.fill(frames, trig.t_mono) for r in runners]
         t1 = time.perf_counter()
-        outputs = [r.invoke() for r in self.runners]
+        outputs = [r.invoke() for r in runners]  # copies: the next invoke does not touch them
         t2 = time.perf_counter()
+        invoke_ms = (t2 - t1) * 1000
         monitor = self.monitor
         if monitor is not None:
-            monitor(outputs[0], (t2 - t1) * 1000)
-        if self.config.ensemble is not None:
-            result = self._combine(outputs)
-        else:
-            result = self.runners[0].post(outputs[0], transforms[0])
-        cascade_invoke_ms = 0.0
-        if self.cascade is not None:
-            cascade_invoke_ms = self._classify_crops(result, frames.get(self.runners[0].images[0][2]))
+            monitor(outputs[0], invoke_ms)
+        assert self._results is not None
+        self._results.put(
+            Invoked(trig, frames, runners, transforms, outputs, (t1 - t0) * 1000, invoke_ms, t0)
+        )
+        self.handed_over += 1
+
+    def _finish(self, job: Invoked) -> None:
+        """On the result stage: post-process, number and emit one result, in trigger order."""
+        t2 = time.perf_counter()
+        try:
+            if self.config.ensemble is not None:
+                result = self._combine(job.runners, job.outputs)
+            else:
+                result = job.runners[0].post(job.outputs[0], job.transforms[0])
+            cascade_invoke_ms = 0.0
+            if self.cascade is not None:
+                frame = job.frames.get(job.runners[0].images[0][2])
+                cascade_invoke_ms = self._classify_crops(result, frame)
+        except EdgeRuntimeError as exc:
+            self._failed(exc)
+            return
         t4 = time.perf_counter()
         latency = {
-            "pre": (t1 - t0) * 1000,
-            "invoke": (t2 - t1) * 1000 + cascade_invoke_ms,
+            "pre": job.pre_ms,
+            "invoke": job.invoke_ms + cascade_invoke_ms,
             "post": (t4 - t2) * 1000 - cascade_invoke_ms,
-            "total": (t4 - t0) * 1000,
+            "total": (t4 - job.t0) * 1000,
         }
         for key, value in latency.items():
             self.latency[key].add(value)
@@ -444,6 +498,7 @@ class Pipeline:
         self.results += 1
         self.fps_out.tick()
         self.last_result = result
+        trig = job.trig
         self.emit(
             {
                 "v": 1,
@@ -453,23 +508,23 @@ class Pipeline:
                 "ts": round(time.time(), 3),
                 "frame_ts": round(trig.t_wall, 3),
                 "trigger": {"source": trig.source, "seq": trig.seq},
-                "model": self.runners[0].info,
+                "model": job.runners[0].info,
                 "latency_ms": {k: round(v, 3) for k, v in latency.items()},
                 "result": result,
             }
         )
 
-    def _combine(self, outputs: list[list[npt.NDArray[Any]]]) -> dict[str, Any]:
+    def _combine(self, runners: list[ModelRunner], outputs: list[list[npt.NDArray[Any]]]) -> dict[str, Any]:
         assert self.config.ensemble is not None
-        probs = [r.heads[""].probabilities(o) for r, o in zip(self.runners, outputs, strict=True)]
-        weights = [r.config.weight for r in self.runners]
+        probs = [r.heads[""].probabilities(o) for r, o in zip(runners, outputs, strict=True)]
+        weights = [r.config.weight for r in runners]
         combine = combine_mean if self.config.ensemble.combine == "mean" else combine_vote
         combined = combine(probs, weights)
-        result = self.runners[0].heads[""].classification_result(combined)
+        result = runners[0].heads[""].classification_result(combined)
         result["combine"] = self.config.ensemble.combine
         result["members"] = [
             {**r.info, "weight": r.config.weight, "top": r.heads[""].classification_result(p)["top"]}
-            for r, p in zip(self.runners, probs, strict=True)
+            for r, p in zip(runners, probs, strict=True)
         ]
         return result
 

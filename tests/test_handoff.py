@@ -1,0 +1,82 @@
+"""The result stage: order, back-pressure, draining on close, a dead thread reported."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from edge_runtime.handoff import Stage, StageDiedError
+
+
+def test_jobs_are_handled_in_order_on_another_thread() -> None:
+    seen: list[tuple[int, str]] = []
+    stage: Stage[int] = Stage("order", lambda n: seen.append((n, threading.current_thread().name)))
+    for n in range(200):
+        stage.put(n)
+    assert stage.close(5.0)
+    assert [n for n, _ in seen] == list(range(200))
+    assert {name for _, name in seen} == {"order"}
+    assert not stage.alive
+
+
+def test_a_full_queue_blocks_the_producer_and_close_drains_everything() -> None:
+    gate = threading.Event()
+    done: list[int] = []
+
+    def slow(n: int) -> None:
+        gate.wait(10)
+        done.append(n)
+
+    stage: Stage[int] = Stage("slow", slow, depth=2)
+    stage.put(0)  # taken by the thread, which waits at the gate
+    time.sleep(0.1)
+    stage.put(1)
+    stage.put(2)  # the queue (depth 2) is now full
+    blocked = threading.Thread(target=stage.put, args=(3,))
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive(), "a put into a full queue must wait, not drop or grow"
+    assert stage.busy_since is not None
+    gate.set()
+    blocked.join(5)
+    assert not blocked.is_alive()
+    assert stage.close(5.0)
+    assert done == [0, 1, 2, 3]
+    assert stage.busy_since is None
+
+
+def test_close_gives_up_after_its_timeout_when_a_job_hangs() -> None:
+    gate = threading.Event()
+    stage: Stage[int] = Stage("hung", lambda n: gate.wait(10), depth=1)
+    stage.put(0)
+    stage.put(1)
+    start = time.monotonic()
+    assert stage.close(0.3) is False
+    assert time.monotonic() - start < 2.0
+    gate.set()
+    assert stage.close(5.0)
+
+
+def test_a_dead_thread_is_reported_and_put_raises_instead_of_blocking() -> None:
+    def boom(n: int) -> None:
+        raise ValueError(f"bad job {n}")
+
+    stage: Stage[int] = Stage("boom", boom)
+    stage.put(7)
+    deadline = time.monotonic() + 5
+    while stage.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not stage.alive
+    assert isinstance(stage.error, ValueError)
+    with pytest.raises(StageDiedError, match="boom: thread died") as info:
+        for n in range(10):
+            stage.put(n)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert stage.close(1.0)
+
+
+def test_depth_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="depth"):
+        Stage("zero", lambda n: None, depth=0)
