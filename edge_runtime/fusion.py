@@ -1,7 +1,9 @@
 """Fusion: every model input tensor built from its source at the trigger time.
 
 Image inputs: a camera frame resized (stretch, letterbox or crop), converted to RGB, BGR or grey,
-normalised and quantized in one lookup table, into a preallocated NHWC buffer. Vector inputs:
+normalised and quantized in one lookup table, into a preallocated NHWC buffer. Shrinking averages
+whole blocks of pixels (OpenCV's fast ``INTER_AREA``; for crop only the region that is kept), then
+resamples linearly by the rest of the scale, exactly as :mod:`edge_runtime.geometry` maps it. Vector inputs:
 sensor channels sampled at the trigger time (latest, nearest or linear) with a maximum age.
 Window inputs: the last ``window_s`` seconds of channels resampled to ``samples`` points. Stale
 sensor data follows the binding's policy: ``skip`` the inference, feed ``zero``, or ``hold`` the
@@ -10,6 +12,7 @@ last good value. The sampling functions are pure; only the image path calls Open
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -97,6 +100,79 @@ def _writer(spec: TensorSpec) -> Any:
     )
 
 
+# Below this many source pixels ImageBuilder keeps the plain INTER_AREA: it costs under 0.2 ms there
+# (less than the two steps below a few thousand pixels), and the linear second step blurs what is
+# left: on a cascade's digit boxes (about 32x32 -> 8x8) the digits model drops from 96 % to 91 %.
+AREA_FAST_MIN_PIXELS = 1 << 15
+
+
+@dataclass(frozen=True, eq=False)
+class AreaResize:
+    """How to produce a transform's pixels fast: ``INTER_AREA`` by whole factors (OpenCV's fast path)
+    over a source region, then a linear resample by what remains of the scale (a factor below 2).
+
+    ``region`` (x0, y0, x1, y1) is in source pixels, its width and height multiples of ``factors``
+    (kx, ky). ``size`` (width, height) is the output: the scaled image (stretch, letterbox) or the cut
+    window (crop). ``matrix`` maps the reduced image onto the output the way the transform maps the
+    source (``cv2.warpAffine`` convention); None when ``cv2.resize`` to ``size`` does exactly that.
+    """
+
+    region: tuple[int, int, int, int]
+    factors: tuple[int, int]
+    size: tuple[int, int]
+    matrix: npt.NDArray[np.float64] | None
+
+
+def _area_axis(src: int, scale: float, offset: float, out: int, k: int) -> tuple[int, int, float, float]:
+    """One axis of :func:`area_plan`: the source range [lo, hi), ``k`` times a whole number long,
+    that holds what ``x * scale + offset`` maps into [0, out) (as much of it as the frame has), and
+    ``X = a * u + b`` from reduced pixel centres ``u`` to output pixel centres ``X``."""
+    lo = max(0, math.floor(-offset / scale + 1e-9))
+    hi = min(src, math.ceil((out - offset) / scale - 1e-9))
+    blocks = min(-(-(hi - lo) // k), src // k)  # whole blocks of k, rounded up, that fit the frame
+    lo = min(lo, src - blocks * k)
+    a = scale * k
+    return lo, lo + blocks * k, a, scale * lo + offset + 0.5 * a - 0.5
+
+
+def area_plan(t: ImageTransform) -> AreaResize | None:
+    """The fast way to shrink by ``t`` (see :class:`AreaResize`), or None when ``t`` does not
+    shrink both axes, one of them at least twofold, or the frame is smaller than
+    :data:`AREA_FAST_MIN_PIXELS` (``cv2.resize`` does it as it is)."""
+    new_w, new_h = t.scaled_size
+    kx, ky = t.src_w // new_w, t.src_h // new_h
+    if min(kx, ky) < 1 or max(kx, ky) < 2 or t.src_w * t.src_h < AREA_FAST_MIN_PIXELS:
+        return None
+    crop = t.mode == "crop"
+    size = (t.dst_w, t.dst_h) if crop else (new_w, new_h)
+    x0, x1, ax, bx = _area_axis(t.src_w, t.sx, t.ox if crop else 0.0, size[0], kx)
+    y0, y1, ay, by = _area_axis(t.src_h, t.sy, t.oy if crop else 0.0, size[1], ky)
+    reduced = ((x1 - x0) // kx, (y1 - y0) // ky)
+    exact = all(
+        math.isclose(a * n, out, abs_tol=1e-6) and math.isclose(b, 0.5 * a - 0.5, abs_tol=1e-6)
+        for a, b, n, out in ((ax, bx, reduced[0], size[0]), (ay, by, reduced[1], size[1]))
+    )
+    matrix = None if exact else np.array([[ax, 0.0, bx], [0.0, ay, by]])
+    return AreaResize((x0, y0, x1, y1), (kx, ky), size, matrix)
+
+
+def area_resize(frame: npt.NDArray[np.uint8], how: AreaResize) -> npt.NDArray[Any]:
+    """``frame`` resized as :func:`area_plan` says: close to ``cv2.resize(INTER_AREA)`` and several
+    times faster when the ratio is not a whole number (OpenCV's generic area path)."""
+    import cv2
+
+    x0, y0, x1, y1 = how.region
+    kx, ky = how.factors
+    size = ((x1 - x0) // kx, (y1 - y0) // ky)
+    image: npt.NDArray[Any] = cv2.resize(frame[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
+    if how.matrix is not None:
+        flags, border = cv2.INTER_LINEAR, cv2.BORDER_REPLICATE
+        image = cv2.warpAffine(image, how.matrix, how.size, flags=flags, borderMode=border)
+    elif size != how.size:
+        image = cv2.resize(image, how.size, interpolation=cv2.INTER_LINEAR)
+    return image
+
+
 class ImageBuilder:
     """Camera frame -> the model's image input, through preallocated buffers and one LUT."""
 
@@ -120,6 +196,7 @@ class ImageBuilder:
         self.color = color
         self.pad_value = pad_value
         self.transform: ImageTransform | None = None
+        self._area: AreaResize | None = None
         dtype = np.dtype(spec.dtype)
         self._lut: npt.NDArray[Any] | None = None
         self._float: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
@@ -141,18 +218,31 @@ class ImageBuilder:
         if t is None or t.src_w != w or t.src_h != h:
             mode: Any = self.resize
             t = self.transform = plan(w, h, self.width, self.height, mode)
+            self._area = area_plan(t)
         return t
+
+    def _resized(self, frame: npt.NDArray[np.uint8], t: ImageTransform) -> npt.NDArray[Any]:
+        """``frame`` scaled as ``t`` says, and for crop cut to the window."""
+        import cv2
+
+        if self._area is not None:
+            return area_resize(frame, self._area)
+        new_w, new_h = t.scaled_size
+        shrinking = new_w < frame.shape[1]
+        resized: npt.NDArray[Any] = cv2.resize(
+            frame, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        )
+        if t.mode == "crop":
+            ox, oy = int(t.ox), int(t.oy)
+            return resized[-oy : -oy + self.height, -ox : -ox + self.width]
+        return resized
 
     def build(self, frame: npt.NDArray[np.uint8]) -> npt.NDArray[Any]:
         """Fill and return ``self.out`` (reused between calls: copy it to keep it)."""
         import cv2
 
         t = self._plan(frame)
-        new_w, new_h = t.scaled_size
-        shrinking = new_w < frame.shape[1]
-        resized: npt.NDArray[Any] = cv2.resize(
-            frame, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        )
+        resized = self._resized(frame, t)
         if resized.ndim == 3 and resized.shape[2] == 3:
             if self.color == "gray":
                 resized = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)
@@ -162,16 +252,13 @@ class ImageBuilder:
             resized = cv2.cvtColor(resized, cv2.COLOR_GRAY2RGB)
         if resized.ndim == 2:
             resized = resized[:, :, None]
-        ox, oy = int(t.ox), int(t.oy)
-        canvas: npt.NDArray[Any]
+        canvas: npt.NDArray[Any] = resized
         if t.mode == "letterbox":
+            ox, oy = int(t.ox), int(t.oy)
+            new_w, new_h = t.scaled_size
             canvas = self._canvas
             canvas[:] = self.pad_value
             canvas[oy : oy + new_h, ox : ox + new_w] = resized
-        elif t.mode == "crop":
-            canvas = resized[-oy : -oy + self.height, -ox : -ox + self.width]
-        else:
-            canvas = resized
         target = self.out.reshape(self.height, self.width, self.channels)
         if self._lut is not None:
             mapped = cv2.LUT(canvas, self._lut)

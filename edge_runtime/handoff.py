@@ -27,7 +27,7 @@ class StageDiedError(RuntimeError):
 class Stage(Generic[T]):
     """``handle(job)`` for each job given to :meth:`put`, in order, on one thread."""
 
-    def __init__(self, name: str, handle: Callable[[T], None], depth: int = 2) -> None:
+    def __init__(self, name: str, handle: Callable[[T], object], depth: int = 2) -> None:
         if depth < 1:
             raise ValueError(f"depth must be at least 1, not {depth}")
         self.name = name

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge_runtime.detection import Detection, decode_ssd, decode_yolo, label_for
 from edge_runtime.errors import PipelineError
 from edge_runtime.geometry import ImageTransform
-from edge_runtime.runtime.quant import dequantize
+from edge_runtime.runtime.quant import dequantize, preserves_order
 
 if TYPE_CHECKING:
     from edge_runtime.runtime.model import TensorSpec
@@ -174,9 +174,25 @@ def classify(
     if p.ndim != 1:
         raise PipelineError(f"classify needs a 1-D score vector, got shape {list(p.shape)}")
     order = np.argsort(-p, kind="stable")[:top_k]
-    return Classification(
-        tuple(Label(int(i), label_for(int(i), labels), float(p[i])) for i in order if p[i] >= min_score)
-    )
+    return _classification(order, p[order], labels, min_score)
+
+
+def _classification(
+    order: npt.NDArray[np.intp], scores: FloatArray, labels: Sequence[str] | None, min_score: float
+) -> Classification:
+    """Classes ``order`` with their ``scores``, best first, those below ``min_score`` left out."""
+    pairs = zip(order.tolist(), scores.tolist(), strict=True)
+    return Classification(tuple(Label(i, label_for(i, labels), s) for i, s in pairs if s >= min_score))
+
+
+def top_k_order(codes: npt.NDArray[np.integer], k: int) -> npt.NDArray[np.intp]:
+    """The first ``k`` of ``np.argsort(-codes, kind="stable")`` for 1-D integer codes: largest first,
+    ties in index order. ``~`` reverses the order of integers without overflow, and a stable sort of
+    8- and 16-bit integers is a radix sort (for 1000 int8 scores faster than a partition)."""
+    if k == 1 and codes.size:
+        return np.array([np.argmax(codes)], dtype=np.intp)  # the first of the largest
+    order: npt.NDArray[np.intp] = np.argsort(~codes, kind="stable")[:k]
+    return order
 
 
 def _stack(
@@ -256,8 +272,11 @@ class Postprocessor:
         self.labels: tuple[str, ...] | None = tuple(labels) if labels is not None else None
         self.num_classes: int | None = None
         self.used: tuple[TensorSpec, ...]
+        self._rank_codes = False  # rank raw 8-bit class scores, dequantize only the top k (process)
         if isinstance(config, ClassificationConfig):
             self.used = (self._bind_classification(config.output),)
+            quant = self.used[0].quant
+            self._rank_codes = not config.softmax and quant is not None and preserves_order(quant)
         elif isinstance(config, DetectionConfig) and config.format == "yolo":
             self.used = (self._bind_yolo(config.output),)
         elif isinstance(config, DetectionConfig):
@@ -354,9 +373,29 @@ class Postprocessor:
             raise PipelineError(f"{self.model}: expected {self.num_classes} class scores, got {p.size}")
         c = classify(p, self.labels, self.config.top_k, self.config.min_score)
         best = int(np.argmax(p))
-        hits = self._event([(label_for(best, self.labels), float(p[best]))])
+        return self._classification_result(c, best, float(p[best]))
+
+    def _classification_result(self, c: Classification, best: int, best_score: float) -> dict[str, Any]:
+        hits = self._event([(label_for(best, self.labels), best_score)])
         top = [label.to_dict() for label in c.top]
         return {"type": "classification", "top": top, "event": bool(hits), "event_labels": hits}
+
+    def _classification_from_codes(self, outputs: Sequence[npt.NDArray[Any]]) -> dict[str, Any] | None:
+        """:meth:`classification_result` of :meth:`probabilities` for 8-bit scores whose codes rank
+        like their real values (``_rank_codes``), dequantizing only the top k; the same result,
+        in a fraction of the time for 1000 classes. None when the outputs do not fit: the full path
+        then runs (and reports what is wrong)."""
+        cfg, spec = self.config, self.used[0]
+        if not isinstance(cfg, ClassificationConfig) or spec.quant is None or len(outputs) != len(self.specs):
+            return None
+        codes = np.asarray(outputs[spec.position])
+        if codes.dtype != np.dtype(spec.quant.dtype) or codes.size != self.num_classes or not codes.size:
+            return None
+        codes = codes.reshape(-1)
+        order = top_k_order(codes, cfg.top_k)
+        scores = dequantize(codes[order], spec.quant).astype(np.float64)
+        c = _classification(order, scores, self.labels, cfg.min_score)
+        return self._classification_result(c, int(order[0]), float(scores[0]))
 
     def _event(self, found: Sequence[tuple[str, float]]) -> list[str]:
         rule = None if isinstance(self.config, RawConfig) else self.config.event
@@ -393,7 +432,8 @@ class Postprocessor:
     ) -> dict[str, Any]:
         """The JSON-ready ``result`` object for one inference's outputs (in output order)."""
         if isinstance(self.config, ClassificationConfig):
-            return self.classification_result(self.probabilities(outputs))
+            fast = self._classification_from_codes(outputs) if self._rank_codes else None
+            return fast if fast is not None else self.classification_result(self.probabilities(outputs))
         if isinstance(self.config, DetectionConfig):
             found = self.detections(outputs, transform)
             hits = self._event([(d.label, d.score) for d in found])

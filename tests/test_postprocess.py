@@ -29,6 +29,7 @@ from edge_runtime.postprocess import (
     parse_labels,
     read_labels,
     softmax,
+    top_k_order,
 )
 from edge_runtime.runtime.model import TensorSpec
 from edge_runtime.runtime.quant import QuantParams, quantize
@@ -586,6 +587,80 @@ def test_ensemble_of_two_postprocessors() -> None:
         {"index": 0, "label": "a", "score": 0.625},
         {"index": 1, "label": "b", "score": 0.375},
     ]
+
+
+def _full_path(post: Postprocessor, outputs: list[npt.NDArray[Any]]) -> dict[str, Any]:
+    """What process() does for classification without the code ranking: dequantize every score."""
+    return post.classification_result(post.probabilities(outputs))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 1001),
+    st.integers(1, 12),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["int8", "uint8"]),
+    st.integers(1, 255),
+    st.floats(0.0, 1.0),
+)
+def test_top_k_of_raw_codes_gives_the_full_path_result(
+    classes: int, top_k: int, seed: int, dtype: str, spread: int, min_score: float
+) -> None:
+    """Classes, scores, tie order and events as when all scores are dequantized and sorted; a
+    small ``spread`` of codes makes many ties."""
+    rng = np.random.default_rng(seed)
+    lo, hi = (-128, 127) if dtype == "int8" else (0, 255)
+    start = int(rng.integers(lo, hi - spread + 2))
+    codes = rng.integers(start, min(start + spread, hi + 1), (1, classes)).astype(dtype)
+    q = QuantParams((float(rng.uniform(1e-4, 0.1)),), (int(rng.integers(lo, hi + 1)),), dtype)
+    labels = [f"c{i}" for i in range(classes)]
+    cfg = ClassificationConfig(
+        labels=labels, top_k=min(top_k, classes + 2), min_score=min_score, event=EventRule(min_score=0.0)
+    )
+    post = Postprocessor(cfg, [spec(0, "scores", (1, classes), dtype, q)])
+    assert post._rank_codes
+    assert post.process([codes]) == _full_path(post, [codes])
+
+
+@given(st.lists(st.integers(-128, 127), min_size=1, max_size=60), st.integers(1, 70))
+def test_top_k_order_is_a_stable_descending_sort_cut_at_k(values: list[int], k: int) -> None:
+    array = np.array(values, dtype=np.int8)
+    expected = np.argsort(-np.array(values), kind="stable")[:k]
+    assert top_k_order(array, k).tolist() == expected.tolist()
+    assert top_k_order(array.astype(np.int16) + 128, k).tolist() == expected.tolist()
+
+
+def test_classification_falls_back_to_the_full_path_when_codes_do_not_rank() -> None:
+    q = QuantParams((1 / 256,), (-128,), "int8")
+    raw = np.array([[-128, 64, 64, -96]], dtype=np.int8)
+    logits = Postprocessor(ClassificationConfig(softmax=True), [spec(0, "x", (1, 4), "int8", q)])
+    assert not logits._rank_codes  # softmax needs every score
+    assert logits.process([raw]) == _full_path(logits, [raw])
+    post = Postprocessor(ClassificationConfig(top_k=2), [spec(0, "x", (1, 4), "int8", q)])
+    assert post._rank_codes
+    floats = raw.astype(np.float32)  # not the spec's dtype: read as real values, as before
+    assert post.process([floats]) == _full_path(post, [floats])
+    assert [t["index"] for t in post.process([raw])["top"]] == [1, 2]
+    with pytest.raises(PipelineError, match="expected 4 class scores"):
+        post.process([np.zeros((1, 5), np.int8)])
+    with pytest.raises(PipelineError, match="expected 1 outputs"):
+        post.process([raw, raw])
+
+
+@pytest.mark.backend
+def test_digits_model_results_are_the_same_through_the_code_ranking(backend_name: str) -> None:
+    from edge_runtime.runtime.model import Model
+
+    model = Model(MODELS / "digits_int8.tflite", backend=backend_name)
+    (inp,) = model.inputs
+    assert inp.quant is not None
+    with np.load(MODELS / "digits_heldout.npz") as data:
+        images = data["images"]
+    post = Postprocessor(ClassificationConfig(labels=DIGITS, top_k=3), model.outputs)
+    assert post._rank_codes
+    for image in images:
+        outputs = model.invoke([quantize(image.astype(np.float64)[None, ..., None] / 255.0, inp.quant)])
+        assert post.process(outputs) == _full_path(post, outputs)
 
 
 # --------------------------------------------------------------------------- real model

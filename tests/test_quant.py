@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_runtime.runtime.quant import QuantParams, apply_lut, dequantize, pixel_lut, quantize
+from edge_runtime.runtime.quant import (
+    QuantParams,
+    apply_lut,
+    dequantize,
+    pixel_lut,
+    preserves_order,
+    quantize,
+)
 
 
 def test_quantize_matches_the_affine_formula() -> None:
@@ -82,3 +89,28 @@ def test_lut_refuses_per_channel_quantization_and_wrong_pixels() -> None:
     lut = pixel_lut(QuantParams((1.0,), (0,), "uint8"))
     with pytest.raises(ValueError, match="uint8"):
         apply_lut(np.zeros((2, 2), np.float32), lut)
+
+
+def test_codes_rank_like_their_real_values_for_8_bit_per_tensor_params() -> None:
+    assert preserves_order(QuantParams((1 / 256,), (-128,), "int8"))
+    assert preserves_order(QuantParams((0.5,), (10,), "uint8"))
+    assert not preserves_order(QuantParams((0.1, 0.2), (0, 0), "int8"))  # per channel: a scale each
+    assert not preserves_order(QuantParams((0.1,), (0,), "int16"))
+    assert not preserves_order(QuantParams((1e-45,), (0,), "int8"))  # float32 collapses them to 0
+    assert not preserves_order(QuantParams((1e37,), (0,), "uint8"))  # overflows to inf
+
+
+@given(
+    st.floats(1e-6, 1e3),
+    st.integers(-128, 127),
+    st.lists(st.integers(-128, 127), min_size=1, max_size=50),
+)
+def test_ranking_codes_ranks_dequantized_values_the_same_way(
+    scale: float, zero_point: int, codes: list[int]
+) -> None:
+    p = QuantParams((scale,), (zero_point,), "int8")
+    assert preserves_order(p)
+    q = np.array(codes, dtype=np.int8)
+    by_code = np.argsort(-q.astype(np.int64), kind="stable")
+    by_value = np.argsort(-dequantize(q, p).astype(np.float64), kind="stable")
+    assert np.array_equal(by_code, by_value)

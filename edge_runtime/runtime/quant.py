@@ -69,6 +69,18 @@ def dequantize(q: npt.ArrayLike, params: QuantParams) -> npt.NDArray[np.float32]
     return (scale * (values.astype(np.int64) - zero)).astype(np.float32)
 
 
+def preserves_order(params: QuantParams) -> bool:
+    """Whether ranking raw codes ranks what :func:`dequantize` makes of them the same way, ties
+    included: per-tensor 8-bit parameters whose 256 real values strictly increase (a positive
+    scale always, unless it is so small or large that float32 values collide or overflow)."""
+    if params.per_channel or params.dtype not in ("int8", "uint8"):
+        return False
+    lo, hi = _LIMITS[params.dtype]
+    with np.errstate(over="ignore", invalid="ignore"):
+        real = dequantize(np.arange(lo, hi + 1), params)
+        return bool(np.all(np.diff(real) > 0))
+
+
 def pixel_lut(
     params: QuantParams, mean: float | Sequence[float] = 0.0, std: float | Sequence[float] = 1.0
 ) -> npt.NDArray[np.integer]:
