@@ -9,6 +9,7 @@ capture time of the frame (or sample) that triggered it, never the time the work
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -55,6 +56,7 @@ class Budget(Protocol):
 
 
 CROP_SOURCE = "crop"  # the image input of a cascade's classifier
+STAGING_SLOTS = 2  # input sets: one built by the worker while the other is loaded for an invoke
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -65,6 +67,19 @@ class Trigger:
     source: str
     seq: int
     frame: Frame | None
+
+
+@dataclass
+class Prepared:
+    """What the worker hands to the invoke stage: inputs built into staging ``slot``."""
+
+    trig: Trigger
+    frames: dict[str, Frame]
+    runners: list[ModelRunner]
+    transforms: list[ImageTransform | None]
+    slot: int
+    pre_ms: float
+    t0: float
 
 
 @dataclass
@@ -147,6 +162,7 @@ class ModelRunner:
         missing = [s.name for s in self.model.inputs if s.position not in used]
         if missing:
             raise PipelineError(f"{where}: model inputs {missing} are not bound to any source")
+        self._staging: dict[int, dict[int, npt.NDArray[Any]]] = {}  # slot -> position -> inputs
         self._capture_request = threading.Event()
         self._captured = threading.Event()
         self.captured_inputs: list[npt.NDArray[Any]] | None = None
@@ -170,8 +186,11 @@ class ModelRunner:
     def info(self) -> dict[str, Any]:
         return {"name": self.model.name, "sha256": self.model.sha256, "version": self.config.version}
 
-    def fill(self, frames: Mapping[str, Frame | npt.NDArray[np.uint8]], t: float) -> ImageTransform | None:
-        """Set every input for trigger time ``t``; returns the first image's transform."""
+    def fill(
+        self, frames: Mapping[str, Frame | npt.NDArray[np.uint8]], t: float, slot: int | None = None
+    ) -> ImageTransform | None:
+        """Build every input for trigger time ``t``, into the model (``slot`` None) or into staging
+        buffers ``slot`` for :meth:`load`; returns the first image's transform."""
         transform = None
         capture = self._capture_request.is_set()
         arrays: dict[int, npt.NDArray[Any]] = {}
@@ -181,13 +200,13 @@ class ModelRunner:
                 raise StaleInput(f"no frame from {source!r} yet")
             pixels = frame.image if isinstance(frame, Frame) else frame
             array = image_builder.build(pixels)
-            self.model.set_input(position, array)
+            self._set(position, array, slot)
             if capture:
                 arrays[position] = array.copy()
             transform = transform or image_builder.transform
         for position, sensor_builder in self.sensors:
             array = sensor_builder.build(t)
-            self.model.set_input(position, array)
+            self._set(position, array, slot)
             if capture:
                 arrays[position] = array.copy()
         if capture:
@@ -195,6 +214,22 @@ class ModelRunner:
             self._capture_request.clear()
             self._captured.set()
         return transform
+
+    def _set(self, position: int, array: npt.NDArray[Any], slot: int | None) -> None:
+        if slot is None:
+            self.model.set_input(position, array)
+            return
+        staged = self._staging.setdefault(slot, {})
+        buffer = staged.get(position)
+        if buffer is None or buffer.shape != array.shape or buffer.dtype != array.dtype:
+            staged[position] = array.copy()  # once per slot and input: reused from then on
+        else:
+            np.copyto(buffer, array)
+
+    def load(self, slot: int) -> None:
+        """Set the model's inputs from staging buffers ``slot`` (filled by :meth:`fill`)."""
+        for position, array in self._staging[slot].items():
+            self.model.set_input(position, array)
 
     def capture_inputs(self, timeout: float) -> list[npt.NDArray[Any]] | None:
         """Copies of the inputs of the next inference (the latest real input), or None."""
@@ -272,7 +307,9 @@ class Pipeline:
         self.fps_out = RateMeter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._invoker: Stage[Prepared] | None = None
         self._results: Stage[Invoked] | None = None
+        self._slots: queue.Queue[int] = queue.Queue()
         self._errors_lock = threading.Lock()
         self._last_seq = 0
         self._infer_lock = threading.Lock()
@@ -291,7 +328,11 @@ class Pipeline:
 
     def start(self) -> None:
         self._stop.clear()
+        self._slots = queue.Queue()
+        for slot in range(STAGING_SLOTS):
+            self._slots.put(slot)
         self._results = Stage(f"results-{self.name}", self._finish)
+        self._invoker = Stage(f"invoke-{self.name}", self._invoke, depth=1)
         self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.name}", daemon=True)
         self._thread.start()
 
@@ -320,22 +361,21 @@ class Pipeline:
         wait over ``limit_s``), or ""."""
         if self._thread is None or self.finished:
             return ""
-        stage = self._results
         now = time.monotonic()
-        busy = stage.busy_since if stage is not None else None
-        problems = [
-            (not self._thread.is_alive(), "worker thread died"),
-            (stage is not None and not stage.alive, "result thread died"),
-            (
-                self.busy_since is not None and now - self.busy_since > limit_s,
-                f"an inference has run for {now - (self.busy_since or now):.1f} s",
-            ),
-            (
-                busy is not None and now - busy > limit_s,
-                f"a result has been post-processed for {now - (busy or now):.1f} s",
-            ),
-            (now - self.last_progress > limit_s, f"no progress for {now - self.last_progress:.1f} s"),
-        ]
+        problems = [(not self._thread.is_alive(), "worker thread died")]
+        for stage, doing in ((self._invoker, "an inference"), (self._results, "a post-processing")):
+            if stage is not None:
+                busy = stage.busy_since
+                problems.append((not stage.alive, f"{stage.name} thread died"))
+                problems.append(
+                    (
+                        busy is not None and now - busy > limit_s,
+                        f"{doing} has run for {now - (busy or now):.1f} s",
+                    )
+                )
+        problems.append(
+            (now - self.last_progress > limit_s, f"no progress for {now - self.last_progress:.1f} s")
+        )
         return next((f"pipeline {self.name}: {why}" for bad, why in problems if bad), "")
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -374,8 +414,9 @@ class Pipeline:
             log.exception("pipeline %s: worker thread died", self.name)
             raise
         finally:
-            if self._results is not None:
-                self._results.close()  # every result handed over is emitted before the worker ends
+            for stage in (self._invoker, self._results):
+                if stage is not None:
+                    stage.close()  # every inference handed over is run and emitted first
         self.finished = finished
 
     def _loop(self) -> bool:
@@ -407,8 +448,7 @@ class Pipeline:
             self.fps_in.tick()
             self.busy_since = time.monotonic()
             try:
-                with self._infer_lock:
-                    self._infer(trig)
+                self._infer(trig)
             except StaleInput as exc:
                 self._give_back()
                 self.skipped += 1
@@ -452,23 +492,57 @@ class Pipeline:
         return frames
 
     def _infer(self, trig: Trigger) -> None:
-        """On the worker: fill the inputs and invoke; the rest is handed to the result stage."""
+        """On the worker: build the inputs into a free staging slot while the invoke stage runs
+        the previous inference; hand them over."""
         t0 = time.perf_counter()
         frames = self._frames(trig)
         runners = list(self.runners)
-        transforms = [r.fill(frames, trig.t_mono) for r in runners]
-        t1 = time.perf_counter()
-        outputs = [r.invoke() for r in runners]  # copies: the next invoke does not touch them
-        t2 = time.perf_counter()
-        invoke_ms = (t2 - t1) * 1000
+        slot = self._free_slot()
+        try:
+            transforms = [r.fill(frames, trig.t_mono, slot) for r in runners]
+        except BaseException:
+            self._slots.put(slot)
+            raise
+        assert self._invoker is not None
+        pre_ms = (time.perf_counter() - t0) * 1000
+        self._invoker.put(Prepared(trig, frames, runners, transforms, slot, pre_ms, t0))
+        self.handed_over += 1
+
+    def _free_slot(self) -> int:
+        while True:
+            try:
+                return self._slots.get(timeout=0.5)
+            except queue.Empty:
+                assert self._invoker is not None
+                if not self._invoker.alive:  # nobody will give a slot back
+                    raise PipelineError(f"pipeline {self.name}: the invoke stage died") from None
+
+    def _invoke(self, job: Prepared) -> None:
+        """On the invoke stage: load the staged inputs, invoke, hand over to the result stage.
+        Inputs built just before a model swap run on the models they were built for (the
+        replaced one stays loaded); from the next trigger on, the new model serves."""
+        runners = job.runners
+        try:
+            with self._infer_lock:
+                try:
+                    for runner in runners:
+                        runner.load(job.slot)
+                finally:
+                    self._slots.put(job.slot)
+                current = runners[0] is self.runners[0]
+                t1 = time.perf_counter()
+                outputs = [r.invoke() for r in runners]  # copies: the next invoke does not touch them
+                invoke_ms = (time.perf_counter() - t1) * 1000
+        except EdgeRuntimeError as exc:
+            self._failed(exc)
+            return
         monitor = self.monitor
-        if monitor is not None:
+        if monitor is not None and current:
             monitor(outputs[0], invoke_ms)
         assert self._results is not None
         self._results.put(
-            Invoked(trig, frames, runners, transforms, outputs, (t1 - t0) * 1000, invoke_ms, t0)
+            Invoked(job.trig, job.frames, runners, job.transforms, outputs, job.pre_ms, invoke_ms, job.t0)
         )
-        self.handed_over += 1
 
     def _finish(self, job: Invoked) -> None:
         """On the result stage: post-process, number and emit one result, in trigger order."""
