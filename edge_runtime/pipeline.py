@@ -1,4 +1,10 @@
-"""A pipeline: trigger -> fuse -> invoke -> postprocess -> emit, on its own worker thread.
+"""A pipeline: trigger -> fuse -> invoke -> postprocess -> emit, in three stages.
+
+The worker thread waits for the trigger and builds the inputs into one of two staging slots; the
+invoke stage loads them and invokes (``invoke`` releases the GIL); the result stage post-processes,
+numbers and emits. Each stage works on the next result while the one after it finishes the
+previous, so the model is fed again as soon as an invoke ends; hand-offs are short blocking
+queues, in order, and stopping drains them.
 
 A pipeline runs one model, an ensemble (several models on the same inputs, their class scores
 combined by weighted mean or vote) or a cascade (a detector's boxes cropped from the frame and
@@ -84,16 +90,11 @@ class Prepared:
 
 @dataclass
 class Invoked:
-    """What the worker hands to the result stage: the outputs of one inference and its context."""
+    """What the invoke stage hands to the result stage: a prepared job's outputs."""
 
-    trig: Trigger
-    frames: dict[str, Frame]
-    runners: list[ModelRunner]
-    transforms: list[ImageTransform | None]
+    job: Prepared
     outputs: list[list[npt.NDArray[Any]]]
-    pre_ms: float
     invoke_ms: float
-    t0: float
 
 
 def _find_input(model: Model, ref: int | str) -> TensorSpec:
@@ -540,18 +541,17 @@ class Pipeline:
         if monitor is not None and current:
             monitor(outputs[0], invoke_ms)
         assert self._results is not None
-        self._results.put(
-            Invoked(job.trig, job.frames, runners, job.transforms, outputs, job.pre_ms, invoke_ms, job.t0)
-        )
+        self._results.put(Invoked(job, outputs, invoke_ms))
 
-    def _finish(self, job: Invoked) -> None:
+    def _finish(self, done: Invoked) -> None:
         """On the result stage: post-process, number and emit one result, in trigger order."""
         t2 = time.perf_counter()
+        job = done.job
         try:
             if self.config.ensemble is not None:
-                result = self._combine(job.runners, job.outputs)
+                result = self._combine(job.runners, done.outputs)
             else:
-                result = job.runners[0].post(job.outputs[0], job.transforms[0])
+                result = job.runners[0].post(done.outputs[0], job.transforms[0])
             cascade_invoke_ms = 0.0
             if self.cascade is not None:
                 frame = job.frames.get(job.runners[0].images[0][2])
@@ -562,7 +562,7 @@ class Pipeline:
         t4 = time.perf_counter()
         latency = {
             "pre": job.pre_ms,
-            "invoke": job.invoke_ms + cascade_invoke_ms,
+            "invoke": done.invoke_ms + cascade_invoke_ms,
             "post": (t4 - t2) * 1000 - cascade_invoke_ms,
             "total": (t4 - job.t0) * 1000,
         }
