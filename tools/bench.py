@@ -109,7 +109,9 @@ def percentiles(values: Sequence[float] | npt.NDArray[np.float64]) -> dict[str, 
 
 
 def proc_status_mb(pid: int | str, key: str) -> float:
-    """``VmRSS`` or ``VmHWM`` (peak RSS) of a process from /proc, in MB (NaN when gone)."""
+    """A memory line of /proc/PID/status in MB (NaN when gone): ``VmRSS``, ``VmHWM`` (peak RSS),
+    ``RssAnon`` (the process's own memory) or ``RssFile`` (mapped files, such as the runtime's and
+    OpenCV's shared libraries: it varies with the page cache, 85 to 130 MB for the same run)."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
@@ -631,6 +633,8 @@ def run_pipeline(
         cpu1, t1 = proc_cpu_s(proc.pid), time.time()
         run.peak_rss_mb = proc_status_mb(proc.pid, "VmHWM")
         run.rss_mb = proc_status_mb(proc.pid, "VmRSS")
+        run.extra["rss_anon_mb"] = proc_status_mb(proc.pid, "RssAnon")
+        run.extra["rss_file_mb"] = proc_status_mb(proc.pid, "RssFile")
         run.cpu_pct = (cpu1 - cpu0) / (t1 - t0) * 100
         run.machine_busy_pct = meter.pct()
     finally:
@@ -672,7 +676,7 @@ def run_pipeline(
     )
     pipeline_stats = _stats_line(text, "pipeline bench stats: ")
     source_stats = _stats_line(text, "source camera stats: ")
-    run.extra = {
+    run.extra |= {
         "overhead_ms_per_result": overhead,
         "received": len(messages),
         "exit_code": proc.returncode,
@@ -1088,6 +1092,11 @@ def format_combo(combo: Combo) -> str:
         lines.append(
             f"  (c) worker time per result outside invoke (1000/fps - invoke p50): {overhead:.2f} ms; "
             f"CPU per result: {c.cpu_pct * 10 / c.fps:.1f} ms (a: {a_cpu})"
+        )
+        anon, files = c.extra.get("rss_anon_mb", float("nan")), c.extra.get("rss_file_mb", float("nan"))
+        lines.append(
+            f"  (c) RSS at the end {c.rss_mb:.1f} MB = own (anonymous) {anon:.1f} MB"
+            f" + mapped files {files:.1f} MB"
         )
     return "\n".join(lines)
 
