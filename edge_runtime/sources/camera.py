@@ -215,7 +215,8 @@ class CameraSource(Source):
         self.stream_fps = fps if math.isfinite(fps) and fps > 0 else None
         self._cap = cap
         self._index = 0
-        log.info(
+        log.log(
+            logging.DEBUG if self.loops else logging.INFO,  # a looping file reopens on every pass
             "camera %s: opened %s with %s (%s fps)",
             self.name,
             self.label,
