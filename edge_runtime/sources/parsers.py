@@ -254,6 +254,21 @@ class ErrorTally:
             return dict(self._counts)
 
 
+class CountsParseErrors:
+    """For a line source that tallies its rejected lines in ``_errors``."""
+
+    _errors: ErrorTally
+
+    @property
+    def parse_errors(self) -> dict[str, int]:
+        """Rejected lines by reason (a copy)."""
+        return self._errors.snapshot()
+
+    @property
+    def parse_errors_total(self) -> int:
+        return self._errors.total
+
+
 # -- registry --------------------------------------------------------------------------------------
 
 PARSERS: dict[str, Callable[..., Values]] = {

@@ -21,7 +21,7 @@ from pydantic import Field
 from edge_runtime.errors import ParseError, SourceError
 from edge_runtime.sources.base import Source, SourceConfigBase
 from edge_runtime.sources.buffer import SensorBuffers
-from edge_runtime.sources.parsers import ErrorTally, Values, parse_csv, parse_json
+from edge_runtime.sources.parsers import CountsParseErrors, ErrorTally, Values, parse_csv, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ReplayConfig(SourceConfigBase):
     capacity: int = Field(default=4096, ge=2, description="Values kept per channel (ring buffer size).")
 
 
-class ReplaySource(Source):
+class ReplaySource(CountsParseErrors, Source):
     """Plays a recording; values land in :attr:`buffers` (a SensorBuffers)."""
 
     kind = "replay"
@@ -198,15 +198,6 @@ class ReplaySource(Source):
         return True
 
     # -- reporting ------------------------------------------------------------------------------------
-
-    @property
-    def parse_errors(self) -> dict[str, int]:
-        """Rejected lines by reason (a copy)."""
-        return self._errors.snapshot()
-
-    @property
-    def parse_errors_total(self) -> int:
-        return self._errors.total
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()

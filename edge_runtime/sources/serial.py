@@ -22,7 +22,7 @@ from pydantic import Field, field_validator, model_validator
 from edge_runtime.errors import ParseError, SourceError
 from edge_runtime.sources.base import Source, SourceConfigBase
 from edge_runtime.sources.buffer import SensorBuffers
-from edge_runtime.sources.parsers import SKIP_FIELD, ErrorTally, make_parser
+from edge_runtime.sources.parsers import SKIP_FIELD, CountsParseErrors, ErrorTally, make_parser
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class LineSplitter:
         return lines, too_long
 
 
-class SerialSource(Source):
+class SerialSource(CountsParseErrors, Source):
     """Reads and parses sensor lines; values land in :attr:`buffers` (a SensorBuffers)."""
 
     kind = "serial"
@@ -244,15 +244,6 @@ class SerialSource(Source):
         count = sum(1 for t in list(self._recent) if t >= now - RATE_WINDOW_S)
         span = min(RATE_WINDOW_S, max(now - self._rate_since, 1e-3))
         return count / span
-
-    @property
-    def parse_errors(self) -> dict[str, int]:
-        """Rejected lines by reason (a copy)."""
-        return self._errors.snapshot()
-
-    @property
-    def parse_errors_total(self) -> int:
-        return self._errors.total
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()
