@@ -30,7 +30,7 @@ from broker import Mosquitto, Received, Subscriber
 from conftest import MODELS
 from daemon import Daemon, digits_config, stats_line
 from realparts import free_port, mjpeg_server, require_tool, socat_pair, wait_until
-from test_run import FUSED, VibrationWriter, heldout
+from test_run import VibrationWriter, fused_config, heldout
 
 from edge_runtime.demo import write_digits_video
 
@@ -514,28 +514,8 @@ def test_a_wall_clock_jump_does_not_disturb_alignment(tmp_path: Path) -> None:
     jumps = [(1.5, "+1h", 3600.0), (5.0, "-30m", -1800.0), (8.5, "+2h", 7200.0)]  # after the first result
     arrivals: list[tuple[float, dict[str, Any]]] = []
     with socat_pair(tmp_path) as pair:
-        config = tmp_path / "run.toml"
-        config.write_text(
-            f"""
-[device]
-state_dir = "{tmp_path / "state"}"
-[runtime]
-backend = "{os.environ.get("EDGE_RUNTIME_TEST_BACKEND", "auto")}"
-[sources.camera]
-type = "camera"
-uri = "digits.avi"
-realtime = true
-loop = true
-[sources.vib]
-type = "serial"
-port = "{pair.b}"
-format = "csv"
-fields = ["ax", "ay", "az"]
-[[pipelines]]
-name = "machine"
-trigger = "camera"
-{FUSED}"""
-        )
+        backend = os.environ.get("EDGE_RUNTIME_TEST_BACKEND", "auto")
+        config = fused_config(tmp_path, pair.b, runtime=f'backend = "{backend}"')
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",

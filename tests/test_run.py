@@ -158,6 +158,34 @@ trigger = {{ source = "camera", min_interval_s = 0.05 }}
     assert stats["triggers"] + stats["rate_limited"] + stats["dropped_frames"] == len(images)
 
 
+def fused_config(tmp_path: Path, serial_port: Path | str, runtime: str = "") -> Path:
+    """run.toml: the fused model on a looping ``digits.avi`` (camera-triggered, real time) and a
+    3-axis CSV serial source on ``serial_port``; ``runtime`` adds lines to ``[runtime]``."""
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f"""
+[device]
+state_dir = "{tmp_path / "state"}"
+[runtime]
+{runtime}
+[sources.camera]
+type = "camera"
+uri = "digits.avi"
+realtime = true
+loop = true
+[sources.vib]
+type = "serial"
+port = "{serial_port}"
+format = "csv"
+fields = ["ax", "ay", "az"]
+[[pipelines]]
+name = "machine"
+trigger = "camera"
+{FUSED}"""
+    )
+    return config
+
+
 class VibrationWriter:
     """Writes 3-axis samples as CSV lines at 100 Hz into a pty, following a state schedule, with a
     share of garbled lines mixed in; records the wall time of every state change."""
@@ -275,26 +303,7 @@ def test_fused_state_follows_the_serial_stream_with_garbage_mixed_in(tmp_path: P
     schedule = [(0.0, "idle"), (4.0, "running"), (8.0, "fault"), (12.0, "idle")]
     with socat_pair(tmp_path) as pair:
         writer = VibrationWriter(pair.a, schedule)
-        config = tmp_path / "run.toml"
-        config.write_text(
-            f"""
-[device]
-state_dir = "{tmp_path / "state"}"
-[sources.camera]
-type = "camera"
-uri = "digits.avi"
-realtime = true
-loop = true
-[sources.vib]
-type = "serial"
-port = "{pair.b}"
-format = "csv"
-fields = ["ax", "ay", "az"]
-[[pipelines]]
-name = "machine"
-trigger = "camera"
-{FUSED}"""
-        )
+        config = fused_config(tmp_path, pair.b)
         writer.start()
         try:
             results, log = run_cli(config, "--duration", "15")
