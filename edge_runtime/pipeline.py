@@ -291,7 +291,7 @@ class Pipeline:
         self.budget = budget
         self.last_result: dict[str, Any] | None = None
         self.results = 0
-        self.handed_over = 0  # inferences given to the result stage
+        self.handed_over = 0  # inferences given to the invoke stage
         self.triggers = 0
         self.skipped = 0
         self.errors = 0
