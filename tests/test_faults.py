@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Mosquitto, Received, Subscriber
+from broker import Mosquitto
 from conftest import MODELS
 from daemon import Daemon, digits_config, stats_line
+from mqtt_client import Subscriber
+from mqtt_types import Received
 from realparts import free_port, mjpeg_server, require_tool, socat_pair, wait_until
 from test_run import VibrationWriter, fused_config, heldout
 

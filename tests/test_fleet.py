@@ -29,9 +29,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import Mosquitto, Subscriber
+from broker import Mosquitto
 from conftest import DATA, MODELS, ROOT
 from daemon import Daemon, digits_config
+from mqtt_client import Subscriber
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from broker import Mosquitto, Subscriber, TestPki
+from broker import Mosquitto
 from daemon import Daemon, digits_config, stats_line
+from mqtt_client import Subscriber
+from pki import TestPki
 from realparts import free_port, wait_until
 
 from edge_runtime.config import PACKAGE_DIR

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Mosquitto, Subscriber
+from broker import Mosquitto
 from conftest import DATA, MODELS, ROOT
 from daemon import Daemon, digits_config
+from mqtt_client import Subscriber
 from realparts import wait_until
 
 from edge_runtime.config import PACKAGE_DIR

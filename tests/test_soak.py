@@ -20,8 +20,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import Mosquitto, Subscriber
+from broker import Mosquitto
 from daemon import Daemon, digits_config, stats_line
+from mqtt_client import Subscriber
 from realparts import wait_until
 
 SOAK_S = float(os.environ.get("EDGE_RUNTIME_SOAK_S", "600"))

@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto, Subscriber
+from broker import Mosquitto
 from daemon import digits_config
+from mqtt_client import Subscriber
 from realparts import mjpeg_server, wait_until
 
 from edge_runtime.systemd import JournalFormatter, Notifier, watchdog_timeout

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Mosquitto, Subscriber
+from broker import Mosquitto
 from conftest import DATA, MODELS
 from daemon import Daemon, digits_config
+from mqtt_client import Subscriber
 
 from edge_runtime.signing import generate_keypair, sign
 

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from broker import TestPki
 from conftest import MODELS, ROOT
+from pki import TestPki
 
 from edge_runtime import signing
 from edge_runtime.errors import EdgeRuntimeError
