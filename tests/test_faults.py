@@ -368,8 +368,7 @@ def test_model_file_corrupted_under_a_running_daemon_then_sighup(tmp_path: Path)
 def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     """``tmpfs("1m")`` mounts a tmpfs of that size and returns it; all unmounted at the end.
 
-    Needs root (or CAP_SYS_ADMIN): the test is skipped otherwise, and the outbox's own cap is
-    then covered by test_outbox_max_bytes_bounds_it_by_dropping_the_oldest on a plain folder."""
+    Needs root (or CAP_SYS_ADMIN): the test fails otherwise, saying so (CI runs as root)."""
     mounted: list[Path] = []
 
     def mount(size: str) -> Path:

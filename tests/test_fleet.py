@@ -5,8 +5,7 @@ retained status and health and answer ``model.update`` step by step as the daemo
 says (downloading the served URL or reassembling MQTT chunks and checking the sha256, checking
 the signature with :mod:`edge_runtime.signing`). They test the orchestration: canary order,
 halting after a failed canary, concurrency, timeouts, transfers. The last three tests run real
-daemons (the acceptance of the fleet-update issue); they are skipped until the daemon handles
-``model.update``.
+daemons (the acceptance of the fleet-update issue).
 """
 
 from __future__ import annotations

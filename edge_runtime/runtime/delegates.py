@@ -8,6 +8,7 @@ or a table with ``type`` and options. Each delegate is a pydantic config model w
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import sys
 from collections.abc import Iterator
@@ -81,7 +82,7 @@ class DelegateFailure:
         return f"{self.delegate} failed: {self.cause}"
 
 
-class Delegate:
+class Delegate(abc.ABC):
     """Base: turns a config into the object ``Interpreter(experimental_delegates=...)`` takes."""
 
     key: ClassVar[str]
@@ -97,9 +98,9 @@ class Delegate:
                 "model is compiled for the Edge TPU (edgetpu-custom-op) and only runs on an edgetpu delegate"
             )
 
+    @abc.abstractmethod
     def create(self, backend: Backend) -> Any | None:
         """The delegate object, or None to run on the interpreter's own CPU kernels."""
-        raise NotImplementedError
 
     @property
     def label(self) -> str:

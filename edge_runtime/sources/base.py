@@ -9,6 +9,7 @@ for alignment, plus the wall clock for reports.
 
 from __future__ import annotations
 
+import abc
 import logging
 import random
 import threading
@@ -74,7 +75,7 @@ class SourceConfigBase(BaseModel):
     )
 
 
-class Source:
+class Source(abc.ABC):
     """Base of camera, serial and replay sources: one reader thread, state and counters.
 
     Subclasses implement :meth:`_open`, :meth:`_read_once` and :meth:`_close`. ``_read_once``
@@ -189,14 +190,17 @@ class Source:
 
     # -- subclass hooks --------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def _open(self) -> None:
-        raise NotImplementedError
+        """Open the device, port, file or stream; raise SourceError when it cannot."""
 
+    @abc.abstractmethod
     def _read_once(self) -> bool:
-        raise NotImplementedError
+        """Read and publish what is there; False when the device is gone or the stream ended."""
 
+    @abc.abstractmethod
     def _close(self) -> None:
-        raise NotImplementedError
+        """Release what :meth:`_open` took (called on every reconnect and at stop)."""
 
     # -- news for pipelines ------------------------------------------------------------------------
 
