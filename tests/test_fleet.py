@@ -712,10 +712,21 @@ def test_an_unreachable_broker_is_one_line_and_exit_1(capsys: pytest.CaptureFixt
 # --- the real daemon (acceptance) ----------------------------------------------------------------------
 
 
-def _updates_config(public: str) -> str:
-    # A sub-millisecond invoke jitters by 1000x (first invokes, 5 daemons on 2 cores): the
-    # latency check is not what these tests are about.
-    return f'\n[updates]\npublic_keys = ["{public}"]\n'
+def _real_fleet(
+    stack: ExitStack, tmp_path: Path, broker: Mosquitto, names: list[str], public_key: str | None
+) -> tuple[Subscriber, list[Daemon]]:
+    """Real daemons ``names`` (the digits config; ``[updates]`` trusting ``public_key``, or
+    accepting unsigned updates when it is None), a subscriber to their status, health and events,
+    once every one is online and has reported its health."""
+    keys = f'public_keys = ["{public_key}"]\n' if public_key is not None else ""
+    extra = f"\n[updates]\n{keys}"
+    sub = stack.enter_context(broker.subscriber(["edge/+/status", "edge/+/health", "edge/+/events"]))
+    daemons = [
+        stack.enter_context(Daemon(digits_config(tmp_path, port=broker.port, device=name, extra=extra)))
+        for name in names
+    ]
+    assert _wait_online(sub, names, 60), "\n".join(d.log()[-2000:] for d in daemons)
+    return sub, daemons
 
 
 def _wait_online(sub: Subscriber, devices: list[str], timeout: float) -> bool:
@@ -748,14 +759,8 @@ def test_real_daemons_signed_update_canary_then_four(
     new_model = tmp_path / "digits_v2.tflite"  # the same network, different bytes: trailing padding
     new_model.write_bytes((MODELS / "digits_int8.tflite").read_bytes() + b"\0" * 16 + b"fleet-acceptance-v2")
     sha = hashlib.sha256(new_model.read_bytes()).hexdigest()
-    extra = _updates_config(public)
     with ExitStack() as stack:
-        sub = stack.enter_context(broker.subscriber(["edge/+/status", "edge/+/health", "edge/+/events"]))
-        daemons = [
-            stack.enter_context(Daemon(digits_config(tmp_path, port=broker.port, device=name, extra=extra)))
-            for name in names
-        ]
-        assert _wait_online(sub, names, 60), "\n".join(d.log()[-2000:] for d in daemons)
+        sub, daemons = _real_fleet(stack, tmp_path, broker, names, public)
         code, out, err = run(
             capsys,
             *update_args(broker, new_model, "--key", str(tmp_path / "keys" / "fleet.key")),
@@ -792,14 +797,8 @@ def test_real_daemon_probation_failure_rolls_back_and_halts(
     public = (tmp_path / "keys" / "fleet.pub").read_text().strip()
     constant = DATA / "constant_digits_int8.tflite"  # same inputs/outputs as digits, constant output
     names = ["dev0", "dev1"]
-    extra = _updates_config(public)
     with ExitStack() as stack:
-        sub = stack.enter_context(broker.subscriber(["edge/+/status", "edge/+/health", "edge/+/events"]))
-        daemons = [
-            stack.enter_context(Daemon(digits_config(tmp_path, port=broker.port, device=name, extra=extra)))
-            for name in names
-        ]
-        assert _wait_online(sub, names, 60), "\n".join(d.log()[-2000:] for d in daemons)
+        sub, _ = _real_fleet(stack, tmp_path, broker, names, public)
         original = {n: _health_sha(sub, n) for n in names}
         code, out, err = run(
             capsys,
@@ -834,13 +833,8 @@ def test_real_daemon_update_over_mqtt_chunks(
     new_model = tmp_path / "digits_v3.tflite"
     new_model.write_bytes((MODELS / "digits_int8.tflite").read_bytes() + b"\0" * 16 + b"fleet-chunks-v3")
     sha = hashlib.sha256(new_model.read_bytes()).hexdigest()
-    extra = "\n[updates]\n"  # no public key: unsigned updates pass
     with ExitStack() as stack:
-        sub = stack.enter_context(broker.subscriber(["edge/+/status", "edge/+/health"]))
-        daemon = stack.enter_context(
-            Daemon(digits_config(tmp_path, port=broker.port, device="dev0", extra=extra))
-        )
-        assert _wait_online(sub, ["dev0"], 60), daemon.log()[-3000:]
+        sub, (daemon,) = _real_fleet(stack, tmp_path, broker, ["dev0"], None)  # unsigned updates pass
         argv = update_args(
             broker, new_model, "--transport", "mqtt", "--chunk-size", "8192", "--timeout", "60"
         )
