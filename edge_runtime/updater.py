@@ -192,7 +192,7 @@ class Updater:
                 self._complete[cmd.args["transfer"]] = done
         return {"transfer": cmd.args["transfer"], "index": cmd.args["index"], "complete": done is not None}
 
-    def update(self, cmd: Command) -> dict[str, Any]:
+    def update(self, cmd: Command) -> None:
         try:
             request = UpdateRequest.from_payload({"id": cmd.id, **cmd.args})
         except UpdateError as exc:
@@ -202,12 +202,16 @@ class Updater:
             if request.pipeline in self._busy:
                 raise CommandError(f"an update of pipeline {request.pipeline!r} is already in progress")
             self._busy.add(request.pipeline)
+        # "accepted" is published before the work starts: a step that fails at once (a size limit,
+        # a refused download) cannot overtake it at the subscriber
+        self._reply(
+            cmd, {"ok": True, "step": "accepted", "pipeline": request.pipeline, "version": request.version}
+        )
         thread = threading.Thread(
             target=self._run, args=(cmd, request), name=f"update-{request.pipeline}", daemon=True
         )
         self.threads.append(thread)
         thread.start()
-        return {"step": "accepted", "pipeline": request.pipeline, "version": request.version}
 
     def list(self, cmd: Command) -> dict[str, Any]:
         name = self._pipeline(cmd.args["pipeline"]).name

@@ -129,6 +129,7 @@ def test_every_bad_update_is_refused_at_its_step(
             for name, body, step in cases:
                 replies = request(sub, name, body)
                 final = replies[-1]
+                assert replies[0]["step"] == "accepted", (name, replies)  # first, even for a fast failure
                 assert final["ok"] is False and final["step"] == step, (name, replies)
                 assert final["error"], final
 

@@ -58,7 +58,10 @@ class ArgSpec:
                 raise CommandError(f"argument {name!r} has the wrong type: {type(value).__name__}")
 
 
-Handler = Callable[[Command], dict[str, Any]]
+Handler = Callable[[Command], dict[str, Any] | None]
+"""A command's work: the body of its reply, or None when it has sent its first reply itself (a
+long-running command replies ``accepted`` before its work starts, so that no later step reply can
+overtake it)."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,8 @@ class CommandDispatcher:
                 result = definition.handler(command)
             except EdgeRuntimeError as exc:
                 self._refuse(command.name, command.id, str(exc), command.response_topic, command.correlation)
+                continue
+            if result is None:
                 continue
             body = {"id": command.id, "command": command.name, "ok": True, **result}
             self._reply(command.id, body, command.response_topic, command.correlation)
