@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from edge_runtime.errors import ConfigError
+from edge_runtime.http.config import HttpConfig
 from edge_runtime.postprocess import PostprocessConfig
 from edge_runtime.runtime.delegates import CpuConfig, DelegateConfig
 from edge_runtime.sources import SourceConfig
@@ -324,6 +325,7 @@ class Config(Strict):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward bounds.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reports.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="Local HTTP API and page.")
     updates: UpdatesConfig = Field(default_factory=UpdatesConfig, description="Over-the-air model updates.")
     sources: dict[str, SourceConfig] = Field(default_factory=dict, description="Named inputs.")
     pipelines: list[PipelineConfig] = Field(min_length=1, description="What runs.")

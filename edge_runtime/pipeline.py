@@ -344,6 +344,12 @@ class Pipeline:
             self.runners[0] = runner
         return old
 
+    def predict(self, index: int, inputs: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        """Run model ``index`` on ``inputs`` (one instance, for predict on demand) between two of
+        this pipeline's inferences: the invoke stage sets its own inputs again before each invoke."""
+        with self._infer_lock:
+            return self.runners[index].model.invoke(inputs)
+
     def request_stop(self) -> None:
         self._stop.set()
 

@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -110,6 +110,8 @@ class Service:
         self.watchdog_pings = 0
         self._reload_requested = threading.Event()
         self._unhealthy = ""
+        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []  # results, for the HTTP API
+        self._http: Any = None
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -132,6 +134,10 @@ class Service:
             outbox=self.reporter.outbox_stats,
             mqtt=self.reporter.stats,
         )
+        if self.config.http.enabled:  # reads the token and TLS files now: without them, no start
+            from edge_runtime.http.server import HttpServer
+
+            self._http = HttpServer(self.config.http, self, self.config.resolve)
 
     def _build_runtime(self, config: Config) -> tuple[dict[str, Source], list[Pipeline]]:
         if any(p.startswith("demo:") for p in config.paths()):
@@ -185,6 +191,8 @@ class Service:
                 self.reporter.publish(result)  # the outbox first: nothing is lost after this
             for sink in self.sinks:
                 sink.publish(result)
+            for listener in self._listeners:
+                listener("result", result)
             if self.budget.limit is not None and self.emitted >= self.budget.limit:
                 self.stop("max results reached")
 
@@ -252,6 +260,14 @@ class Service:
             assert self.health is not None
             self._metrics = MetricsServer(self.health, self.config.metrics.host, self.config.metrics.port)
             self._metrics.start()
+        if self._http is not None:
+            from edge_runtime.http.server import HttpError
+
+            try:
+                self._http.start()
+            except HttpError as exc:  # the daemon's work goes on without its local HTTP face
+                log.error("%s; running without the HTTP API", exc)
+                self.reporter.event("http.unavailable", str(exc), {})
         log.info(
             "edge-runtime %s running: device %s, %d pipelines, %d sources, mqtt %s",
             __version__, self.config.device.id, len(self.pipelines), len(self.sources),
@@ -344,6 +360,8 @@ class Service:
             sink.close()
         if self._metrics is not None:
             self._metrics.stop()
+        if self._http is not None:
+            self._http.stop()
         if self.reporter is not None:
             self.reporter.stop(flush_timeout=max(0.5, deadline - time.monotonic() - 1.5))
             log.info("reporting mqtt stats: %s", json.dumps(self.reporter.stats()))
@@ -352,6 +370,44 @@ class Service:
             log.info("pipeline %s stats: %s", pipeline.name, json.dumps(pipeline.stats()))
         for name, source in self.sources.items():
             log.info("source %s stats: %s", name, json.dumps(source.stats()))
+
+    # -- the HTTP API's host (edge_runtime.http.host.Host) ------------------------------------------
+
+    def http_status(self) -> dict[str, Any]:
+        return {
+            "device": self.config.device.id,
+            "state": "stopping" if self.stop_event.is_set() else "online",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_mono, 3),
+            "pipelines": [p.name for p in self.pipelines],
+        }
+
+    def http_health(self) -> dict[str, Any]:
+        assert self.health is not None
+        return {**self.health.report(mark=False), "reloads": self.reloads}
+
+    def http_pipelines(self) -> list[Pipeline]:
+        return list(self.pipelines)
+
+    def http_sources(self) -> dict[str, Source]:
+        return dict(self.sources)
+
+    def http_model_versions(self, pipeline: str) -> list[dict[str, Any]]:
+        store = getattr(self.updater, "store", None)
+        return list(store.versions(pipeline)) if store is not None else []
+
+    def http_subscribe(self, listener: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+        assert self.reporter is not None
+        reporter = self.reporter
+        self._listeners.append(listener)
+        reporter.listeners.append(listener)
+
+        def unsubscribe() -> None:
+            for found in (self._listeners, reporter.listeners):
+                if listener in found:
+                    found.remove(listener)
+
+        return unsubscribe
 
     # -- reload ------------------------------------------------------------------------------------
 

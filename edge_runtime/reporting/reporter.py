@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ class Reporter:
         self._last_store_log = float("-inf")
         self._logged_errors = 0
         self._lock = threading.Lock()
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # e.g. the HTTP stream
         self.dispatcher = CommandDispatcher(
             self.topics, self._publish_reply, self.event, max_bytes=config.mqtt.max_command_bytes
         )
@@ -156,6 +158,8 @@ class Reporter:
     def event(self, kind: str, message: str, fields: dict[str, Any]) -> None:
         """An event on ``{prefix}/{device}/events`` (through the outbox) and in the log."""
         log.info("event %s: %s", kind, message)
+        for listener in self.listeners:
+            listener("event", event_payload(self.topics.device, kind, message, **fields))
         if self.outbox is None:
             return
         qos = self.config.mqtt.events.qos
