@@ -161,8 +161,12 @@ def split_batch(served: Served, named: Mapping[str, Array], batched: bool) -> li
         spec = served.find_input(key)
         if spec.position in by_position:
             raise PredictError(f"input {public_name(spec)!r} is given twice")
+        if batched and array.ndim == 0:
+            raise PredictError(
+                f"input {public_name(spec)!r}: expects a batch (a list of instances), got a number"
+            )
         by_position[spec.position] = array
-    sizes = {len(a) if batched and a.ndim > 0 else 1 for a in by_position.values()}
+    sizes = {len(a) if batched else 1 for a in by_position.values()}
     if len(sizes) != 1:
         raise PredictError(f"model {served.name!r}: inputs have different batch sizes {sorted(sizes)}")
     count = sizes.pop()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h11
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -61,6 +62,21 @@ class GuardedH11Protocol(H11Protocol):
             transport.abort()
             return
         self._arm(None)
+
+    def data_received(self, data: bytes) -> None:
+        """Refuse request headers over ``MAX_HEADER_BYTES`` even when they come in one piece."""
+        if self.conn.their_state is h11.IDLE:
+            pending = bytes(self.conn.trailing_data[0]) + data
+            if len(pending) > MAX_HEADER_BYTES and b"\r\n\r\n" not in pending[: MAX_HEADER_BYTES + 4]:
+                GuardedH11Protocol.cut_off += 1
+                body = b'{"error":"request headers over %d bytes"}' % MAX_HEADER_BYTES
+                self.transport.write(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+                )
+                self.transport.close()
+                return
+        super().data_received(data)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -88,7 +88,9 @@ def model_entries(ctx: Context) -> list[dict[str, Any]]:
                     "placement": model.placement,
                     "fallbacks": [{"delegate": f.delegate, "cause": f.cause} for f in model.failures],
                     "backend": f"{model.backend.name} {model.backend.version}",
-                    "inputs": [{**s.to_dict(), "name": public_name(s), "tensor": s.name} for s in model.inputs],
+                    "inputs": [
+                        {**s.to_dict(), "name": public_name(s), "tensor": s.name} for s in model.inputs
+                    ],
                     "outputs": [
                         {**s.to_dict(), "name": public_name(s, output=True), "tensor": s.name}
                         for s in model.outputs

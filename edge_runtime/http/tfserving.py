@@ -110,6 +110,10 @@ def _pack(served: Served, outputs: list[Array]) -> Any:
 
 def routes(ctx: Context) -> list[Route]:
     def served(request: Request) -> Served:
+        name = request.path_params["name"]
+        if request.method != "POST" and ":" in name:
+            verb = name.rpartition(":")[2][:16]
+            raise PredictError(f"Method Not Allowed: :{verb} takes POST", 405)
         pipelines = ctx.host.http_pipelines()
         return find_served(pipelines, request.path_params["name"], request.path_params.get("version"))
 
