@@ -32,6 +32,10 @@ function fill(dl, rows) {
   }
 }
 
+function count(n, noun) {
+  return n + " " + noun + (n === 1 ? "" : "s");
+}
+
 function summary(result) {
   const r = result.result || {};
   const heads = r.top ? { "": r } : r;
@@ -41,10 +45,10 @@ function summary(result) {
       const best = head.top[0];
       parts.push((name ? name + ": " : "") + best.label + " " + Number(best.score).toFixed(2));
     } else if (head && Array.isArray(head.detections)) {
-      parts.push((name ? name + ": " : "") + head.detections.length + " detections");
+      parts.push((name ? name + ": " : "") + count(head.detections.length, "detection"));
     }
   }
-  if (Array.isArray(r.detections)) parts.push(r.detections.length + " detections");
+  if (Array.isArray(r.detections) && !r.top) parts.push(count(r.detections.length, "detection"));
   return parts.join(", ") || JSON.stringify(r).slice(0, 200);
 }
 
