@@ -100,7 +100,8 @@ def test_the_page_shows_live_results_a_frame_and_no_console_error(tmp_path: Path
             assert wait_until(lambda: int(top().get_attribute("data-seq")) > first_seq + 2, 20)
             assert top().text != first_text
 
-            script = "const i = document.querySelector('figure[data-source=camera] img'); return i && i.naturalWidth;"
+            view = "figure[data-source=camera] img"
+            script = f"const i = document.querySelector('{view}'); return i && i.naturalWidth;"
             assert wait_until(lambda: driver.execute_script(script) == 256, 20), driver.page_source[:2000]
             assert wait_until(lambda: "results/s" in driver.find_element(By.CSS_SELECTOR, ".rate").text, 10)
             assert driver.find_element(By.ID, "device").text == "cam-01"
