@@ -25,6 +25,9 @@ class HttpDaemon(Daemon):
         if wait:
             self.wait_http()
 
+    def __enter__(self) -> HttpDaemon:
+        return self
+
     def wait_http(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -61,7 +61,7 @@ class HttpConfig(BaseModel):
     host: str = Field(
         "127.0.0.1", min_length=1, description="Address to listen on; not loopback needs token_file."
     )
-    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="Port to listen on.")
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="Port (0: any free one, logged).")
     token_file: str = Field(
         "",
         validate_default=True,
