@@ -10,13 +10,15 @@ no token: they carry no data.
 from __future__ import annotations
 
 import hmac
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.http.context import dumps
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/index.html", "/app.js", "/style.css", "/favicon.ico"})
 MAX_TOKEN_BYTES = 4096
@@ -68,7 +70,7 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         message = "a bearer token is required" if given is None else "the bearer token is not valid"
-        body = dumps({"error": message})
+        body = json.dumps({"error": message}).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -19,28 +19,22 @@ import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import h11
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.http import media, oip, page, status, stream, tfserving
-from edge_runtime.http.auth import BearerAuth, HttpConfigError, read_token
+from edge_runtime.http.auth import HttpConfigError, read_token
 from edge_runtime.http.config import HttpConfig, is_loopback
-from edge_runtime.http.context import Context, error_response
 from edge_runtime.http.host import Host
 from edge_runtime.http.hub import Hub
-from edge_runtime.http.predict import PredictError, Predictor
+from edge_runtime.http.predict import Predictor
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from edge_runtime.http.context import Context
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 16 * 1024
 START_TIMEOUT_S = 10.0
 
 
@@ -48,92 +42,12 @@ class HttpError(EdgeRuntimeError, OSError):
     """The server could not listen on its address."""
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a hard cap on connections and a deadline on request headers."""
-
-    max_connections = 32
-    header_timeout_s = 10.0
-    cut_off = 0  # connections closed by either guard (all instances)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
-            GuardedH11Protocol.cut_off += 1
-            transport.abort()
-            return
-        self._arm(None)
-
-    def data_received(self, data: bytes) -> None:
-        """Refuse request headers over ``MAX_HEADER_BYTES`` even when they come in one piece."""
-        if self.conn.their_state is h11.IDLE:
-            pending = bytes(self.conn.trailing_data[0]) + data
-            if len(pending) > MAX_HEADER_BYTES and b"\r\n\r\n" not in pending[: MAX_HEADER_BYTES + 4]:
-                GuardedH11Protocol.cut_off += 1
-                body = b'{"error":"request headers over %d bytes"}' % MAX_HEADER_BYTES
-                self.transport.write(
-                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-                )
-                self.transport.close()
-                return
-        super().data_received(data)
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._arm(self.cycle)
-
-    def _arm(self, cycle: Any) -> None:
-        """Close the connection unless a new request's headers are in within the deadline."""
-        self.loop.call_later(self.header_timeout_s, self._deadline, cycle)
-
-    def _deadline(self, armed_cycle: Any) -> None:
-        if self.transport.is_closing() or self.cycle is not armed_cycle:
-            return  # a request arrived (its body has its own deadline in the app)
-        GuardedH11Protocol.cut_off += 1
-        self.transport.close()
-
-
-def build_app(ctx: Context, token: str | None) -> Any:
-    """The ASGI application: every module's routes, errors as JSON, and the token check."""
-    routes: list[BaseRoute] = [
-        *status.routes(ctx),
-        *stream.routes(ctx),
-        *media.routes(ctx),
-        *tfserving.routes(ctx),
-        *oip.routes(ctx),
-        *page.routes(ctx),
-    ]
-
-    async def predict_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, PredictError)
-        return error_response(str(exc), exc.status)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        code = int(getattr(exc, "status_code", 500))
-        detail = str(getattr(exc, "detail", "")) or "error"
-        return error_response(detail if code != 404 else f"no such path: {request.url.path[:200]}", code)
-
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.error("http %s %s failed: %s", request.method, request.url.path[:200], exc, exc_info=exc)
-        return error_response(f"internal error: {type(exc).__name__}", 500)
-
-    from starlette.exceptions import HTTPException
-
-    app: Any = Starlette(
-        routes=routes,
-        exception_handlers={PredictError: predict_error, HTTPException: http_error, Exception: unexpected},
-    )
-    if token is not None:
-        app = BearerAuth(app, token)
-    return app
-
-
 class HttpServer:
     """The local HTTP API of one daemon; :meth:`start` listens, :meth:`stop` closes everything."""
 
     def __init__(self, config: HttpConfig, host: Host, resolve: Callable[[str], Path]) -> None:
         """Reads the token and checks the TLS files now, so a daemon that cannot serve them
-        refuses to start (:class:`HttpConfigError`)."""
+        refuses to start (:class:`HttpConfigError`); Starlette and uvicorn load in :meth:`start`."""
         self.config = config
         self.token = read_token(resolve(config.token_file)) if config.token_file else None
         if self.token is None and not is_loopback(config.host):
@@ -148,9 +62,11 @@ class HttpServer:
             self.tls = (cert, key)
         self.hub = Hub(config.max_stream_clients, config.stream_queue)
         self.predictor = Predictor(config.predict)
-        self.ctx = Context(config, host, self.hub, self.predictor)
+        self.host = host
+        self.ctx: Context | None = None
         self.port = config.port
         self._server: uvicorn.Server | None = None
+        self._protocol: type | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failed: BaseException | None = None
@@ -163,6 +79,12 @@ class HttpServer:
 
     def start(self) -> None:
         """Listen (raises :class:`HttpError` when the address is taken) and serve in a thread."""
+        import uvicorn
+
+        from edge_runtime.http.app import MAX_HEADER_BYTES, GuardedH11Protocol, build_app
+        from edge_runtime.http.context import Context
+
+        self.ctx = Context(self.config, self.host, self.hub, self.predictor)
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -183,6 +105,7 @@ class HttpServer:
                 "header_timeout_s": self.config.header_timeout_s,
             },
         )
+        self._protocol = protocol
         uv_config = uvicorn.Config(
             build_app(self.ctx, self.token),
             http=protocol,
@@ -215,11 +138,11 @@ class HttpServer:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
-        server = self._server
-        assert server is not None
+        server, ctx = self._server, self.ctx
+        assert server is not None and ctx is not None
 
         async def main() -> None:
-            self.ctx.stopping = asyncio.Event()
+            ctx.stopping = asyncio.Event()
             task = asyncio.ensure_future(server.serve(sockets=[sock]))
             while not server.started and not task.done():
                 await asyncio.sleep(0.01)
@@ -244,9 +167,10 @@ class HttpServer:
         server, loop = self._server, self._loop
         if server is not None:
             server.should_exit = True
-            if loop is not None and self.ctx.stopping is not None:
+            stopping = self.ctx.stopping if self.ctx is not None else None
+            if loop is not None and stopping is not None:
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self.ctx.stopping.set)
+                    loop.call_soon_threadsafe(stopping.set)
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -257,7 +181,7 @@ class HttpServer:
         return {
             "url": self.url,
             "connections": len(self._server.server_state.connections) if self._server else 0,
-            "cut_off": GuardedH11Protocol.cut_off,
+            "cut_off": getattr(self._protocol, "cut_off", 0),
             **self.hub.stats(),
             "predict": self.predictor.stats(),
         }
