@@ -296,7 +296,11 @@ class Poster:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
     def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.conn.request("POST", path, body=body, headers=headers or {})
+        try:
+            self.conn.request("POST", path, body=body, headers=headers or {})
+        except (BrokenPipeError, ConnectionResetError):  # the server closed an idle keep-alive
+            self.conn.close()
+            self.conn.request("POST", path, body=body, headers=headers or {})
         response = self.conn.getresponse()
         response.read()
         if response.status != 200:
