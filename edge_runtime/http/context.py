@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +13,9 @@ from starlette.responses import Response
 
 from edge_runtime.http.config import HttpConfig
 from edge_runtime.http.host import Host
-from edge_runtime.http.hub import Hub
+from edge_runtime.http.hub import Hub, dumps
+
+__all__ = ["Context", "dumps", "error_response", "json_response", "parse_json", "read_body"]
 from edge_runtime.http.predict import PredictError, Predictor
 
 
@@ -31,26 +32,6 @@ class Context:
 
     def is_stopping(self) -> bool:
         return self.stopping is not None and self.stopping.is_set()
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities (not JSON) as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def dumps(value: Any) -> bytes:
-    """Compact JSON; NaN and infinities become null."""
-    try:
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        text = json.dumps(_finite(value), separators=(",", ":"), allow_nan=False)
-    return text.encode()
 
 
 def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -20,6 +22,43 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 RECENT_EVENTS = 50  # what the page shows on load
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities (not JSON) as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON that browsers parse: NaN and infinities become null."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False, default=str)
+    except ValueError:
+        text = json.dumps(_finite(value), separators=(",", ":"), allow_nan=False, default=str)
+    return text.encode()
+
+
+class Message:
+    """One result or event, shared by every client's queue; encoded for SSE once, on first use."""
+
+    __slots__ = ("_sse", "data", "kind")
+
+    def __init__(self, kind: str, data: dict[str, Any]) -> None:
+        self.kind = kind
+        self.data = data
+        self._sse: bytes | None = None
+
+    def sse(self) -> bytes:
+        """``event: KIND`` and ``data: JSON`` lines (the event loop's thread only)."""
+        if self._sse is None:
+            self._sse = b"event: " + self.kind.encode() + b"\ndata: " + dumps(self.data) + b"\n\n"
+        return self._sse
 
 
 class StreamClient:
@@ -31,14 +70,14 @@ class StreamClient:
         self.kinds = kinds
         self.dropped = False
         self.sent = 0
-        self._items: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self._items: collections.deque[Message] = collections.deque()
         self._lock = threading.Lock()
         self._event = asyncio.Event()
         self._wake_pending = False
 
-    def offer(self, kind: str, message: dict[str, Any]) -> None:
+    def offer(self, message: Message) -> None:
         """Queue ``message`` (any thread); a full queue drops the client instead."""
-        if kind not in self.kinds:
+        if message.kind not in self.kinds:
             return
         with self._lock:
             if self.dropped:
@@ -47,14 +86,14 @@ class StreamClient:
                 self.dropped = True
                 self._items.clear()
             else:
-                self._items.append((kind, message))
+                self._items.append(message)
             if self._wake_pending:
                 return
             self._wake_pending = True
         with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped
             self.loop.call_soon_threadsafe(self._event.set)
 
-    async def next_batch(self, timeout: float) -> list[tuple[str, dict[str, Any]]]:
+    async def next_batch(self, timeout: float) -> list[Message]:
         """What was queued since the last call, waiting up to ``timeout`` s for something."""
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
@@ -92,8 +131,11 @@ class Hub:
             self.latest_mono[name] = time.monotonic()
         else:
             self.events.append(message)
-        for client in tuple(self._clients):
-            client.offer(kind, message)
+        clients = tuple(self._clients)
+        if clients:
+            shared = Message(kind, message)
+            for client in clients:
+                client.offer(shared)
 
     def acquire_stream(self) -> bool:
         """Take one of the ``max_clients`` stream places (SSE or MJPEG); False when all are taken."""

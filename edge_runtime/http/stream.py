@@ -105,10 +105,10 @@ def routes(ctx: Context) -> list[Route]:
                     yield b"event: dropped\ndata: " + dumps(message) + b"\n\n"
                     return
                 parts = []
-                for kind, message in batch:
-                    if only is not None and kind == "result" and message.get("pipeline") != only:
+                for item in batch:
+                    if only is not None and item.kind == "result" and item.data.get("pipeline") != only:
                         continue
-                    parts.append(b"event: " + kind.encode() + b"\ndata: " + dumps(message) + b"\n\n")
+                    parts.append(item.sse())
                 if parts:
                     quiet_since = time.monotonic()
                     yield b"".join(parts)
