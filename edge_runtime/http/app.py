@@ -19,7 +19,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from edge_runtime.http import media, oip, page, status, stream, tfserving
 from edge_runtime.http.auth import BearerAuth
 from edge_runtime.http.context import Context, error_response
-from edge_runtime.http.predict import PredictError
+from edge_runtime.http.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,19 @@ class GuardedH11Protocol(H11Protocol):
         super().on_response_complete()
         self._arm(self.cycle)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+        super().connection_lost(exc)
+
     def _arm(self, cycle: Any) -> None:
-        """Close the connection unless a new request's headers are in within the deadline."""
-        self.loop.call_later(self.header_timeout_s, self._deadline, cycle)
+        """Close the connection unless a new request's headers are in within the deadline (one
+        timer per connection: re-arming cancels the previous one)."""
+        timer: asyncio.TimerHandle | None = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._deadline, cycle)
 
     def _deadline(self, armed_cycle: Any) -> None:
         if self.transport.is_closing() or self.cycle is not armed_cycle:
@@ -83,7 +93,7 @@ def build_app(ctx: Context, token: str | None) -> Any:
     ]
 
     async def predict_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, PredictError)
+        assert isinstance(exc, ApiError)
         return error_response(str(exc), exc.status)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -97,7 +107,7 @@ def build_app(ctx: Context, token: str | None) -> Any:
 
     app: Any = Starlette(
         routes=routes,
-        exception_handlers={PredictError: predict_error, HTTPException: http_error, Exception: unexpected},
+        exception_handlers={ApiError: predict_error, HTTPException: http_error, Exception: unexpected},
     )
     if token is not None:
         app = BearerAuth(app, token)

@@ -16,7 +16,8 @@ from edge_runtime.http.host import Host
 from edge_runtime.http.hub import Hub, dumps
 
 __all__ = ["Context", "dumps", "error_response", "json_response", "parse_json", "read_body"]
-from edge_runtime.http.predict import PredictError, Predictor
+from edge_runtime.http.errors import ApiError
+from edge_runtime.http.predict import Predictor
 
 
 @dataclass
@@ -50,9 +51,9 @@ async def read_body(request: Request, config: HttpConfig) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise PredictError(f"Content-Length {declared[:20]!r} is not a number")
+            raise ApiError(f"Content-Length {declared[:20]!r} is not a number")
         if int(declared) > limit:
-            raise PredictError(f"request body of {int(declared)} bytes is over the limit of {limit}", 413)
+            raise ApiError(f"request body of {int(declared)} bytes is over the limit of {limit}", 413)
     chunks: list[bytes] = []
     size = 0
 
@@ -61,27 +62,27 @@ async def read_body(request: Request, config: HttpConfig) -> bytes:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise PredictError(f"request body is over the limit of {limit} bytes", 413)
+                raise ApiError(f"request body is over the limit of {limit} bytes", 413)
             chunks.append(chunk)
 
     try:
         await asyncio.wait_for(collect(), config.body_timeout_s)
     except asyncio.TimeoutError:
-        raise PredictError(f"request body not received within {config.body_timeout_s:g} s", 408) from None
+        raise ApiError(f"request body not received within {config.body_timeout_s:g} s", 408) from None
     except ClientDisconnect:
-        raise PredictError("client disconnected before the body was complete", 400) from None
+        raise ApiError("client disconnected before the body was complete", 400) from None
     return b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:
     """The body as JSON, or a 400 saying where it is broken."""
     if not body:
-        raise PredictError("empty request body: expected JSON")
+        raise ApiError("empty request body: expected JSON")
     try:
         return json.loads(body)
     except UnicodeDecodeError:
-        raise PredictError("request body is not UTF-8 JSON") from None
+        raise ApiError("request body is not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
-        raise PredictError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise ApiError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
-        raise PredictError("malformed JSON: nested too deeply") from None
+        raise ApiError("malformed JSON: nested too deeply") from None

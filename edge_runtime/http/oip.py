@@ -19,9 +19,9 @@ from starlette.routing import Route
 
 from edge_runtime import __version__
 from edge_runtime.http.context import Context, dumps, json_response, parse_json, read_body
+from edge_runtime.http.errors import ApiError
 from edge_runtime.http.predict import (
     Array,
-    PredictError,
     Served,
     find_served,
     instance_shape,
@@ -61,53 +61,53 @@ def model_metadata(served: Served) -> dict[str, Any]:
 
 def _shape(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or len(value) > MAX_DIMS:
-        raise PredictError(f"{where}: 'shape' must be a list of at most {MAX_DIMS} sizes")
+        raise ApiError(f"{where}: 'shape' must be a list of at most {MAX_DIMS} sizes")
     if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 1 << 24 for d in value):
-        raise PredictError(f"{where}: 'shape' sizes must be non-negative integers")
+        raise ApiError(f"{where}: 'shape' sizes must be non-negative integers")
     return tuple(value)
 
 
 def decode_input(tensor: Any, binary: memoryview, offset: int) -> tuple[str, Array, int]:
     """One request input as (name, array shaped as declared, new binary offset)."""
     if not isinstance(tensor, dict):
-        raise PredictError("each of 'inputs' must be an object with name, shape, datatype and data")
+        raise ApiError("each of 'inputs' must be an object with name, shape, datatype and data")
     name = tensor.get("name")
     if not isinstance(name, str) or not name:
-        raise PredictError("an input has no 'name'")
+        raise ApiError("an input has no 'name'")
     where = f"input {name[:64]!r}"
     shape = _shape(tensor.get("shape"), where)
     datatype = tensor.get("datatype")
     if datatype not in DATATYPES:
-        raise PredictError(f"{where}: datatype {str(datatype)[:16]!r} is not supported; send FP32")
+        raise ApiError(f"{where}: datatype {str(datatype)[:16]!r} is not supported; send FP32")
     dtype = np.dtype(DATATYPES[datatype])
     count = math.prod(shape)
     params = tensor.get("parameters") or {}
     if not isinstance(params, dict):
-        raise PredictError(f"{where}: 'parameters' must be an object")
+        raise ApiError(f"{where}: 'parameters' must be an object")
     size = params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
-            raise PredictError(f"{where}: binary_data_size {size!r} does not fit the binary data sent")
+            raise ApiError(f"{where}: binary_data_size {size!r} does not fit the binary data sent")
         if size != count * dtype.itemsize:
-            raise PredictError(f"{where}: {size} bytes of binary data for shape {list(shape)} of {datatype}")
+            raise ApiError(f"{where}: {size} bytes of binary data for shape {list(shape)} of {datatype}")
         array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
         return name, array, offset + size
     if "data" not in tensor:
-        raise PredictError(f"{where}: no 'data' and no binary_data_size")
+        raise ApiError(f"{where}: no 'data' and no binary_data_size")
     try:
         raw = np.asarray(tensor["data"])
     except ValueError:
-        raise PredictError(f"{where}: 'data' is not a rectangular array") from None
+        raise ApiError(f"{where}: 'data' is not a rectangular array") from None
     if raw.dtype.kind not in "biuf" or (raw.dtype.kind == "b") != (datatype == "BOOL"):
-        raise PredictError(f"{where}: 'data' does not hold {datatype} values")
+        raise ApiError(f"{where}: 'data' does not hold {datatype} values")
     if raw.size != count:
-        raise PredictError(f"{where}: {raw.size} values for shape {list(shape)} ({count} values)")
+        raise ApiError(f"{where}: {raw.size} values for shape {list(shape)} ({count} values)")
     if raw.dtype.kind == "f" and dtype.kind in "iu" and not np.all(raw == np.round(raw)):
-        raise PredictError(f"{where}: {datatype} data holds fractions")
+        raise ApiError(f"{where}: {datatype} data holds fractions")
     if dtype.kind in "iu" and raw.size:
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
-            raise PredictError(f"{where}: values out of the range of {datatype}")
+            raise ApiError(f"{where}: values out of the range of {datatype}")
     return name, raw.astype(dtype).reshape(shape), offset
 
 
@@ -138,19 +138,19 @@ def routes(ctx: Context) -> list[Route]:
     async def infer(request: Request) -> Response:
         model = served(request)
         if request.headers.get("content-encoding", "identity") != "identity":
-            raise PredictError("Content-Encoding is not supported: send the body uncompressed", 415)
+            raise ApiError("Content-Encoding is not supported: send the body uncompressed", 415)
         body = await read_body(request, ctx.config)
         header = request.headers.get(HEADER_LENGTH)
         if header is not None:
             if not header.isdigit() or int(header) > len(body):
-                raise PredictError(f"Inference-Header-Content-Length {header[:20]!r} does not fit the body")
+                raise ApiError(f"Inference-Header-Content-Length {header[:20]!r} does not fit the body")
             split = int(header)
         else:
             split = len(body)
         doc = parse_json(body[:split])
         binary = memoryview(body)[split:]
         if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
-            raise PredictError("the request must be a JSON object with a non-empty 'inputs' list")
+            raise ApiError("the request must be a JSON object with a non-empty 'inputs' list")
         named: dict[str, Array] = {}
         offset = 0
         for tensor in doc["inputs"]:
@@ -160,17 +160,17 @@ def routes(ctx: Context) -> list[Route]:
             if array.shape == want:
                 array = array[None]
             elif array.shape[1:] != want:
-                raise PredictError(
+                raise ApiError(
                     f"input {name!r}: expects shape {[-1, *want]} (or {list(want)}), got {list(array.shape)}"
                 )
             if array.dtype.name not in ("float16", "float32", "float64", spec.dtype):
-                raise PredictError(
+                raise ApiError(
                     f"input {name!r}: datatype {TO_DATATYPE[array.dtype.name]} is not accepted; send FP32 "
                     f"(real values) or {TO_DATATYPE.get(spec.dtype, spec.dtype)} (quantized codes)"
                 )
             named[name] = array
         if offset != len(binary):
-            raise PredictError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+            raise ApiError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
         wanted, binary_out = _requested(model, doc)
         instances = split_batch(model, named, batched=True)
         results = await run_predict(ctx.predictor, model, instances)
@@ -195,20 +195,20 @@ def _requested(model: Served, doc: dict[str, Any]) -> tuple[list[int], dict[int,
     """The outputs asked for (all when none are named) and which of them go as binary data."""
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
-        raise PredictError("'parameters' must be an object")
+        raise ApiError("'parameters' must be an object")
     default_binary = params.get("binary_data_output") is True
     names = model.output_names()
     outputs = doc.get("outputs")
     if outputs is None:
         return list(range(len(names))), dict.fromkeys(range(len(names)), default_binary)
     if not isinstance(outputs, list):
-        raise PredictError("'outputs' must be a list of {name}")
+        raise ApiError("'outputs' must be a list of {name}")
     wanted: list[int] = []
     binary: dict[int, bool] = {}
     for out in outputs:
         name = out.get("name") if isinstance(out, dict) else None
         if name not in names:
-            raise PredictError(f"model {model.name!r} has no output {str(name)[:64]!r}; outputs are {names}")
+            raise ApiError(f"model {model.name!r} has no output {str(name)[:64]!r}; outputs are {names}")
         index = names.index(name)
         out_params = out.get("parameters") or {}
         wanted.append(index)

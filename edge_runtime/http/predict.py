@@ -7,7 +7,8 @@ for the model (``q = round(x / scale) + zero_point``, saturating) and outputs de
 (``scale * (q - zero_point)``); a client may also send the model's own quantized dtype, passed as is.
 Each instance of a batch is one invoke: on the pipeline's interpreter between two of its
 inferences (:meth:`Pipeline.predict` takes its inference lock) or on an interpreter of its own.
-Every problem is a :class:`PredictError` with an HTTP status and a message naming the input.
+Every problem is an :class:`~edge_runtime.http.errors.ApiError`: an HTTP status and a message
+naming the input.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy.typing as npt
 
 from edge_runtime.errors import EdgeRuntimeError, InputError
 from edge_runtime.http.config import PredictConfig
+from edge_runtime.http.errors import ApiError
 from edge_runtime.runtime.model import Model, TensorSpec
 from edge_runtime.runtime.quant import dequantize, quantize
 
@@ -34,14 +36,6 @@ log = logging.getLogger(__name__)
 REAL_DTYPES = ("float16", "float32", "float64")
 DEFAULT_VERSION = "1"  # the version of a model whose config names none
 Array = npt.NDArray[Any]
-
-
-class PredictError(EdgeRuntimeError, ValueError):
-    """A request that cannot be served; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def public_name(spec: TensorSpec, output: bool = False) -> str:
@@ -90,7 +84,7 @@ class Served:
         for spec in self.inputs:
             if name in (public_name(spec), spec.name):
                 return spec
-        raise PredictError(f"model {self.name!r} has no input {name!r}; inputs are {self.input_names()}")
+        raise ApiError(f"model {self.name!r} has no input {name!r}; inputs are {self.input_names()}")
 
 
 def served_models(pipelines: Sequence[Pipeline]) -> list[Served]:
@@ -111,9 +105,9 @@ def find_served(pipelines: Sequence[Pipeline], name: str, version: str | None = 
         match = next((m for m in models if m.pipeline.name == name and m.index == 0), None)
     if match is None:
         names = sorted({m.name for m in models} | {m.pipeline.name for m in models})
-        raise PredictError(f"no model {name!r}; models: {', '.join(names)}", 404)
+        raise ApiError(f"no model {name!r}; models: {', '.join(names)}", 404)
     if version is not None and version != match.version:
-        raise PredictError(
+        raise ApiError(
             f"model {name!r} version {version!r} is not served (serving version {match.version!r})", 404
         )
     return match
@@ -123,25 +117,25 @@ def to_model_input(spec: TensorSpec, values: Array, where: str) -> Array:
     """One instance for input ``spec``: real values quantized, or the tensor's own dtype as is."""
     want = instance_shape(spec)
     if values.shape not in (want, spec.shape):
-        raise PredictError(f"{where}: expects shape {list(want)}, got {list(values.shape)}")
+        raise ApiError(f"{where}: expects shape {list(want)}, got {list(values.shape)}")
     if values.dtype.kind not in "biuf":
-        raise PredictError(f"{where}: expects numbers, got {values.dtype.name}")
+        raise ApiError(f"{where}: expects numbers, got {values.dtype.name}")
     if values.dtype.name == spec.dtype:  # the tensor's own dtype (quantized codes): as is
         return values.reshape(spec.shape)
     if values.dtype.kind == "b":
-        raise PredictError(f"{where}: expects {interface_dtype(spec)} values, got booleans")
+        raise ApiError(f"{where}: expects {interface_dtype(spec)} values, got booleans")
     real = values.astype(np.float64)
     if not np.all(np.isfinite(real)):
-        raise PredictError(f"{where}: values must be finite numbers")
+        raise ApiError(f"{where}: values must be finite numbers")
     if spec.quant is not None:
         return quantize(real, spec.quant).reshape(spec.shape)
     if spec.dtype in REAL_DTYPES:
         return real.astype(spec.dtype).reshape(spec.shape)
     if not np.all(real == np.round(real)):
-        raise PredictError(f"{where}: expects {spec.dtype} values, got fractions")
+        raise ApiError(f"{where}: expects {spec.dtype} values, got fractions")
     info = np.iinfo(spec.dtype)
     if real.min(initial=0) < info.min or real.max(initial=0) > info.max:
-        raise PredictError(f"{where}: values out of the range of {spec.dtype}")
+        raise ApiError(f"{where}: values out of the range of {spec.dtype}")
     return real.astype(spec.dtype).reshape(spec.shape)
 
 
@@ -155,20 +149,20 @@ def split_batch(served: Served, named: Mapping[str, Array], batched: bool) -> li
     """Per-input arrays (``batched``: a leading batch dimension) as instances of per-position arrays."""
     missing = [n for n, s in zip(served.input_names(), served.inputs, strict=True) if not _has(named, s)]
     if missing:
-        raise PredictError(f"model {served.name!r}: missing inputs {missing}")
+        raise ApiError(f"model {served.name!r}: missing inputs {missing}")
     by_position: dict[int, Array] = {}
     for key, array in named.items():
         spec = served.find_input(key)
         if spec.position in by_position:
-            raise PredictError(f"input {public_name(spec)!r} is given twice")
+            raise ApiError(f"input {public_name(spec)!r} is given twice")
         if batched and array.ndim == 0:
-            raise PredictError(
+            raise ApiError(
                 f"input {public_name(spec)!r}: expects a batch (a list of instances), got a number"
             )
         by_position[spec.position] = array
     sizes = {len(a) if batched else 1 for a in by_position.values()}
     if len(sizes) != 1:
-        raise PredictError(f"model {served.name!r}: inputs have different batch sizes {sorted(sizes)}")
+        raise ApiError(f"model {served.name!r}: inputs have different batch sizes {sorted(sizes)}")
     count = sizes.pop()
     instances = []
     for i in range(count):
@@ -200,7 +194,7 @@ class Predictor:
         """Count a request in; 503 when ``max_pending`` already run or wait."""
         with self._lock:
             if self._pending >= self.config.max_pending:
-                raise PredictError(
+                raise ApiError(
                     f"busy: {self._pending} predict requests are running or waiting; retry later", 503
                 )
             self._pending += 1
@@ -212,9 +206,9 @@ class Predictor:
     def run(self, served: Served, instances: list[list[Array]]) -> list[list[Array]]:
         """Every instance's outputs (as clients see them); blocking, for a worker thread."""
         if not instances:
-            raise PredictError(f"model {served.name!r}: no instances given")
+            raise ApiError(f"model {served.name!r}: no instances given")
         if len(instances) > self.config.max_batch:
-            raise PredictError(
+            raise ApiError(
                 f"model {served.name!r}: {len(instances)} instances; at most {self.config.max_batch}",
                 413,
             )
@@ -223,9 +217,9 @@ class Predictor:
             try:
                 outputs = self._invoke(served, inputs)
             except InputError as exc:
-                raise PredictError(str(exc)) from exc
+                raise ApiError(str(exc)) from exc
             except EdgeRuntimeError as exc:
-                raise PredictError(f"model {served.name!r}: {exc}", 500) from exc
+                raise ApiError(f"model {served.name!r}: {exc}", 500) from exc
             results.append([from_model_output(s, o) for s, o in zip(served.outputs, outputs, strict=True)])
         with self._lock:
             self.requests += 1
@@ -279,7 +273,7 @@ async def run_predict(
     try:
         return await asyncio.wait_for(run_in_threadpool(job), predictor.config.timeout_s)
     except asyncio.TimeoutError:
-        raise PredictError(
+        raise ApiError(
             f"model {served.name!r}: no answer within {predictor.config.timeout_s:g} s", 503
         ) from None
 
@@ -289,7 +283,7 @@ def json_array(value: Any, where: str) -> Array:
     try:
         array = np.asarray(value)
     except ValueError:
-        raise PredictError(f"{where}: not a rectangular array (lists of unequal length)") from None
+        raise ApiError(f"{where}: not a rectangular array (lists of unequal length)") from None
     if array.dtype.kind not in "iuf" or (array.size == 0 and array.ndim == 0):
         kind = (
             "booleans"
@@ -298,7 +292,7 @@ def json_array(value: Any, where: str) -> Array:
             if array.dtype.kind in "OUS"
             else array.dtype.name
         )
-        raise PredictError(f"{where}: expects numbers, got {kind}")
+        raise ApiError(f"{where}: expects numbers, got {kind}")
     if array.size == 0:
-        raise PredictError(f"{where}: empty tensor")
+        raise ApiError(f"{where}: empty tensor")
     return array.astype(np.float64)

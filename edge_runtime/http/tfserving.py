@@ -16,9 +16,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edge_runtime.http.context import Context, json_response, parse_json, read_body
+from edge_runtime.http.errors import ApiError
 from edge_runtime.http.predict import (
     Array,
-    PredictError,
     Served,
     find_served,
     instance_shape,
@@ -70,7 +70,7 @@ def metadata_body(served: Served) -> dict[str, Any]:
 def rows_to_named(served: Served, instances: Any) -> dict[str, Array]:
     """Row format: ``[instance, ...]``, each a tensor (one-input models) or ``{input: tensor}``."""
     if not isinstance(instances, list) or not instances:
-        raise PredictError("'instances' must be a non-empty list")
+        raise ApiError("'instances' must be a non-empty list")
     names = served.input_names()
     columns: dict[str, list[Any]] = {}
     for i, instance in enumerate(instances):
@@ -80,12 +80,12 @@ def rows_to_named(served: Served, instances: Any) -> dict[str, Array]:
         elif len(names) == 1:
             columns.setdefault(names[0], []).append(instance)
         else:
-            raise PredictError(
+            raise ApiError(
                 f"instances[{i}]: model {served.name!r} has inputs {names}: give an object by name"
             )
     for key, values in columns.items():
         if len(values) != len(instances):
-            raise PredictError(f"input {key!r} is missing from some instances")
+            raise ApiError(f"input {key!r} is missing from some instances")
     return {key: json_array(values, f"input {key!r}") for key, values in columns.items()}
 
 
@@ -93,11 +93,11 @@ def columns_to_named(served: Served, inputs: Any) -> dict[str, Array]:
     """Columnar format: a batched tensor (one-input models) or ``{input: batched tensor}``."""
     if isinstance(inputs, dict):
         if not inputs:
-            raise PredictError("'inputs' must not be empty")
+            raise ApiError("'inputs' must not be empty")
         return {key: json_array(value, f"input {key!r}") for key, value in inputs.items()}
     names = served.input_names()
     if len(names) != 1:
-        raise PredictError(f"'inputs': model {served.name!r} has inputs {names}: give an object by name")
+        raise ApiError(f"'inputs': model {served.name!r} has inputs {names}: give an object by name")
     return {names[0]: json_array(inputs, f"input {names[0]!r}")}
 
 
@@ -113,7 +113,7 @@ def routes(ctx: Context) -> list[Route]:
         name = request.path_params["name"]
         if request.method != "POST" and ":" in name:
             verb = name.rpartition(":")[2][:16]
-            raise PredictError(f"Method Not Allowed: :{verb} takes POST", 405)
+            raise ApiError(f"Method Not Allowed: :{verb} takes POST", 405)
         pipelines = ctx.host.http_pipelines()
         return find_served(pipelines, request.path_params["name"], request.path_params.get("version"))
 
@@ -127,17 +127,15 @@ def routes(ctx: Context) -> list[Route]:
         model = served(request)
         body = parse_json(await read_body(request, ctx.config))
         if not isinstance(body, dict):
-            raise PredictError("the request body must be a JSON object with 'instances' or 'inputs'")
+            raise ApiError("the request body must be a JSON object with 'instances' or 'inputs'")
         unknown = sorted(set(body) - {"signature_name", "instances", "inputs"})
         if unknown:
-            raise PredictError(
-                f"unknown fields {unknown}; expected 'signature_name' and 'instances' or 'inputs'"
-            )
+            raise ApiError(f"unknown fields {unknown}; expected 'signature_name' and 'instances' or 'inputs'")
         signature = body.get("signature_name", SIGNATURE)
         if signature != SIGNATURE:
-            raise PredictError(f'Serving signature name: "{str(signature)[:64]}" not found in signature def')
+            raise ApiError(f'Serving signature name: "{str(signature)[:64]}" not found in signature def')
         if ("instances" in body) == ("inputs" in body):
-            raise PredictError("give exactly one of 'instances' (row format) or 'inputs' (columnar format)")
+            raise ApiError("give exactly one of 'instances' (row format) or 'inputs' (columnar format)")
         if "instances" in body:
             named = rows_to_named(model, body["instances"])
         else:
