@@ -14,6 +14,12 @@ predict   requests/s and latency p50/p99 of one client sending one instance per 
           (models/mobilenet_v2_int8.tflite, 224x224x3) over /v2 binary; each with
           ``predict.interpreter = "pipeline"`` and ``"own"``, and the pipeline's fps meanwhile.
 
+frameworks  the measurement behind the choice of Starlette + uvicorn (docs/http.md): in a fresh
+          process that has numpy and pydantic loaded, the RSS and seconds that importing a framework,
+          starting it on a socket and answering one request add, for Starlette + uvicorn, FastAPI +
+          uvicorn and Flask + waitress (``pip install fastapi flask waitress`` first; a framework
+          that is not installed is reported as such).
+
 The CPU is named in the output (``lscpu``); quote ratios from one run, the machine may be shared.
 """
 
@@ -368,19 +374,98 @@ def bench_predict(workdir: Path, seconds: float) -> dict[str, Any]:
     return out
 
 
+FRAMEWORK_CHILD = r"""
+import http.client, json, socket, sys, threading, time
+import numpy, pydantic  # the daemon has these already
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) * 1024
+
+kind = sys.argv[1]
+r0, t0 = rss(), time.perf_counter()
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+sock.bind(("127.0.0.1", 0))
+sock.listen(64)
+port = sock.getsockname()[1]
+if kind in ("starlette", "fastapi"):
+    import asyncio, uvicorn
+    if kind == "starlette":
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+        async def hz(request):
+            return JSONResponse({"ok": True})
+        app = Starlette(routes=[Route("/healthz", hz)])
+    else:
+        from fastapi import FastAPI
+        app = FastAPI()
+        @app.get("/healthz")
+        async def hz():
+            return {"ok": True}
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
+    threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True).start()
+else:
+    import waitress
+    from flask import Flask
+    app = Flask("bench")
+    @app.get("/healthz")
+    def hz():
+        return {"ok": True}
+    threading.Thread(target=waitress.create_server(app, sockets=[sock], threads=4).run, daemon=True).start()
+while True:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+        break
+    except OSError:
+        time.sleep(0.005)
+print(json.dumps({"start_s": round(time.perf_counter() - t0, 3), "rss_mb": round((rss() - r0) / 1e6, 1)}))
+"""
+
+
+def bench_frameworks(repeat: int) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for kind, modules in (
+        ("starlette", "starlette uvicorn"),
+        ("fastapi", "fastapi uvicorn"),
+        ("flask", "flask waitress"),
+    ):
+        missing = [m for m in modules.split() if subprocess.run(
+            [sys.executable, "-c", f"import {m}"], capture_output=True, check=False).returncode]  # fmt: skip
+        if missing:
+            rows[kind] = f"not installed: pip install {' '.join(missing)}"
+            continue
+        runs = []
+        for _ in range(repeat):
+            out = subprocess.run(
+                [sys.executable, "-c", FRAMEWORK_CHILD, kind], capture_output=True, text=True, check=True
+            ).stdout
+            runs.append(json.loads(out))
+        rows[kind] = {
+            "start_s": [r["start_s"] for r in runs],
+            "rss_mb_added": statistics.median(r["rss_mb"] for r in runs),
+        }
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds a measurement (default 10)")
     parser.add_argument("--repeat", type=int, default=3, help="start-up runs per mode (default 3)")
-    parser.add_argument("--only", default="startup,load,predict", help="which benchmarks")
+    parser.add_argument("--only", default="startup,load,predict", help="which benchmarks (also: frameworks)")
     parser.add_argument("--json", action="store_true", help="JSON on stdout")
     args = parser.parse_args()
     report: dict[str, Any] = {"cpu": cpu_name(), "python": sys.version.split()[0]}
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         workdir = Path(tmp)
         wanted = args.only.split(",")
+        if "frameworks" in wanted:
+            report["frameworks"] = bench_frameworks(args.repeat)
         if "startup" in wanted:
             report["startup"] = bench_startup(workdir, args.repeat)
         if "load" in wanted:
