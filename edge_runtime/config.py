@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from edge_runtime.errors import ConfigError
+from edge_runtime.names import NAME_RE, NAME_RULE
 from edge_runtime.postprocess import PostprocessConfig
 from edge_runtime.runtime.delegates import CpuConfig, DelegateConfig
 from edge_runtime.sources import SourceConfig
@@ -46,8 +47,6 @@ else:  # pragma: no cover
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLED_MODELS = PACKAGE_DIR / "models"
 DEMO_CONFIG = PACKAGE_DIR / "demo.toml"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-NAME_RULE = "must be 1-64 letters, digits, '_', '.' or '-' (no MQTT wildcards or '/')"
 
 
 class Strict(BaseModel):

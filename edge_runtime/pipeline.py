@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -337,12 +338,39 @@ class Pipeline:
         self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.name}", daemon=True)
         self._thread.start()
 
+    # -- hooks for updates (edge_runtime.updates.host.UpdatablePipeline) -----------------------------
+
+    def serving(self) -> ModelRunner:
+        """The runner of the first model: the one updates replace."""
+        return self.runners[0]
+
+    def _first_model_as(self, path: Path, version: str) -> ModelConfig:
+        current = self.config.models[0]
+        name = current.name or Path(current.path.removeprefix("bundled:")).stem
+        return current.model_copy(update={"path": str(path), "version": version, "name": name})
+
+    def load_candidate(self, path: Path, version: str) -> Model:
+        """Load ``path`` as the first model is loaded (its delegates, threads and backend)."""
+        return load_model(self._first_model_as(path, version), self.config_root)
+
+    def runner_for(self, path: Path, version: str, model: Model | None = None) -> ModelRunner:
+        """The first model's input bindings and post-processing on another model file."""
+        mc = self._first_model_as(path, version)
+        return ModelRunner(mc, self.config_root, self.sources, f"pipeline {self.name}: update", model=model)
+
     def swap_model(self, runner: ModelRunner) -> ModelRunner:
         """Replace the first model between two inferences; returns the one it replaces."""
         with self._infer_lock:
             old = self.runners[0]
             self.runners[0] = runner
         return old
+
+    def invoke_p95(self) -> float | None:
+        return self.latency["invoke"].percentiles((95,)).get("p95")
+
+    def watch(self, observer: Callable[[list[npt.NDArray[Any]], float], None] | None) -> None:
+        """Call ``observer`` with the outputs and invoke time of each inference of the first model."""
+        self.monitor = observer
 
     def request_stop(self) -> None:
         self._stop.set()

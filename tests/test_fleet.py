@@ -3,7 +3,7 @@
 Most tests drive the tool against fake devices: small paho clients in this file that publish a
 retained status and health and answer ``model.update`` step by step as the daemon's protocol
 says (downloading the served URL or reassembling MQTT chunks and checking the sha256, checking
-the signature with :mod:`edge_runtime.signing`). They test the orchestration: canary order,
+the signature with :mod:`edge_runtime.updates.signing`). They test the orchestration: canary order,
 halting after a failed canary, concurrency, timeouts, transfers. The last three tests run real
 daemons (the acceptance of the fleet-update issue).
 """
@@ -37,8 +37,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from realparts import wait_until
 
-from edge_runtime import signing
-from edge_runtime.updates import SignatureError
+from edge_runtime.updates import signing
+from edge_runtime.updates.protocol import SignatureError
 
 sys.path.insert(0, str(ROOT / "tools" / "fleet"))
 

@@ -13,8 +13,8 @@ from conftest import MODELS
 from realparts import wait_until
 
 from edge_runtime.config import validate
+from edge_runtime.daemon.service import Service
 from edge_runtime.demo import write_digits_video
-from edge_runtime.service import Service
 
 
 class Sink:

@@ -27,7 +27,7 @@ from mqtt_client import Subscriber
 from realparts import wait_until
 
 from edge_runtime.config import PACKAGE_DIR
-from edge_runtime.signing import sign
+from edge_runtime.updates.signing import sign
 
 NOT_AUTHORIZED = 0x87
 ADMIN_PASSWORD = "admin-Pw-4711"

@@ -17,7 +17,7 @@ from conftest import DATA, MODELS
 from daemon import Daemon, digits_config
 from mqtt_client import Subscriber
 
-from edge_runtime.signing import generate_keypair, sign
+from edge_runtime.updates.signing import generate_keypair, sign
 
 DIGITS = MODELS / "digits_int8.tflite"
 CONSTANT = DATA / "constant_digits_int8.tflite"

@@ -1,6 +1,6 @@
 """A model file as an update: its sha256, size and signature; the operator's signing key pair.
 
-Signatures are :mod:`edge_runtime.signing`'s (Ed25519 over pipeline, version and sha256), so a
+Signatures are :mod:`edge_runtime.updates.signing`'s (Ed25519 over pipeline, version and sha256), so a
 device checks exactly what this tool signs.
 """
 
@@ -66,8 +66,8 @@ def load_key(path: Path) -> bytes:
     """The PEM private key at ``path``; refused unless only its owner can read it (0600)."""
     from cryptography.hazmat.primitives import serialization
 
-    from edge_runtime.signing import load_private_key
-    from edge_runtime.updates import UpdateError
+    from edge_runtime.updates.protocol import UpdateError
+    from edge_runtime.updates.signing import load_private_key
 
     try:
         key = load_private_key(path)
@@ -89,8 +89,8 @@ def describe_model(path: Path, pipeline: str, version: str, key_pem: bytes | Non
     sha256, size = file_digest(path)
     signature: str | None = None
     if key_pem is not None:
-        from edge_runtime.signing import sign
-        from edge_runtime.updates import UpdateError
+        from edge_runtime.updates.protocol import UpdateError
+        from edge_runtime.updates.signing import sign
 
         try:
             signature = sign(key_pem, pipeline, version, sha256)
@@ -117,8 +117,8 @@ def keygen(out_dir: Path, *, force: bool = False) -> KeyPair:
         out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise FleetError(f"{out_dir}: cannot create the directory: {exc.strerror or exc}") from exc
-    from edge_runtime.signing import generate_keypair, write_private_key
-    from edge_runtime.updates import UpdateError
+    from edge_runtime.updates.protocol import UpdateError
+    from edge_runtime.updates.signing import generate_keypair, write_private_key
 
     pem, public_b64 = generate_keypair()
     try:

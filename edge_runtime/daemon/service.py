@@ -20,15 +20,18 @@ from typing import Any, Protocol
 
 from edge_runtime import __version__
 from edge_runtime.config import Config, load_config
+from edge_runtime.daemon.commands import DaemonCommands
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
 from edge_runtime.pipeline import Pipeline
+from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.reporting.reporter import Reporter
 from edge_runtime.sources import SourceConfig, build_source
 from edge_runtime.sources.base import Source
 from edge_runtime.sources.camera import CameraConfig, uri_kind
 from edge_runtime.sources.replay import ReplayConfig
 from edge_runtime.systemd import Notifier, watchdog_timeout
+from edge_runtime.updates.updater import Updater, store_config
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +98,7 @@ class Service:
         self.pipelines: list[Pipeline] = []
         self.reporter: Reporter | None = None
         self.health: HealthReporter | None = None
-        self.updater: Any = None
-        self.last_health: dict[str, Any] | None = None
+        self.updater: Updater | None = None
         self.started_mono = time.monotonic()
         self.reloads = 0
         self._emit_lock = threading.Lock()
@@ -107,7 +109,6 @@ class Service:
         self._metrics: Any = None
         self.notifier = Notifier()
         self.watchdog_s = watchdog_timeout()
-        self.watchdog_pings = 0
         self._reload_requested = threading.Event()
         self._unhealthy = ""
 
@@ -116,11 +117,8 @@ class Service:
     def build(self) -> None:
         """Reporting first (so that build problems are reported), then sources and pipelines."""
         self.reporter = Reporter(self.config, __version__, [p.name for p in self.config.pipelines])
-        from edge_runtime.reporting.handlers import register_commands
-        from edge_runtime.updater import Updater, store_config
-
         self.updater = Updater(self)
-        register_commands(self)
+        DaemonCommands(self, self.updater).register(self.reporter.dispatcher)
         self.config = store_config(self.config, self.updater.store, startup=True)
         self.sources, self.pipelines = self._build_runtime(self.config)
         self.health = HealthReporter(
@@ -188,6 +186,26 @@ class Service:
             if self.budget.limit is not None and self.emitted >= self.budget.limit:
                 self.stop("max results reached")
 
+    # -- the host of the updater (edge_runtime.updates.host.UpdateHost) ------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    def pipeline(self, name: str) -> Pipeline:
+        for p in self.pipelines:
+            if p.name == name:
+                return p
+        raise CommandError(f"no pipeline {name!r}")
+
+    def event(self, kind: str, message: str, fields: dict[str, Any]) -> None:
+        if self.reporter is not None:
+            self.reporter.event(kind, message, fields)
+
+    def reply(self, command: Command, body: dict[str, Any]) -> None:
+        if self.reporter is not None:
+            self.reporter.dispatcher.reply(command, body)
+
     # -- running -----------------------------------------------------------------------------------
 
     def stop(self, reason: str) -> None:
@@ -226,8 +244,7 @@ class Service:
         if self._unhealthy:
             log.info("watchdog: every pipeline makes progress again")
         self._unhealthy = ""
-        if self.notifier.watchdog():
-            self.watchdog_pings += 1
+        self.notifier.watchdog()
 
     def _do_reload(self) -> None:
         self.notifier.reloading()
@@ -277,7 +294,6 @@ class Service:
         assert self.health is not None and self.reporter is not None
         report = self.health.report()
         report["reloads"] = self.reloads
-        self.last_health = report
         self.reporter.publish_health(report)
         return report
 
@@ -364,8 +380,6 @@ class Service:
             )
         new = load_config(self.config_path, self.overrides, profile=self.profile)
         if self.updater is not None:
-            from edge_runtime.updater import store_config
-
             new = store_config(new, self.updater.store, startup=False)
         assert self.reporter is not None
         with self._swap_lock:

@@ -20,13 +20,14 @@ import binascii
 import hashlib
 import logging
 import os
-import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_runtime.updates import SignatureError
+from edge_runtime.fsutil import fsync_dir
+from edge_runtime.names import SHA256_RE
+from edge_runtime.updates.protocol import SignatureError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MESSAGE_HEADER = b"edge-runtime-model-v1\n"
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 
@@ -119,15 +119,6 @@ def _private_key(pem: bytes, what: str = "private key") -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise SignatureError(f"{what}: an Ed25519 key is required, got {type(key).__name__}")
     return key
-
-
-def public_key_b64(private_pem: bytes) -> str:
-    """The base64 raw public key of a PEM private key (what goes into a device's config)."""
-    key = _private_key(private_pem)
-    from cryptography.hazmat.primitives import serialization
-
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode("ascii")
 
 
 def sign(private_pem: bytes, pipeline: str, version: str, sha256: str) -> str:
@@ -226,9 +217,5 @@ def write_private_key(path: str | Path, pem: bytes, *, overwrite: bool = False) 
                 raise SignatureError(f"{p}: cannot write private key file: {exc.strerror or exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(p.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(p.parent)
     return p

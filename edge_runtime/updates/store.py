@@ -34,7 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.updates import NAME_RE, SHA256_RE, ChecksumError, StoreError, sha256_file
+from edge_runtime import fsutil
+from edge_runtime.fsutil import fsync_dir, sha256_file
+from edge_runtime.names import NAME_RE, SHA256_RE
+from edge_runtime.updates.protocol import ChecksumError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -57,31 +60,10 @@ class Entry:
         return {"sha256": self.sha256, "version": self.version, "committed_at": self.committed_at}
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` (mode 0600): whole old or whole new after any crash."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)
+        fsutil.atomic_write(path, data)
     except OSError as exc:
         raise StoreError(f"{path}: cannot write: {exc.strerror or exc}; the old content is intact") from exc
 
@@ -167,7 +149,7 @@ class ModelStore:
             if target.exists() and sha256_file(target) == sha:
                 log.debug("%s: %s already in the store", pipeline, sha)
             else:
-                tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+                tmp = fsutil.tmp_name(target)
                 try:
                     if move:
                         try:
@@ -180,8 +162,7 @@ class ModelStore:
                     got = sha256_file(tmp)
                     if got != sha:
                         raise ChecksumError(f"{src}: sha256 is {got}, expected {sha}; not added to the store")
-                    with open(tmp, "rb+") as f:
-                        os.fsync(f.fileno())
+                    fsutil.fsync_file(tmp)
                     self._write_meta(pipeline, sha, version, tmp.stat().st_size, meta or {})
                     os.replace(tmp, target)
                     fsync_dir(target.parent)
@@ -460,27 +441,6 @@ class ModelStore:
                 current = previous.pop(0) if previous else None
                 self._write_state(pipeline, old, {"current": current, "previous": previous})
             return self._entry(pipeline, current) if current else None
-
-    def remove(self, pipeline: str, sha256: str, reason: str) -> bool:
-        """Delete a stored model that is not in use (e.g. a candidate refused after :meth:`add`);
-        False when it was not there. The current, previous and probation models are refused."""
-        with self._lock:
-            path = self.model_path(pipeline, sha256)
-            sha = path.stem
-            state = self._read_state(pipeline)
-            in_use = [e["sha256"] for e in [state["current"], *state["previous"]] if e]
-            in_use.append((self._read_probation(pipeline) or {}).get("sha256"))
-            if sha in in_use:
-                raise StoreError(f"{pipeline}: model {sha} is in use (current, rollback target or probation)")
-            if not path.exists():
-                return False
-            version = self._meta(pipeline, sha).get("version")
-            path.unlink(missing_ok=True)
-            (path.parent / f"{sha}.json").unlink(missing_ok=True)
-            fsync_dir(path.parent)
-            self.record(pipeline, "removed", sha, version, reason)
-            log.info("%s: model %s removed from the store: %s", pipeline, sha, reason)
-            return True
 
     def _prune(self, pipeline: str) -> None:
         """Keep ``keep`` models: current, previous and probation always, then the newest."""

@@ -5,47 +5,44 @@ on ``reply/{id}`` and a ``model.progress`` event: download (size limit, timeout)
 ed25519 signature -> load in a separate interpreter with the pipeline's delegate chain (after a
 crash-isolated check in a child process) -> check against the serving model -> smoke invoke on
 the latest real input -> swap between two inferences -> probation -> commit, or roll back by
-itself with an event that says why. The store (:mod:`modelstore`) is crash-safe: a restart
-during probation serves the last committed model.
+itself with an event that says why. The store (:mod:`.store`) is crash-safe: a restart
+during probation serves the last committed model. The updater talks to the daemon through an
+:class:`~.host.UpdateHost` and to pipelines through their update hooks (:mod:`.host`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from edge_runtime.config import Config, ModelConfig
+from edge_runtime.config import Config
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.modelstore import ModelStore
-from edge_runtime.pipeline import load_model
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.runtime.model import Model
-from edge_runtime.runtime.quant import dequantize
-from edge_runtime.signing import verify
-from edge_runtime.transfer import ChunkAssembler, download
-from edge_runtime.updates import (
+from edge_runtime.updates.checks import (
+    check_compatible,
+    isolated_check,
+    neutral_inputs,
+    smoke_invoke,
+    verify_sha256,
+)
+from edge_runtime.updates.host import Runner, UpdatablePipeline, UpdateHost
+from edge_runtime.updates.probation import Probation
+from edge_runtime.updates.protocol import (
     CandidateLoadError,
     IncompatibleModelError,
     ProbationError,
     UpdateError,
     UpdateRequest,
-    check_compatible,
-    neutral_inputs,
-    smoke_invoke,
-    verify_sha256,
 )
-
-if TYPE_CHECKING:
-    from edge_runtime.pipeline import ModelRunner, Pipeline
-    from edge_runtime.service import Service
+from edge_runtime.updates.signing import verify
+from edge_runtime.updates.store import ModelStore
+from edge_runtime.updates.transfer import ChunkAssembler, download
 
 log = logging.getLogger(__name__)
 
@@ -66,119 +63,30 @@ def store_config(config: Config, store: ModelStore, startup: bool) -> Config:
     return config.model_copy(update={"pipelines": pipelines})
 
 
-def isolated_check(path: Path, timeout_s: float = 60.0) -> None:
-    """Parse and load an untrusted model in a child process first: a runtime that crashes on a
-    hostile file takes the child down, not the daemon."""
-    code = (
-        "import sys\nfrom edge_runtime.runtime.model import Model\n"
-        "m = Model(sys.argv[1], delegates=['cpu'])\nm.run()\n"
-    )
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", code, str(path)],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise CandidateLoadError(f"candidate {path.name}: loading it took over {timeout_s:.0f} s") from None
-    if proc.returncode < 0:
-        raise CandidateLoadError(
-            f"candidate {path.name}: the runtime crashed on it (signal {-proc.returncode})"
-        )
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("INFO:")]
-        raise CandidateLoadError(f"candidate {path.name}: {lines[-1] if lines else 'cannot be loaded'}")
-
-
-class Probation:
-    """Watches the new model's first results: invoke errors, latency, NaN and constant outputs."""
-
-    def __init__(self, pipeline: Pipeline, baseline_p95_ms: float | None, specs: Any) -> None:
-        self.pipeline = pipeline
-        self.baseline = baseline_p95_ms
-        self.specs = specs
-        self.errors_at_start = pipeline.errors
-        self.latencies: list[float] = []
-        self.first: bytes | None = None
-        self.varied = False
-        self.nan = 0
-        self.lock = threading.Lock()
-
-    def observe(self, outputs: list[npt.NDArray[Any]], invoke_ms: float) -> None:
-        blob = b"".join(np.ascontiguousarray(a).tobytes() for a in outputs)
-        with self.lock:
-            self.latencies.append(invoke_ms)
-            if self.first is None:
-                self.first = blob
-            elif blob != self.first:
-                self.varied = True
-            for spec, array in zip(self.specs, outputs, strict=False):
-                values = dequantize(array, spec.quant) if spec.quant else np.asarray(array, dtype=np.float64)
-                if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-                    self.nan += 1
-                    break
-
-    @property
-    def count(self) -> int:
-        with self.lock:
-            return len(self.latencies)
-
-    WARMUP = 3  # a new interpreter's first invokes are slow (caches, XNNPACK packing): not judged
-
-    def verdict(self, factor: float, check_constant: bool, floor_ms: float = 5.0) -> str:
-        """Why the model fails probation, or ""."""
-        errors = self.pipeline.errors - self.errors_at_start
-        if errors:
-            return f"{errors} invoke errors during probation ({self.pipeline.last_error})"
-        with self.lock:
-            if self.nan:
-                return f"{self.nan} results with NaN or infinite outputs"
-            if check_constant and len(self.latencies) >= 5 and not self.varied:
-                return f"outputs constant over {len(self.latencies)} results"
-            judged = self.latencies[self.WARMUP :]
-            if self.baseline and len(judged) >= 5:
-                p95 = float(np.percentile(judged, 95))
-                if p95 > factor * self.baseline and p95 - self.baseline > floor_ms:
-                    return (
-                        f"invoke p95 {p95:.2f} ms is over {factor:g} x the previous model's "
-                        f"{self.baseline:.2f} ms"
-                    )
-        return ""
-
-
 class Updater:
     """The device side of fleet model updates."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        cfg = service.config.updates
-        state = service.config.device.state_dir
+    def __init__(self, host: UpdateHost) -> None:
+        self.host = host
+        cfg = host.config.updates
+        state = host.config.device.state_dir
         self.store = ModelStore(state / "models", keep=cfg.keep)
         self.chunks = ChunkAssembler(state / "downloads", max_bytes=cfg.max_bytes)
         self.chunks.cleanup(24 * 3600)  # partial transfers left by a crash
         self._busy: set[str] = set()
         self._complete: dict[str, Path] = {}
         self._lock = threading.Lock()
-        self.threads: list[threading.Thread] = []
 
     @property
     def cfg(self) -> Any:
-        return self.service.config.updates
+        return self.host.config.updates
 
-    def _pipeline(self, name: str) -> Pipeline:
-        for p in self.service.pipelines:
-            if p.name == name:
-                return p
-        raise CommandError(f"no pipeline {name!r}")
+    def _pipeline(self, name: str) -> UpdatablePipeline:
+        return self.host.pipeline(name)
 
     # -- commands --------------------------------------------------------------------------------
 
     def chunk(self, cmd: Command) -> dict[str, Any]:
-        import base64
-        import binascii
-
         try:
             data = base64.b64decode(cmd.args["data"], validate=True)
         except (binascii.Error, ValueError):
@@ -210,7 +118,6 @@ class Updater:
         thread = threading.Thread(
             target=self._run, args=(cmd, request), name=f"update-{request.pipeline}", daemon=True
         )
-        self.threads.append(thread)
         thread.start()
 
     def list(self, cmd: Command) -> dict[str, Any]:
@@ -252,14 +159,10 @@ class Updater:
     # -- the update itself ----------------------------------------------------------------------
 
     def _event(self, kind: str, message: str, pipeline: str, **fields: Any) -> None:
-        reporter = self.service.reporter
-        if reporter is not None:
-            reporter.event(kind, message, {"pipeline": pipeline, **fields})
+        self.host.event(kind, message, {"pipeline": pipeline, **fields})
 
     def _reply(self, cmd: Command, body: dict[str, Any]) -> None:
-        reporter = self.service.reporter
-        if reporter is not None:
-            reporter.dispatcher.reply(cmd, {"id": cmd.id, "command": cmd.name, **body})
+        self.host.reply(cmd, {"id": cmd.id, "command": cmd.name, **body})
 
     def _step(self, cmd: Command, request: UpdateRequest, step: str, **fields: Any) -> None:
         self._reply(cmd, {"ok": True, "step": step, **fields})
@@ -271,21 +174,12 @@ class Updater:
             step=step,
         )
 
-    def _model_config(self, pipeline: Pipeline, path: Path, version: str) -> ModelConfig:
-        current = pipeline.config.models[0]
-        name = current.name or Path(current.path.removeprefix("bundled:")).stem
-        return current.model_copy(update={"path": str(path), "version": version, "name": name})
-
     def _runner(
-        self, pipeline: Pipeline, path: Path, version: str, model: Model | None = None
-    ) -> ModelRunner:
+        self, pipeline: UpdatablePipeline, path: Path, version: str, model: Model | None = None
+    ) -> Runner:
         """The pipeline's first model on another file, with the same bindings and post-processing."""
-        from edge_runtime.pipeline import ModelRunner
-
-        mc = self._model_config(pipeline, path, version)
-        where = f"pipeline {pipeline.name}: update"
         try:
-            return ModelRunner(mc, pipeline.config_root, self.service.sources, where, model=model)
+            return pipeline.runner_for(path, version, model=model)
         except EdgeRuntimeError as exc:
             if model is not None:  # the model loaded: its bindings or outputs do not fit
                 raise IncompatibleModelError(str(exc)) from exc
@@ -345,7 +239,7 @@ class Updater:
             self._step(cmd, request, "sha256")
             verify(self.cfg.public_keys, request.pipeline, request.version, request.sha256, request.signature)
             self._step(cmd, request, "signature", signed=bool(request.signature))
-            if pipeline.runners[0].model.sha256 == request.sha256:  # verified, and already serving
+            if pipeline.serving().model.sha256 == request.sha256:  # verified, and already serving
                 self._reply(
                     cmd,
                     {"ok": True, "step": "commit", "sha256": request.sha256, "version": request.version,
@@ -353,11 +247,9 @@ class Updater:
                 )  # fmt: skip
                 return
             isolated_check(dest)
-            old = pipeline.runners[0]
+            old = pipeline.serving()
             try:
-                candidate = load_model(
-                    self._model_config(pipeline, dest, request.version), pipeline.config_root
-                )
+                candidate = pipeline.load_candidate(dest, request.version)
             except EdgeRuntimeError as exc:
                 raise CandidateLoadError(f"candidate: {exc}") from exc
             if old.model.delegate and candidate.delegate != old.model.delegate:
@@ -378,14 +270,14 @@ class Updater:
         finally:
             dest.unlink(missing_ok=True)
         runner = self._runner(pipeline, stored, request.version, model=candidate)
-        baseline = pipeline.latency["invoke"].percentiles((95,)).get("p95")
+        baseline = pipeline.invoke_p95()
         self.store.activate(request.pipeline, request.sha256, probation=True)
         watch = Probation(pipeline, baseline, runner.model.outputs)
-        pipeline.monitor = watch.observe
+        pipeline.watch(watch.observe)
         pipeline.swap_model(runner)
         self._step(cmd, request, "swap")
         verdict = self._probation(watch)
-        pipeline.monitor = None
+        pipeline.watch(None)
         if verdict:
             pipeline.swap_model(old)
             self.store.rollback(request.pipeline, verdict)
@@ -416,7 +308,7 @@ class Updater:
 
     def _probation(self, watch: Probation) -> str:
         deadline = time.monotonic() + self.cfg.probation_s
-        while time.monotonic() < deadline and not self.service.stop_event.is_set():
+        while time.monotonic() < deadline and not self.host.stopping:
             verdict = watch.verdict(
                 self.cfg.max_latency_factor, self.cfg.fail_on_constant, self.cfg.latency_floor_ms
             )

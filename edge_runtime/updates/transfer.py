@@ -3,7 +3,7 @@
 :func:`download` fetches an http, https or file:// URL into a path the caller chooses, via a
 ``.part`` file that is fsynced and renamed into place, stopping at a size limit and a time limit.
 :class:`ChunkAssembler` puts a file sent in numbered chunks back together. Errors are
-:class:`~edge_runtime.updates.UpdateError` with step ``download`` or ``size``.
+:class:`~edge_runtime.updates.protocol.UpdateError` with step ``download`` or ``size``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from http.client import HTTPException, HTTPMessage
 from pathlib import Path
 from typing import IO
 
-from edge_runtime.modelstore import fsync_dir
-from edge_runtime.updates import TRANSFER_ID_RE, DownloadError, SizeLimitError
+from edge_runtime import fsutil
+from edge_runtime.fsutil import fsync_dir
+from edge_runtime.names import TRANSFER_ID_RE
+from edge_runtime.updates.protocol import DownloadError, SizeLimitError
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +252,7 @@ class ChunkAssembler:
             if known != total:
                 raise DownloadError(f"{what}: chunk {index} says {total} chunks, earlier chunks said {known}")
         else:
-            _write_small(total_file, str(total).encode())
+            fsutil.atomic_write(total_file, str(total).encode(), durable=False)
         target = chunks / f"{index:06d}"
         if target.exists():
             if target.read_bytes() != bytes(data):
@@ -260,7 +262,7 @@ class ChunkAssembler:
         if sum(sizes) + len(data) > self.max_bytes:
             self._discard(transfer_id)
             raise SizeLimitError(f"{what}: more than {self.max_bytes} bytes; transfer discarded")
-        _write_small(target, bytes(data))
+        fsutil.atomic_write(target, bytes(data), durable=False)
         if len(sizes) + 1 < total:
             return None
         return self._assemble(transfer_id, total)
@@ -291,11 +293,6 @@ class ChunkAssembler:
         for suffix in (".part", ".bin"):
             (self.root / f"{transfer_id}{suffix}").unlink(missing_ok=True)
 
-    def discard(self, transfer_id: str) -> None:
-        """Forget a transfer: its chunks and its assembled file."""
-        with self._lock:
-            self._discard(transfer_id)
-
     def cleanup(self, older_than_s: float) -> list[str]:
         """Remove transfers (partial or assembled) untouched for ``older_than_s``; returns their ids."""
         removed: list[str] = []
@@ -320,12 +317,3 @@ class ChunkAssembler:
         if removed:
             log.info("removed stale transfers from %s: %s", self.root, sorted(set(removed)))
         return sorted(set(removed))
-
-
-def _write_small(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all (temporary name + rename; no fsync, see the caller)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
