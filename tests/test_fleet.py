@@ -29,15 +29,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import Mosquitto
-from conftest import DATA, MODELS, ROOT
-from daemon import Daemon, digits_config
-from mqtt_client import Subscriber
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from realparts import wait_until
 
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config
+from devkit.mqtt_client import Subscriber
+from devkit.paths import DATA, MODELS, ROOT
+from devkit.processes import wait_until
 from edge_runtime.fleet import (
     STEPS,
     BrokerOptions,
@@ -699,7 +699,7 @@ def test_rollback_reports_each_device(
 
 
 def test_an_unreachable_broker_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
-    from realparts import free_port
+    from devkit.processes import free_port
 
     code, _, err = run(capsys, "status", "--broker", f"127.0.0.1:{free_port()}")
     assert code == 1

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import MODELS
-from realparts import wait_until
 
+from devkit.paths import MODELS
+from devkit.processes import wait_until
 from edge_runtime.config import validate
 from edge_runtime.daemon.service import Service
 from edge_runtime.demo import write_digits_video
