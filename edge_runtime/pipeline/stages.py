@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 
 from edge_runtime.errors import PipelineError
 from edge_runtime.handoff import Stage
+from edge_runtime.supervision import Supervised, spawn
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class StageEngine(Generic[J, R]):
         self.finished = False
         self.last_progress = time.monotonic()
         self._slots: queue.Queue[int] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._thread: Supervised | None = None
         self._invoker: Stage[J] | None = None
         self._results: Stage[R] | None = None
 
@@ -67,22 +68,22 @@ class StageEngine(Generic[J, R]):
             self._slots.put(slot)
         self._results = Stage(f"results-{self.name}", self._finish)
         self._invoker = Stage(f"invoke-{self.name}", self._invoke_then_hand_over, depth=1)
-        self._thread = threading.Thread(
-            target=self._run, args=(loop,), name=f"pipeline-{self.name}", daemon=True
+        self._thread = spawn(
+            f"pipeline-{self.name}",
+            lambda: self._run(loop),
+            should_restart=lambda: not self.stopping.is_set(),
+            on_exit=self._close_stages,
         )
-        self._thread.start()
 
     def _run(self, loop: Callable[[], bool]) -> None:
-        try:
-            finished = loop()
-        except BaseException:
-            log.exception("pipeline %s: worker thread died", self.name)
-            raise
-        finally:
-            for stage in (self._invoker, self._results):
-                if stage is not None:
-                    stage.close()  # every inference handed over is run and emitted first
-        self.finished = finished
+        """The worker's body: a crash is restarted by the supervisor (the loop runs again on the
+        same stages); the stages are closed once the worker ends for good (:meth:`_close_stages`)."""
+        self.finished = loop()
+
+    def _close_stages(self) -> None:
+        for stage in (self._invoker, self._results):
+            if stage is not None:
+                stage.close()  # every inference handed over is run and emitted first
 
     def request_stop(self) -> None:
         self.stopping.set()

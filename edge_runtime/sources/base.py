@@ -23,6 +23,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_runtime.sources.buffer import SensorBuffers
+from edge_runtime.supervision import spawn
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,9 @@ class Source(abc.ABC):
             return
         self._stop.clear()
         self._set_state("starting")
-        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
+        self._thread = spawn(
+            f"source-{self.name}", self._run, should_restart=lambda: not self._stop.is_set(), start=False
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
