@@ -153,7 +153,7 @@ class Service:
                 config,
                 sources,
                 self._emit,
-                config.device.id,
+                device=config.device.id,
                 seq_start=max(self.reporter.last_seq(pc.name), self._seqs.get(pc.name, 0)),
                 event=self.reporter.event,
                 budget=self.budget if self.budget.limit is not None else None,
