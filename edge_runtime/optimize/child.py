@@ -75,8 +75,10 @@ def main(argv: list[str]) -> int:
     request = json.loads((folder / "request.json").read_text())
     started = time.perf_counter()
     try:
-        out = ENGINES[request["engine"]]((folder / "model.tflite").read_bytes(), _arrays(folder), request["io"])
-    except Exception as exc:  # noqa: BLE001 (any engine failure is reported to the parent, with its type)
+        out = ENGINES[request["engine"]](
+            (folder / "model.tflite").read_bytes(), _arrays(folder), request["io"]
+        )
+    except Exception as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         result = {"ok": False, "error": f"{type(exc).__name__}: {message}"[:2000]}
     else:

@@ -36,17 +36,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="folder of images (sub-folders = labels), video file, .npz of input arrays, or captures folder",
     )  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="the int8 .tflite to write (manifest beside it)")
-    p.add_argument("--config", type=Path, default=None, help="pipeline config whose image bindings preprocess")
+    p.add_argument(
+        "--config", type=Path, default=None, help="pipeline config whose image bindings preprocess"
+    )
     p.add_argument("--pipeline", default=None, help="pipeline in --config (default: the first)")
     p.add_argument("--labels", type=Path, default=None, help="labels file: folder names map to these indices")
     p.add_argument("--engine", default="auto", choices=("auto", "ai-edge-quantizer", "legacy"), help="engine")
     p.add_argument("--io", default="int8", choices=("int8", "uint8", "float32"), help="input/output type")
     p.add_argument(
-        "--task", default="auto", choices=("auto", "classification", "detection", "raw"), help="how to compare"
+        "--task",
+        default="auto",
+        choices=("auto", "classification", "detection", "raw"),
+        help="how to compare",
     )
     p.add_argument("--min-agreement", type=_unit, default=0.98, help="refuse below this agreement (0.98)")
     p.add_argument("--force", action="store_true", help="write even when slower or below --min-agreement")
-    p.add_argument("--prune", type=_share, default=None, help="zero this share of each kernel's weights first")
+    p.add_argument(
+        "--prune", type=_share, default=None, help="zero this share of each kernel's weights first"
+    )
     p.add_argument(
         "--calibration-share", type=_share, default=0.5, help="share of the data used to calibrate (0.5)"
     )

@@ -155,6 +155,8 @@ def coverage(content: bytes, info: ModelInfo, delegates: tuple[str, ...]) -> lis
             found.append(edgetpu(info))
         else:
             found.append(
-                Coverage(key, "none", None, len(info.operators), 0, note="cannot be checked without the device")
+                Coverage(
+                    key, "none", None, len(info.operators), 0, note="cannot be checked without the device"
+                )
             )
     return found

@@ -118,7 +118,9 @@ def _label_index(name: str, labels: Sequence[str]) -> int | None:
 def _only_image_input(model: ModelInputs, kind: str, source: Path) -> int:
     images = [p for p in range(len(model.inputs)) if model.is_image(p)]
     if len(model.inputs) != 1 or not images:
-        described = ", ".join(f"{n} {s.describe()}" for n, s in zip(model.input_names, model.inputs, strict=True))
+        described = ", ".join(
+            f"{n} {s.describe()}" for n, s in zip(model.input_names, model.inputs, strict=True)
+        )
         raise OptimizeError(
             f"{source}: a {kind} feeds one image input, but the model takes {described}; "
             "use an .npz with one array per input"
@@ -132,18 +134,20 @@ def _read_image(path: Path) -> npt.NDArray[np.uint8] | None:
     raw = np.fromfile(path, dtype=np.uint8) if path.stat().st_size else np.zeros(0, np.uint8)
     if raw.size == 0:
         return None
-    image: npt.NDArray[np.uint8] | None = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
-    if image is not None and image.ndim == 3 and image.shape[2] == 4:
+    image: Any = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    if image is None or image.dtype != np.uint8:
+        return None  # not an image, or 16-bit / float pixels the pipeline never sees
+    if image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image is not None and image.dtype != np.uint8:
-        return None
-    return image
+    return np.asarray(image, dtype=np.uint8)
 
 
 def _check_budget(samples: Sequence[Sample], source: Path) -> None:
     used = sum(a.nbytes for s in samples for a in s.inputs)
     if used > MAX_BYTES:
-        raise OptimizeError(f"{source}: the samples exceed {MAX_BYTES >> 20} MB in memory; lower --max-samples")
+        raise OptimizeError(
+            f"{source}: the samples exceed {MAX_BYTES >> 20} MB in memory; lower --max-samples"
+        )
 
 
 def image_folder(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
@@ -197,7 +201,8 @@ def video_file(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
             if not ok or frame is None:
                 break
             if n % step == 0:
-                samples.append(Sample((images.build(position, frame),), {}, f"{path}#{n}"))
+                pixels = np.asarray(frame, dtype=np.uint8)
+                samples.append(Sample((images.build(position, pixels),), {}, f"{path}#{n}"))
             n += 1
     finally:
         capture.release()
@@ -249,13 +254,13 @@ def npz_arrays(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
     for name, spec in zip(model.input_names, model.inputs, strict=True):
         key = _match_key(keys, name, spec, single)
         if key is None:
-            raise OptimizeError(
-                f"{path}: no array for input {name!r} {spec.describe()}; arrays are {keys}"
-            )
+            raise OptimizeError(f"{path}: no array for input {name!r} {spec.describe()}; arrays are {keys}")
         chosen.append(key)
     counts = {k: len(arrays[k]) if arrays[k].ndim else 0 for k in chosen}
     if len(set(counts.values())) != 1 or 0 in counts.values():
-        raise OptimizeError(f"{path}: the input arrays must have the same, non-zero first dimension: {counts}")
+        raise OptimizeError(
+            f"{path}: the input arrays must have the same, non-zero first dimension: {counts}"
+        )
     label_keys: dict[int, str] = {}
     for position, out in enumerate(model.output_names):
         for key in (f"{out}_labels", "labels" if len(model.output_names) == 1 else ""):
@@ -364,12 +369,14 @@ def load(source: str | Path, model: ModelInputs, max_samples: int) -> Dataset:
     )
 
 
-def split(samples: Sequence[Sample], calibration_share: float, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+def split(
+    samples: Sequence[Sample], calibration_share: float, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
     """Shuffle once (fixed seed) and cut: (calibration, held-out verification); never overlapping."""
     if len(samples) < 2:
         raise OptimizeError(f"need at least 2 samples (one to calibrate, one to verify), got {len(samples)}")
     order = np.random.default_rng(seed).permutation(len(samples))
-    cut = min(max(1, int(round(len(samples) * calibration_share))), len(samples) - 1)
+    cut = min(max(1, round(len(samples) * calibration_share)), len(samples) - 1)
     shuffled = [samples[i] for i in order]
     return shuffled[:cut], shuffled[cut:]
 

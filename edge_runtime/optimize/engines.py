@@ -88,7 +88,9 @@ def run_engine(
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONFAULTHANDLER": "0"}
         cmd = [python or sys.executable, "-m", "edge_runtime.optimize.child", str(folder)]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False
+            )
         except subprocess.TimeoutExpired:
             return Attempt(engine, time.perf_counter() - started, error=f"timed out after {timeout_s:g} s")
         seconds = time.perf_counter() - started

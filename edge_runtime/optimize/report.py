@@ -123,9 +123,7 @@ class Report:
             "int8": asdict(self.int8_facts) if self.int8_facts else None,
             "latency": [asdict(r) for r in self.latency],
             "delegates_unavailable": list(self.delegates_unavailable),
-            "coverage": {
-                k: {"float": asdict(f), "int8": asdict(q)} for k, (f, q) in self.coverage.items()
-            },
+            "coverage": {k: {"float": asdict(f), "int8": asdict(q)} for k, (f, q) in self.coverage.items()},
             "pruning": None
             if self.pruning is None
             else {
@@ -155,19 +153,37 @@ def format_table(report: Report) -> str:
     rows: list[tuple[str, str, str]] = []
     f, q = report.float_facts, report.int8_facts
     rows.append(("file", Path(f.path).name, Path(q.path).name if q else "-"))
-    rows.append(("size", f"{f.size_bytes:,} B", f"{q.size_bytes:,} B ({q.size_bytes / f.size_bytes:.2f}x)" if q else "-"))
+    rows.append(
+        (
+            "size",
+            f"{f.size_bytes:,} B",
+            f"{q.size_bytes:,} B ({q.size_bytes / f.size_bytes:.2f}x)" if q else "-",
+        )
+    )
     rows.append(("sha256", f.sha256[:16], q.sha256[:16] if q else "-"))
-    rows.append(("fully integer", "yes" if f.fully_integer else "no", ("yes" if q.fully_integer else "no") if q else "-"))
-    rows.append(("ops touching float", f"{sum(f.float_ops.values())}/{f.ops}", _ops(q.float_ops) if q else "-"))
+    rows.append(
+        (
+            "fully integer",
+            "yes" if f.fully_integer else "no",
+            ("yes" if q.fully_integer else "no") if q else "-",
+        )
+    )
+    rows.append(
+        ("ops touching float", f"{sum(f.float_ops.values())}/{f.ops}", _ops(q.float_ops) if q else "-")
+    )
     rows.append(("weight sparsity", _pct(f.weight_sparsity), _pct(q.weight_sparsity) if q else "-"))
     for h in report.heads:
         if h.task == "classification":
             if h.labelled:
-                rows.append((f"{h.output}: accuracy (n={h.labelled})", _pct(h.float_accuracy), _pct(h.int8_accuracy)))
+                rows.append(
+                    (f"{h.output}: accuracy (n={h.labelled})", _pct(h.float_accuracy), _pct(h.int8_accuracy))
+                )
             rows.append((f"{h.output}: top-1 agreement", "", _pct(h.agreement)))
         elif h.task == "detection":
             rows.append((f"{h.output}: boxes (float / matched)", str(h.float_boxes), str(h.matched_boxes)))
-            rows.append((f"{h.output}: agreement, mean IoU", "", f"{_pct(h.agreement)}, {h.mean_iou or 0:.3f}"))
+            rows.append(
+                (f"{h.output}: agreement, mean IoU", "", f"{_pct(h.agreement)}, {h.mean_iou or 0:.3f}")
+            )
         else:
             rows.append((f"{h.output}: cosine, max abs error", "", f"{h.cosine:.5f}, {h.max_abs_error:.4g}"))
     pairs: dict[tuple[str, str], list[Latency]] = {}
@@ -194,10 +210,18 @@ def format_table(report: Report) -> str:
         for h in p.heads:
             rows.append((f"pruned {h.output}: agreement", "", _pct(h.agreement)))
     data = report.dataset
-    rows.append(("data", f"{data.kind} {data.source}", f"{report.calibration_samples} calibration / "
-                 f"{report.verification_samples} held out" + (f", {len(data.skipped)} skipped" if data.skipped else "")))
-    for a in report.attempts:
-        rows.append((f"engine {a.engine}", f"{a.seconds:.1f} s", "ok" if a.ok else f"failed: {a.error}"))
+    rows.append(
+        (
+            "data",
+            f"{data.kind} {data.source}",
+            f"{report.calibration_samples} calibration / "
+            f"{report.verification_samples} held out"
+            + (f", {len(data.skipped)} skipped" if data.skipped else ""),
+        )
+    )
+    for attempt in report.attempts:
+        result = "ok" if attempt.ok else f"failed: {attempt.error}"
+        rows.append((f"engine {attempt.engine}", f"{attempt.seconds:.1f} s", result))
     rows = [(a, b if len(b) <= FLOAT_COLUMN else b[: FLOAT_COLUMN - 3] + "...", c) for a, b, c in rows]
     width = max(len(r[0]) for r in rows)
     col = max(len(r[1]) for r in rows)
@@ -210,7 +234,11 @@ def format_table(report: Report) -> str:
         if report.refusals:
             verdict += " (--force, despite: " + "; ".join(report.refusals) + ")"
     else:
-        verdict = "refused: " + "; ".join(report.refusals) + ("" if report.int8_facts is None else " (--force writes it anyway)")
+        verdict = (
+            "refused: "
+            + "; ".join(report.refusals)
+            + ("" if report.int8_facts is None else " (--force writes it anyway)")
+        )
     lines.append(verdict)
     return "\n".join(lines)
 
@@ -239,7 +267,11 @@ def write_outputs(options: Options, report: Report, model: bytes, labels: str | 
         "file": options.out.name,
         "sha256": report.int8_facts.sha256 if report.int8_facts else "",
         "size_bytes": len(model),
-        "source": {"file": str(options.model), "sha256": report.float_facts.sha256, "size_bytes": report.float_facts.size_bytes},
+        "source": {
+            "file": str(options.model),
+            "sha256": report.float_facts.sha256,
+            "size_bytes": report.float_facts.size_bytes,
+        },
         "engine": report.engine,
         "io": options.io,
         "labels": labels,

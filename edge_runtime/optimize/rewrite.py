@@ -154,7 +154,7 @@ def prune(data: bytes, fraction: float) -> tuple[bytes, list[PrunedTensor]]:
         seen.add(index)
         weights = np.frombuffer(np.asarray(buffer.data, dtype=np.uint8).tobytes(), dtype="<f4").copy()
         before = int(weights.size - np.count_nonzero(weights))
-        k = int(round(weights.size * fraction))
+        k = round(weights.size * fraction)
         if k > 0:
             cut = np.partition(np.abs(weights), k - 1)[k - 1]
             weights[np.abs(weights) <= cut] = 0.0

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.errors import EdgeRuntimeError, ModelFormatError
-from edge_runtime.optimize import OptimizeError
+from edge_runtime.optimize import OptimizeError, engines, rewrite, verify
 from edge_runtime.optimize import data as calib
-from edge_runtime.optimize import engines, rewrite, verify
 from edge_runtime.optimize.coverage import Coverage, coverage
 from edge_runtime.optimize.report import ModelFacts, PruneResult, Report, model_facts, write_outputs
 from edge_runtime.runtime.model import Model
@@ -105,7 +104,9 @@ def _preps(options: Options, model: Model, names: Sequence[str]) -> dict[int, ca
             matches = [i for i, n in enumerate(names) if binding.input in (n, model.inputs[i].name)]
             position = matches[0] if matches else None
         if position is None or not 0 <= position < len(model.inputs):
-            raise OptimizeError(f"pipeline {name!r}: image binding input {binding.input!r} is not an input of {options.model}")
+            raise OptimizeError(
+                f"pipeline {name!r}: image binding input {binding.input!r} is not an input of {options.model}"
+            )
         mean = tuple(binding.mean) if isinstance(binding.mean, list) else binding.mean
         std = tuple(binding.std) if isinstance(binding.std, list) else binding.std
         preps[position] = calib.ImagePrep(binding.resize, binding.color, binding.pad_value, mean, std)
@@ -137,7 +138,11 @@ def _load(path: Path, threads: int, delegate: str = "cpu") -> Model:
 
 
 def _heads(
-    options: Options, float_model: Model, out_names: Sequence[str], f: verify.Outputs, q: verify.Outputs,
+    options: Options,
+    float_model: Model,
+    out_names: Sequence[str],
+    f: verify.Outputs,
+    q: verify.Outputs,
     samples: Sequence[calib.Sample],
 ) -> list[verify.HeadResult]:
     heads: list[verify.HeadResult] = []
@@ -184,7 +189,10 @@ def _check_result(content: bytes, io: str, path: Path, threads: int) -> str:
         return f"produced an invalid model: {exc}"
     if io != "float32" and not info.fully_integer:
         floats = info.float_tensors
-        return f"produced a model that is not fully integer: {len(floats)} float tensors (e.g. {', '.join(floats[:3])})"
+        return (
+            f"produced a model that is not fully integer: {len(floats)} float tensors "
+            f"(e.g. {', '.join(floats[:3])})"
+        )
     path.write_bytes(content)
     try:
         _load(path, threads)
@@ -217,7 +225,11 @@ def optimize(options: Options) -> Report:
         raise OptimizeError(f"{options.model}: cannot run the float model here: {exc}") from exc
     in_names, out_names = _names(source, float_model)
     model_inputs = calib.ModelInputs(
-        float_model.inputs, in_names, out_names, _preps(options, float_model, in_names), _read_labels(options.labels)
+        float_model.inputs,
+        in_names,
+        out_names,
+        _preps(options, float_model, in_names),
+        _read_labels(options.labels),
     )
     dataset = calib.load(options.calibration, model_inputs, options.max_samples)
     calibration, held = calib.split(dataset.samples, options.calibration_share)
@@ -251,7 +263,9 @@ def optimize(options: Options) -> Report:
         int8_model = _load(int8_path, options.threads)
         report.engine = engine
         report.int8_facts = model_facts(options.out, int8_info)
-        report.heads = tuple(_heads(options, float_model, out_names, float_out, verify.outputs(int8_model, held), held))
+        report.heads = tuple(
+            _heads(options, float_model, out_names, float_out, verify.outputs(int8_model, held), held)
+        )
         latencies, unavailable = _latencies(options, options.model, int8_path)
         report.latency = tuple(latencies)
         report.delegates_unavailable = tuple(unavailable)
@@ -267,7 +281,9 @@ def _coverage(
 ) -> Mapping[str, tuple[Coverage, Coverage]]:
     found: dict[str, tuple[Coverage, Coverage]] = {}
     for f, q in zip(
-        coverage(source, info, COVERAGE_DELEGATES), coverage(result, int8_info, COVERAGE_DELEGATES), strict=True
+        coverage(source, info, COVERAGE_DELEGATES),
+        coverage(result, int8_info, COVERAGE_DELEGATES),
+        strict=True,
     ):
         found[q.delegate] = (f, q)
     return found
@@ -281,7 +297,8 @@ def _decide(options: Options, report: Report) -> None:
     for head in report.heads:
         if head.agreement < options.min_agreement:
             report.refusals.append(
-                f"{head.output}: agreement {head.agreement:.4f} is below --min-agreement {options.min_agreement}"
+                f"{head.output}: agreement {head.agreement:.4f} is below "
+                f"--min-agreement {options.min_agreement}"
             )
     if report.pruning is not None:
         for head in report.pruning.heads:
@@ -302,7 +319,9 @@ def _decide(options: Options, report: Report) -> None:
             )
     cpu = report.coverage.get("cpu")
     if cpu is not None and report.refusals and cpu[1].left:
-        report.notes.append(f"int8 ops XNNPACK does not take (they run on reference kernels): {cpu[1].text()}")
+        report.notes.append(
+            f"int8 ops XNNPACK does not take (they run on reference kernels): {cpu[1].text()}"
+        )
 
 
 __all__ = ["ModelFacts", "Options", "optimize"]

@@ -79,7 +79,10 @@ def outputs(model: Model, samples: Sequence[Sample]) -> Outputs:
 
 
 def classification(
-    name: str, f: Sequence[npt.NDArray[np.float64]], q: Sequence[npt.NDArray[np.float64]], labels: Sequence[int | None]
+    name: str,
+    f: Sequence[npt.NDArray[np.float64]],
+    q: Sequence[npt.NDArray[np.float64]],
+    labels: Sequence[int | None],
 ) -> HeadResult:
     """Top-1 agreement of the two models, and each one's accuracy on the labelled samples."""
     top_f = np.array([int(np.argmax(a)) for a in f])
@@ -148,9 +151,7 @@ def head_task(spec: TensorSpec, choice: str) -> str:
     return "classification" if len(dims) == 1 and dims[0] >= 2 else "raw"
 
 
-def latency(
-    models: Sequence[Model], runs: int, rounds: int = 10, warmup: int = 10
-) -> list[Latency]:
+def latency(models: Sequence[Model], runs: int, rounds: int = 10, warmup: int = 10) -> list[Latency]:
     """Each model invoked ``runs`` times in ``rounds`` alternating blocks (after ``warmup``)."""
     rng = np.random.default_rng(0)
     for model in models:
