@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime import __version__
-from edge_runtime.optimize.coverage import Coverage
 from edge_runtime.optimize.data import Dataset
 from edge_runtime.optimize.engines import Attempt
 from edge_runtime.optimize.rewrite import PrunedTensor
 from edge_runtime.optimize.verify import HeadResult, Latency
+from edge_runtime.runtime.coverage import Coverage
 from edge_runtime.runtime.modelfile import FLOAT_TYPES, ModelInfo
 
 if TYPE_CHECKING:

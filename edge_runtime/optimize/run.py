@@ -18,8 +18,8 @@ from pathlib import Path
 from edge_runtime.errors import EdgeRuntimeError, ModelFormatError
 from edge_runtime.optimize import OptimizeError, engines, rewrite, verify
 from edge_runtime.optimize import data as calib
-from edge_runtime.optimize.coverage import Coverage, coverage
 from edge_runtime.optimize.report import ModelFacts, PruneResult, Report, model_facts, write_outputs
+from edge_runtime.runtime.coverage import Coverage, coverage
 from edge_runtime.runtime.model import Model
 from edge_runtime.runtime.modelfile import ModelInfo, parse_model, read_model_file
 
@@ -171,7 +171,9 @@ def _quantize(
     for name in engines.engine_order(options.engine):
         attempt = engines.run_engine(name, prepared, arrays, io=options.io, timeout_s=options.timeout_s)
         if attempt.model is not None:
-            problem = _check_result(attempt.model, options.io, folder / f"{name}.tflite", options.threads)
+            problem = _check_result(
+                attempt.model, options.io, folder / f"{name}.tflite", options.threads, _fp16_hint(source)
+            )
             if problem:
                 attempt = engines.Attempt(name, attempt.seconds, error=problem)
             else:
@@ -182,7 +184,17 @@ def _quantize(
     return attempts, None, ""
 
 
-def _check_result(content: bytes, io: str, path: Path, threads: int) -> str:
+def _fp16_hint(source: bytes) -> str:
+    info = parse_model(source, "float model")
+    fp16 = [t for t in info.tensors if t.dtype == "float16" and t.is_constant]
+    if not fp16:
+        return ""
+    return (
+        f"; the float model stores {len(fp16)} weights as float16 (behind DEQUANTIZE ops), which stay float"
+    )
+
+
+def _check_result(content: bytes, io: str, path: Path, threads: int, fp16_hint: str = "") -> str:
     try:
         info = parse_model(content, "result")
     except ModelFormatError as exc:
@@ -191,13 +203,14 @@ def _check_result(content: bytes, io: str, path: Path, threads: int) -> str:
         floats = info.float_tensors
         return (
             f"produced a model that is not fully integer: {len(floats)} float tensors "
-            f"(e.g. {', '.join(floats[:3])})"
+            f"(e.g. {', '.join(floats[:3])}){fp16_hint}"
         )
     path.write_bytes(content)
     try:
         _load(path, threads)
     except EdgeRuntimeError as exc:
-        return f"produced a model LiteRT cannot load: {exc}"
+        cause = str(exc).split(" failed: ", 1)[-1]
+        return f"produced a model LiteRT cannot load: {'...' + cause[-240:] if len(cause) > 240 else cause}"
     return ""
 
 

@@ -55,7 +55,8 @@ class Coverage:
             return f"whole graph ({self.ops} ops{parts})"
         left = ", ".join(f"{name} x{count}" for name, count in self.left.items())
         parts = f", {self.partitions} partitions" if self.partitions is not None else ""
-        return f"{self.delegated}/{self.ops} ops{parts}; left on the CPU: {left}"
+        where = "left to reference kernels" if self.delegate == "cpu" else "left on the CPU"
+        return f"{self.delegated}/{self.ops} ops{parts}; {where}: {left}"
 
 
 def xnnpack(content: bytes) -> Coverage:
