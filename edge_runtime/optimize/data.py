@@ -11,6 +11,7 @@ Every bad input is an :class:`OptimizeError` with one line saying which file and
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -187,6 +188,8 @@ def video_file(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
     import cv2
 
     position = _only_image_input(model, "video", path)
+    # FFmpeg's own complaints ("moov atom not found") would add lines to our one-line error
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():

@@ -208,6 +208,8 @@ def format_table(report: Report) -> str:
         p = report.pruning
         rows.append((f"pruned {p.fraction:g}: sparsity", "", _pct(p.sparsity)))
         for h in p.heads:
+            if h.labelled:
+                rows.append((f"pruned {h.output}: accuracy", _pct(h.float_accuracy), _pct(h.int8_accuracy)))
             rows.append((f"pruned {h.output}: agreement", "", _pct(h.agreement)))
     data = report.dataset
     rows.append(
