@@ -61,7 +61,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_count, default=1, help="CPU threads for verification and latency (1)")
     p.add_argument("--runs", type=_count, default=200, help="timed invokes per model and delegate (200)")
     p.add_argument(
-        "--delegates", default="cpu", help="comma-separated delegates to measure latency on (default: cpu)"
+        "--delegates",
+        default="edgetpu,gpu,vx,armnn,cpu",
+        help="comma-separated delegates to measure latency on; those that do not load here say why",
+    )
+    p.add_argument(
+        "--backends",
+        default="litert",
+        help="comma-separated backends to measure latency on (litert, tflite-runtime; default: litert)",
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds each engine may take (600)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -89,6 +96,7 @@ def run_optimize(args: argparse.Namespace) -> int:
         threads=args.threads,
         runs=args.runs,
         delegates=tuple(d.strip() for d in args.delegates.split(",") if d.strip()),
+        backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
         timeout_s=args.timeout,
     )
     report = optimize(options)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,12 +143,20 @@ def _read_image(path: Path) -> npt.NDArray[np.uint8] | None:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _check_budget(samples: Sequence[Sample], source: Path) -> None:
-    used = sum(a.nbytes for s in samples for a in s.inputs)
-    if used > MAX_BYTES:
-        raise OptimizeError(
-            f"{source}: the samples exceed {MAX_BYTES >> 20} MB in memory; lower --max-samples"
-        )
+class _Budget:
+    """Bounds the memory the samples of one source take (:data:`MAX_BYTES`)."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.used = 0
+
+    def add(self, samples: list[Sample], sample: Sample) -> None:
+        self.used += sum(a.nbytes for a in sample.inputs)
+        if self.used > MAX_BYTES:
+            raise OptimizeError(
+                f"{self.source}: the samples exceed {MAX_BYTES >> 20} MB in memory; lower --max-samples"
+            )
+        samples.append(sample)
 
 
 def image_folder(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
@@ -160,6 +168,7 @@ def image_folder(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
     images = _Images(model)
     samples: list[Sample] = []
     skipped: list[str] = []
+    budget = _Budget(path)
     for file in files:
         if len(samples) >= max_samples:
             break
@@ -176,8 +185,7 @@ def image_folder(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
             index = _label_index(file.parent.name, model.labels)
             if index is not None:
                 labels[0] = index
-        samples.append(Sample((images.build(position, pixels),), labels, str(file)))
-        _check_budget(samples[-1:], path)
+        budget.add(samples, Sample((images.build(position, pixels),), labels, str(file)))
     if not samples:
         raise OptimizeError(f"{path}: none of its {len(files)} image files could be read (e.g. {skipped[0]})")
     return Dataset("images", str(path), tuple(samples), tuple(skipped))
@@ -198,6 +206,7 @@ def video_file(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
         step = max(1, count // max_samples) if count > 0 else 1
         images = _Images(model)
         samples: list[Sample] = []
+        budget = _Budget(path)
         n = 0
         while len(samples) < max_samples:
             ok, frame = capture.read()
@@ -205,7 +214,7 @@ def video_file(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
                 break
             if n % step == 0:
                 pixels = np.asarray(frame, dtype=np.uint8)
-                samples.append(Sample((images.build(position, pixels),), {}, f"{path}#{n}"))
+                budget.add(samples, Sample((images.build(position, pixels),), {}, f"{path}#{n}"))
             n += 1
     finally:
         capture.release()
@@ -273,13 +282,13 @@ def npz_arrays(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
     images = _Images(model)
     total = min(next(iter(counts.values())), max_samples)
     samples: list[Sample] = []
+    budget = _Budget(path)
     for i in range(total):
         inputs = tuple(
             _npz_sample_input(arrays[k], i, p, model, images, str(path)) for p, k in enumerate(chosen)
         )
         labels = {p: int(arrays[k][i]) for p, k in label_keys.items() if i < len(arrays[k])}
-        samples.append(Sample(inputs, labels, f"{path}#{i}"))
-        _check_budget(samples[-1:], path)
+        budget.add(samples, Sample(inputs, labels, f"{path}#{i}"))
     return Dataset("npz", str(path), tuple(samples))
 
 
@@ -304,6 +313,7 @@ def captures(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
         raise OptimizeError(f"{path}: captures feed a model with exactly one image input")
     samples: list[Sample] = []
     skipped: list[str] = []
+    budget = _Budget(path)
     for meta_path in metas:
         if len(samples) >= max_samples:
             break
@@ -340,7 +350,7 @@ def captures(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
             index = _label_index(str(label), model.labels)
             if index is not None:
                 labels[0] = index
-        samples.append(Sample(tuple(inputs), labels, str(meta_path)))
+        budget.add(samples, Sample(tuple(inputs), labels, str(meta_path)))
     if not samples:
         first = f" (e.g. {skipped[0]})" if skipped else ""
         raise OptimizeError(f"{path}: no usable capture (NAME.json + NAME.jpg pairs){first}")
@@ -382,8 +392,3 @@ def split(
     cut = min(max(1, round(len(samples) * calibration_share)), len(samples) - 1)
     shuffled = [samples[i] for i in order]
     return shuffled[:cut], shuffled[cut:]
-
-
-def batches(samples: Sequence[Sample]) -> Iterator[tuple[npt.NDArray[np.float32], ...]]:
-    for s in samples:
-        yield s.inputs

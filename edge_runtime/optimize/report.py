@@ -201,7 +201,8 @@ def format_table(report: Report) -> str:
                 )
             )
     for cause in report.delegates_unavailable:
-        rows.append(("latency", "not measured", cause))
+        where, _, why = cause.partition(": ")
+        rows.append((f"latency {where}", "not available", why))
     for key, (cf, cq) in report.coverage.items():
         rows.append((f"{key} takes ({cq.method})", cf.text(), cq.text()))
     if report.pruning is not None:

@@ -19,6 +19,7 @@ from edge_runtime.errors import EdgeRuntimeError, ModelFormatError
 from edge_runtime.optimize import OptimizeError, engines, rewrite, verify
 from edge_runtime.optimize import data as calib
 from edge_runtime.optimize.report import ModelFacts, PruneResult, Report, model_facts, write_outputs
+from edge_runtime.runtime.backend import BACKEND_NAMES, get_backend
 from edge_runtime.runtime.coverage import Coverage, coverage
 from edge_runtime.runtime.model import Model
 from edge_runtime.runtime.modelfile import ModelInfo, parse_model, read_model_file
@@ -51,6 +52,7 @@ class Options:
     threads: int = 1
     runs: int = 200
     delegates: tuple[str, ...] = ("cpu",)
+    backends: tuple[str, ...] = ("litert",)
     timeout_s: float = 600.0
 
 
@@ -70,6 +72,11 @@ def _check_options(o: Options) -> None:
     if o.out.exists() and o.out.is_dir():
         raise OptimizeError(f"{o.out}: --out is a folder; name the .tflite file to write")
     engines.engine_order(o.engine)
+    unknown = [b for b in o.backends if b not in BACKEND_NAMES]
+    if unknown or not o.backends or not o.delegates:
+        raise OptimizeError(
+            f"--backends takes {', '.join(BACKEND_NAMES)} and --delegates at least one, got {unknown}"
+        )
 
 
 def _check_float_model(path: Path, info: ModelInfo) -> None:
@@ -133,8 +140,8 @@ def _read_labels(path: Path | None) -> tuple[str, ...]:
         raise OptimizeError(f"{path}: cannot read labels: {exc}") from exc
 
 
-def _load(path: Path, threads: int, delegate: str = "cpu") -> Model:
-    return Model(path, delegates=[delegate], threads=threads)
+def _load(path: Path, threads: int, delegate: str = "cpu", backend: str = "litert") -> Model:
+    return Model(path, delegates=[delegate], threads=threads, backend=backend)
 
 
 def _heads(
@@ -217,13 +224,22 @@ def _check_result(content: bytes, io: str, path: Path, threads: int, fp16_hint: 
 def _latencies(options: Options, float_path: Path, int8_path: Path) -> tuple[list[verify.Latency], list[str]]:
     found: list[verify.Latency] = []
     unavailable: list[str] = []
-    for delegate in options.delegates:
+    for backend in options.backends:
         try:
-            pair = [_load(float_path, options.threads, delegate), _load(int8_path, options.threads, delegate)]
+            get_backend(backend)
         except EdgeRuntimeError as exc:
-            unavailable.append(f"{delegate}: {str(exc).split(' failed: ')[-1]}")
+            unavailable.append(f"{backend}: {exc}")
             continue
-        found.extend(verify.latency(pair, options.runs))
+        for delegate in options.delegates:
+            try:
+                pair = [
+                    _load(float_path, options.threads, delegate, backend),
+                    _load(int8_path, options.threads, delegate, backend),
+                ]
+            except EdgeRuntimeError as exc:
+                unavailable.append(f"{backend}/{delegate}: {str(exc).split(' failed: ')[-1]}")
+                continue
+            found.extend(verify.latency(pair, options.runs))
     return found, unavailable
 
 
