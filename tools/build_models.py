@@ -5,7 +5,8 @@ Runs in its own TensorFlow venv, never in the runtime's:
 
     python3 -m venv .venv-models
     .venv-models/bin/pip install -r tools/requirements-models.txt
-    TF_USE_LEGACY_KERAS=1 .venv-models/bin/python tools/build_models.py [--only NAME ...] [--out DIR] [--float]
+    TF_USE_LEGACY_KERAS=1 .venv-models/bin/python tools/build_models.py \
+        [--only NAME ...] [--out DIR] [--float]
 
 Models (NAME): digits, fused, detect, mobilenet_v2, edgetpu_custom_op (the last one is derived
 from the digits model and rebuilds it when DIR has none). Outputs, relative to DIR (default: the
@@ -14,8 +15,8 @@ repository root):
     edge_runtime/models/{digits,fused,detect}_int8.tflite, labels, *_heldout.npz, manifest.json
     models/mobilenet_v2_int8.tflite, models/manifest.json
     tests/data/edgetpu_custom_op.tflite
-    tests/data/float/{digits,fused}_float.tflite, tests/data/float/manifest.json (with --float: the
-        pruned float models the int8 ones are converted from, the test data of `edge-runtime optimize`)
+    tests/data/float/{digits,fused,detect}_float.tflite, tests/data/float/manifest.json (with --float:
+        the pruned float models the int8 ones are converted from, test data of `edge-runtime optimize`)
 
 Every model is trained with fixed seeds (python, numpy, TensorFlow, op determinism) on CPU,
 magnitude-pruned with tfmot, stripped, converted to full-integer int8 (int8 input and output)
@@ -457,7 +458,7 @@ def write_float(out: Path, name: str, model: Any, float_accuracy: Any, heldout: 
         "before quantization): the input of `edge-runtime optimize` in its tests.",
         "int8": f"edge_runtime/models/{name}_int8.tflite",
         "conversion": "tf.lite.TFLiteConverter.from_keras_model(model).convert(), no optimizations",
-        "accuracy": {"metric": "top-1 on the held-out split (Keras)", "float": float_accuracy},
+        "accuracy": {"metric": "as for the int8 model, on the held-out split (Keras)", "float": float_accuracy},
         "heldout": heldout,
         "build_command": BUILD_COMMAND + f" --only {name} --float",
         "built_at": utc_now(),
@@ -1029,6 +1030,7 @@ def build_detect(out: Path) -> dict[str, Any]:
     )
     final = tfmot.sparsity.keras.strip_pruning(pruned)
     float_metrics = detection_metrics(final.predict(x_test, verbose=0), te_boxes, te_cls)
+    write_float(out, "detect", final, float_metrics, "edge_runtime/models/detect_heldout.npz")
 
     # The first calibration canvas gets one pixel at 0 and one at 255, so the input range is
     # exactly 0..1: scale 1/255, zero point -128, i.e. q = pixel - 128 as for the digits models.
@@ -1313,7 +1315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--float",
         action="store_true",
-        help=f"also write the float models of digits and fused under {FLOAT_DIR} (optimize's test data)",
+        help=f"also write the float models of digits, fused, detect under {FLOAT_DIR} (optimize's test data)",
     )
     args = parser.parse_args(argv)
     OPTIONS["float"] = args.float
