@@ -285,3 +285,28 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, digit_images: Path) ->
         assert len(lines) == 1, (name, proc.stderr)
         assert lines[0].startswith("edge-runtime: error: ") and needle in lines[0], (name, lines)
         assert "Traceback" not in proc.stderr and not out.exists(), name
+
+
+def test_uint8_inputs_and_outputs_come_from_the_engine_that_makes_them(
+    digit_images: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "digits_uint8.tflite"
+    proc = optimize(FLOAT / "digits_float.tflite", "--calibration", digit_images, "--labels", LABELS,
+                    "--out", out, "--io", "uint8", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = report_of(proc)
+    first, second = report["attempts"]
+    assert first["error"] == "makes int8 inputs and outputs only, not uint8" and second["ok"]
+    (head,) = report["verification"]["heads"]
+    assert head["float_accuracy"] - head["int8_accuracy"] <= 0.015
+    model = Model(out)
+    assert [s.dtype for s in (*model.inputs, *model.outputs)] == ["uint8", "uint8"]
+
+
+def test_an_output_that_cannot_be_written_is_one_line(digit_images: Path) -> None:
+    proc = optimize(
+        FLOAT / "digits_float.tflite", "--calibration", digit_images, "--out", "/proc/none/x.tflite"
+    )
+    assert proc.returncode == 1
+    (line,) = errors(proc)
+    assert line.startswith("edge-runtime: error: /proc/none") and "Traceback" not in proc.stderr

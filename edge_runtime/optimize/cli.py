@@ -75,6 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_optimize(args: argparse.Namespace) -> int:
+    from edge_runtime.errors import EdgeRuntimeError
+    from edge_runtime.optimize import OptimizeError
     from edge_runtime.optimize.report import format_table
     from edge_runtime.optimize.run import Options, optimize
 
@@ -99,7 +101,13 @@ def run_optimize(args: argparse.Namespace) -> int:
         backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
         timeout_s=args.timeout,
     )
-    report = optimize(options)
+    try:
+        report = optimize(options)
+    except EdgeRuntimeError:
+        raise
+    except OSError as exc:  # a file or folder that cannot be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise OptimizeError(f"{where}{exc.strerror or exc}") from exc
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_table(report))
     if report.ok:
         return 0

@@ -161,6 +161,8 @@ class _Budget:
 
 def image_folder(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
     """Every image under ``path`` (sorted); a sub-folder's name is its images' label."""
+    import cv2
+
     position = _only_image_input(model, "folder of images", path)
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -185,7 +187,12 @@ def image_folder(path: Path, model: ModelInputs, max_samples: int) -> Dataset:
             index = _label_index(file.parent.name, model.labels)
             if index is not None:
                 labels[0] = index
-        budget.add(samples, Sample((images.build(position, pixels),), labels, str(file)))
+        try:
+            built = images.build(position, pixels)
+        except cv2.error as exc:  # e.g. an image too small for the resize
+            skipped.append(f"{file}: {' '.join(str(exc).split())[:200]}")
+            continue
+        budget.add(samples, Sample((built,), labels, str(file)))
     if not samples:
         raise OptimizeError(f"{path}: none of its {len(files)} image files could be read (e.g. {skipped[0]})")
     return Dataset("images", str(path), tuple(samples), tuple(skipped))

@@ -31,6 +31,11 @@ ENGINES: dict[str, tuple[str, str]] = {
     "legacy": ("ai_edge_litert._pywrap_tensorflow_lite_calibration_wrapper", "pip install ai-edge-litert"),
 }
 ENGINE_ORDER: tuple[str, ...] = ("ai-edge-quantizer", "legacy")
+# input/output types each engine can make
+IO_TYPES: dict[str, tuple[str, ...]] = {
+    "ai-edge-quantizer": ("int8",),
+    "legacy": ("int8", "uint8", "float32"),
+}
 STDERR_TAIL = 4000
 
 
@@ -62,6 +67,16 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
+def _precheck(engine: str, io: str) -> str:
+    """Why ``engine`` cannot even start here ("" when it can)."""
+    module, hint = ENGINES[engine]
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        return f"not installed: {hint}"
+    if io not in IO_TYPES[engine]:
+        return f"makes {', '.join(IO_TYPES[engine])} inputs and outputs only, not {io}"
+    return ""
+
+
 def run_engine(
     engine: str,
     model: bytes,
@@ -73,9 +88,9 @@ def run_engine(
 ) -> Attempt:
     """Quantize ``model`` with ``engine`` in a child process; never raises for an engine failure."""
     started = time.perf_counter()
-    module, hint = ENGINES[engine]
-    if importlib.util.find_spec(module.split(".")[0]) is None:
-        return Attempt(engine, 0.0, error=f"not installed: {hint}")
+    problem = _precheck(engine, io)
+    if problem:
+        return Attempt(engine, 0.0, error=problem)
     with tempfile.TemporaryDirectory(prefix="edge-runtime-optimize-") as tmp:
         folder = Path(tmp)
         (folder / "model.tflite").write_bytes(model)

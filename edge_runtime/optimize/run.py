@@ -292,6 +292,12 @@ def optimize(options: Options) -> Report:
         int8_model = _load(int8_path, options.threads)
         report.engine = engine
         report.int8_facts = model_facts(options.out, int8_info)
+        shapes = ([s.shape for s in float_model.outputs], [s.shape for s in int8_model.outputs])
+        if shapes[0] != shapes[1] or len(int8_model.inputs) != len(float_model.inputs):
+            report.refusals.append(
+                f"the int8 model's outputs {shapes[1]} differ from the float ones {shapes[0]}"
+            )
+            return report
         report.heads = tuple(
             _heads(options, float_model, out_names, float_out, verify.outputs(int8_model, held), held)
         )
