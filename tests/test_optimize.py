@@ -310,3 +310,18 @@ def test_an_output_that_cannot_be_written_is_one_line(digit_images: Path) -> Non
     assert proc.returncode == 1
     (line,) = errors(proc)
     assert line.startswith("edge-runtime: error: /proc/none") and "Traceback" not in proc.stderr
+
+
+def test_a_detector_is_compared_box_by_box(tmp_path: Path) -> None:
+    out = tmp_path / "detect_int8.tflite"
+    proc = optimize(FLOAT / "detect_float.tflite", "--calibration", MODELS / "detect_heldout.npz",
+                    "--task", "detection", "--out", out, "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = report_of(proc)
+    (head,) = report["verification"]["heads"]
+    assert head["task"] == "detection" and report["verification"]["samples"] == 100
+    # 100 held-out canvases hold 1..3 digits each; nearly every float box has its int8 twin
+    assert 100 <= head["float_boxes"] <= 300
+    assert head["matched_boxes"] >= 0.95 * head["float_boxes"]
+    assert head["agreement"] >= 0.98 and head["mean_iou"] >= 0.9
+    assert report["int8"]["fully_integer"]
