@@ -10,7 +10,9 @@ is at least as good as promised (or ``force``). It returns the :class:`~.report.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +84,9 @@ def _check_options(o: Options) -> None:
 def _check_float_model(path: Path, info: ModelInfo) -> None:
     if info.custom_ops:
         raise OptimizeError(
-            f"{path}: has custom ops ({', '.join(info.custom_ops)}) that the calibrators cannot run on "
-            "the CPU; quantize the model before it is compiled for an accelerator"
+            f"{path}: has custom ops ({', '.join(info.custom_ops)}) that the calibrators cannot run "
+            "(they run the graph on LiteRT's builtin kernels); quantize a model before compiling it "
+            "for an accelerator"
         )
     if not info.float_tensors:
         raise OptimizeError(f"{path}: has no float tensors: it is already quantized")
@@ -191,6 +194,18 @@ def _quantize(
     return attempts, None, ""
 
 
+def _load_error(text: str) -> str:
+    """LiteRT's load error without the path and the run of XNNPACK "failed to delegate" lines."""
+    cause = text.split(" failed: ", 1)[-1]
+    skipped = Counter(re.findall(r"failed to delegate (\w+) node #\d+", cause))
+    cause = re.sub(r"failed to delegate \w+ node #\d+", "", cause).strip()
+    cause = re.sub(r"(?<=[a-z)])(Node number)", r"; \1", cause)
+    if skipped:
+        ops = ", ".join(f"{n} {op}" for op, n in skipped.items())
+        cause += f" (XNNPACK also refused {ops})"
+    return cause if len(cause) <= 300 else cause[:297] + "..."
+
+
 def _fp16_hint(source: bytes) -> str:
     info = parse_model(source, "float model")
     fp16 = [t for t in info.tensors if t.dtype == "float16" and t.is_constant]
@@ -216,8 +231,7 @@ def _check_result(content: bytes, io: str, path: Path, threads: int, fp16_hint: 
     try:
         _load(path, threads)
     except EdgeRuntimeError as exc:
-        cause = str(exc).split(" failed: ", 1)[-1]
-        return f"produced a model LiteRT cannot load: {'...' + cause[-240:] if len(cause) > 240 else cause}"
+        return f"produced a model LiteRT cannot load: {_load_error(str(exc))}"
     return ""
 
 
