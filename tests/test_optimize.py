@@ -187,6 +187,15 @@ def test_an_int8_model_slower_than_the_float_one_is_refused_unless_forced(
     assert int8_row["p50_ms"] > float_row["p50_ms"]
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert any("slower" in r for r in manifest["refusals_overridden"])
+    # `inspect` tells the same story about the written model
+    inspected = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "inspect", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert inspected.returncode == 0, inspected.stderr
+    assert "xnnpack     50/63 ops, 14 partitions; left to reference kernels: PRELU x13" in inspected.stdout
 
 
 def test_pruning_that_costs_too_much_is_refused(digit_images: Path, tmp_path: Path) -> None:
@@ -325,3 +334,23 @@ def test_a_detector_is_compared_box_by_box(tmp_path: Path) -> None:
     assert head["matched_boxes"] >= 0.95 * head["float_boxes"]
     assert head["agreement"] >= 0.98 and head["mean_iou"] >= 0.9
     assert report["int8"]["fully_integer"]
+
+
+def test_captures_with_sensor_inputs_in_their_json(tmp_path: Path) -> None:
+    """Captures of the two-input fused model: the frame as JPEG, the vibration window in the JSON."""
+    captures = tmp_path / "captures"
+    captures.mkdir()
+    with np.load(MODELS / "fused_heldout.npz") as npz:
+        images, windows = npz["images"][:120], npz["vibration"][:120]
+    for i, (image, window) in enumerate(zip(images, windows, strict=True)):
+        assert cv2.imwrite(str(captures / f"{i:03d}.png"), image)
+        meta = {"image": f"{i:03d}.png", "inputs": {"vibration": window.tolist()}}
+        (captures / f"{i:03d}.json").write_text(json.dumps(meta))
+    (captures / "999.json").write_text(json.dumps({"inputs": {}}))  # no image: skipped, counted
+    out = tmp_path / "fused_int8.tflite"
+    proc = optimize(FLOAT / "fused_float.tflite", "--calibration", captures, "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = report_of(proc)
+    assert report["calibration"]["kind"] == "captures" and len(report["calibration"]["skipped"]) == 1
+    assert report["calibration"]["samples"] + report["verification"]["samples"] == 120
+    assert all(h["agreement"] >= 0.98 for h in report["verification"]["heads"])
