@@ -25,6 +25,8 @@ from edge_runtime.runtime.model import Model
 from edge_runtime.runtime.modelfile import read_model_file
 from edge_runtime.runtime.quant import quantize
 
+pytestmark = pytest.mark.slow  # each test runs the command (and its engine children) for real
+
 FLOAT = DATA / "float"
 THIRD = DATA / "third_party"
 LABELS = MODELS / "digits_labels.txt"

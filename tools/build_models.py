@@ -458,7 +458,7 @@ def write_float(out: Path, name: str, model: Any, float_accuracy: Any, heldout: 
         "before quantization): the input of `edge-runtime optimize` in its tests.",
         "int8": f"edge_runtime/models/{name}_int8.tflite",
         "conversion": "tf.lite.TFLiteConverter.from_keras_model(model).convert(), no optimizations",
-        "accuracy": {"metric": "as for the int8 model, on the held-out split (Keras)", "float": float_accuracy},
+        "accuracy": {"metric": "as for the int8 model, held-out split (Keras)", "float": float_accuracy},
         "heldout": heldout,
         "build_command": BUILD_COMMAND + f" --only {name} --float",
         "built_at": utc_now(),
