@@ -260,7 +260,7 @@ def manifest_path(out: Path) -> Path:
     return out.with_suffix(".json")
 
 
-def write_outputs(options: Options, report: Report, model: bytes, labels: str | None) -> tuple[str, ...]:
+def write_outputs(options: Options, report: Report, model: bytes, labels: tuple[str, ...]) -> tuple[str, ...]:
     """Write the int8 model and its manifest beside it; returns the paths written."""
     data = report.to_dict()
     manifest = {
@@ -277,7 +277,7 @@ def write_outputs(options: Options, report: Report, model: bytes, labels: str | 
         },
         "engine": report.engine,
         "io": options.io,
-        "labels": labels,
+        "labels": {"file": str(options.labels), "names": list(labels)} if options.labels else None,
         "calibration": data["calibration"],
         "verification": data["verification"],
         "latency": data["latency"],

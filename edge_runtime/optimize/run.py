@@ -92,12 +92,15 @@ def _check_float_model(path: Path, info: ModelInfo) -> None:
         raise OptimizeError(f"{path}: has no float tensors: it is already quantized")
 
 
-def _preps(options: Options, model: Model, names: Sequence[str]) -> dict[int, calib.ImagePrep]:
-    """Image preprocessing of each input from ``--config``/``--pipeline`` (first model's bindings)."""
+def _preps(
+    options: Options, model: Model, names: Sequence[str]
+) -> tuple[dict[int, calib.ImagePrep], tuple[str, ...]]:
+    """Image preprocessing of each input from ``--config``/``--pipeline`` (first model's bindings),
+    and that model's delegate chain (its keys)."""
     if options.config is None:
         if options.pipeline is not None:
             raise OptimizeError("--pipeline needs --config")
-        return {}
+        return {}, ()
     from edge_runtime.config import ImageInput, load_config
 
     config = load_config(options.config)
@@ -106,7 +109,9 @@ def _preps(options: Options, model: Model, names: Sequence[str]) -> dict[int, ca
     if name not in pipelines:
         raise OptimizeError(f"{options.config}: no pipeline {name!r}; pipelines are {sorted(pipelines)}")
     preps: dict[int, calib.ImagePrep] = {}
-    for binding in pipelines[name].models[0].inputs:
+    first = pipelines[name].models[0]
+    chain = tuple(str(d.type) for d in (first.delegates or config.defaults.delegates))
+    for binding in first.inputs:
         if not isinstance(binding, ImageInput):
             continue
         position = binding.input if isinstance(binding.input, int) else None
@@ -120,7 +125,7 @@ def _preps(options: Options, model: Model, names: Sequence[str]) -> dict[int, ca
         mean = tuple(binding.mean) if isinstance(binding.mean, list) else binding.mean
         std = tuple(binding.std) if isinstance(binding.std, list) else binding.std
         preps[position] = calib.ImagePrep(binding.resize, binding.color, binding.pad_value, mean, std)
-    return preps
+    return preps, chain
 
 
 def _names(data: bytes, model: Model) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -267,13 +272,9 @@ def optimize(options: Options) -> Report:
     except EdgeRuntimeError as exc:
         raise OptimizeError(f"{options.model}: cannot run the float model here: {exc}") from exc
     in_names, out_names = _names(source, float_model)
-    model_inputs = calib.ModelInputs(
-        float_model.inputs,
-        in_names,
-        out_names,
-        _preps(options, float_model, in_names),
-        _read_labels(options.labels),
-    )
+    preps, chain = _preps(options, float_model, in_names)
+    labels = _read_labels(options.labels)
+    model_inputs = calib.ModelInputs(float_model.inputs, in_names, out_names, preps, labels)
     dataset = calib.load(options.calibration, model_inputs, options.max_samples)
     calibration, held = calib.split(dataset.samples, options.calibration_share)
     float_out = verify.outputs(float_model, held)
@@ -318,28 +319,22 @@ def optimize(options: Options) -> Report:
         latencies, unavailable = _latencies(options, options.model, int8_path)
         report.latency = tuple(latencies)
         report.delegates_unavailable = tuple(unavailable)
-        report.coverage = _coverage(source, info, result, int8_info)
+        report.coverage = _coverage(source, info, result, int8_info, chain)
         _decide(options, report)
         if not report.refusals or options.force:
-            report.written = write_outputs(options, report, result, _labels_for(options))
+            report.written = write_outputs(options, report, result, labels)
     return report
 
 
 def _coverage(
-    source: bytes, info: ModelInfo, result: bytes, int8_info: ModelInfo
+    source: bytes, info: ModelInfo, result: bytes, int8_info: ModelInfo, chain: tuple[str, ...]
 ) -> Mapping[str, tuple[Coverage, Coverage]]:
+    """Coverage of the delegates checkable here, plus those of the config's chain."""
+    keys = COVERAGE_DELEGATES + tuple(k for k in dict.fromkeys(chain) if k not in COVERAGE_DELEGATES)
     found: dict[str, tuple[Coverage, Coverage]] = {}
-    for f, q in zip(
-        coverage(source, info, COVERAGE_DELEGATES),
-        coverage(result, int8_info, COVERAGE_DELEGATES),
-        strict=True,
-    ):
+    for f, q in zip(coverage(source, info, keys), coverage(result, int8_info, keys), strict=True):
         found[q.delegate] = (f, q)
     return found
-
-
-def _labels_for(options: Options) -> str | None:
-    return str(options.labels) if options.labels is not None else None
 
 
 def _decide(options: Options, report: Report) -> None:
