@@ -50,11 +50,12 @@ class Coverage:
             return self.note
         if self.whole_graph and not self.ops:
             return "compatible"
+        n = self.partitions
+        partitions = "" if n is None else f"{n} partition{'' if n == 1 else 's'}"
         if self.whole_graph:
-            parts = f" in {self.partitions} partition" if self.partitions is not None else ""
-            return f"whole graph ({self.ops} ops{parts})"
+            return f"whole graph ({self.ops} ops{' in ' + partitions if partitions else ''})"
         left = ", ".join(f"{name} x{count}" for name, count in self.left.items())
-        parts = f", {self.partitions} partitions" if self.partitions is not None else ""
+        parts = f", {partitions}" if partitions else ""
         where = "left to reference kernels" if self.delegate == "cpu" else "left on the CPU"
         return f"{self.delegated}/{self.ops} ops{parts}; {where}: {left}"
 
@@ -88,7 +89,7 @@ def xnnpack(content: bytes) -> Coverage:
     left = Counter(str(n["op_name"]) for n, d in zip(ops, delegated, strict=True) if not d)
     return Coverage(
         "cpu",
-        "measured (LiteRT XNNPACK)",
+        "measured: LiteRT XNNPACK",
         not left,
         len(ops),
         sum(delegated),
@@ -114,7 +115,7 @@ def gpu(content: bytes) -> Coverage:
             ops_left[line.split(":")[0].strip()[:40]] += 1
     compatible = "looks compatible with GPU delegate" in text
     note = "" if compatible else (problems[0] if problems else "not compatible")
-    return Coverage("gpu", "static (LiteRT analyzer)", compatible, 0, 0, None, dict(ops_left), note)
+    return Coverage("gpu", "static: LiteRT analyzer", compatible, 0, 0, None, dict(ops_left), note)
 
 
 def edgetpu(info: ModelInfo) -> Coverage:
@@ -135,7 +136,7 @@ def edgetpu(info: ModelInfo) -> Coverage:
             left[op.name] += 1
     return Coverage(
         "edgetpu",
-        "static (Edge TPU op list, 8-bit tensors)",
+        "static: Edge TPU op list, 8-bit tensors",
         not left,
         len(info.operators),
         mapped,
