@@ -24,6 +24,7 @@ from edge_runtime.daemon.commands import DaemonCommands
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
 from edge_runtime.pipeline import Pipeline
+from edge_runtime.redaction import redact_text
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.reporting.reporter import Reporter
 from edge_runtime.sources import SourceConfig, build_source
@@ -230,7 +231,7 @@ class Service:
     def _status_line(self) -> str:
         if self.health is None:
             return "starting"
-        return self.health.summary(self.health.report(mark=False))
+        return redact_text(self.health.summary(self.health.report(mark=False)))
 
     def _watchdog_tick(self) -> None:
         problems = self.problems()
