@@ -234,13 +234,16 @@ class MqttLink:
                     break
             first = False
             try:
-                self.client.connect(
-                    self.cfg.host,
-                    self.cfg.port,
-                    keepalive=self.cfg.keepalive_s,
-                    clean_start=self.cfg.session_expiry_s == 0,
-                    properties=self._connect_properties(),
-                )
+                if self._v5:
+                    self.client.connect(
+                        self.cfg.host,
+                        self.cfg.port,
+                        keepalive=self.cfg.keepalive_s,
+                        clean_start=self.cfg.session_expiry_s == 0,
+                        properties=self._connect_properties(),
+                    )
+                else:  # 3.1.1: the session is set by clean_session when the client is made
+                    self.client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
             except ssl.SSLError as exc:
                 self._error("mqtt.tls", f"TLS handshake with {self.cfg.host}:{self.cfg.port} failed: {exc}")
                 continue
@@ -249,6 +252,10 @@ class MqttLink:
                 self._error(
                     "mqtt.unreachable", f"cannot connect to {self.cfg.host}:{self.cfg.port}: {reason}"
                 )
+                continue
+            except Exception as exc:  # never a dead network thread: report, back off, try again
+                log.exception("mqtt: connecting to %s:%d failed", self.cfg.host, self.cfg.port)
+                self._error("mqtt.error", f"cannot connect to {self.cfg.host}:{self.cfg.port}: {exc}")
                 continue
             while not self._stop.is_set():
                 if self._closing and not self.connected.is_set():
