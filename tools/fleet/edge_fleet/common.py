@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import logging
 import re
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+from edge_runtime.reporting.inbound import InboundError, parse_json_object
+from edge_runtime.terminal import clean_text, clean_tree
+
+log = logging.getLogger(__name__)
 
 # The steps of a model.update, in the order a device reports them (its replies say which one).
 STEPS = (
@@ -23,8 +30,8 @@ STEPS = (
     "commit",
 )
 
-SAFE_LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")  # as edge_runtime.reporting.topics.SAFE
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a pipeline name, as the daemon's config
+SAFE_LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")  # as edge_runtime.reporting.topics.SAFE
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # a pipeline name, as the daemon's config
 
 
 class FleetError(Exception):
@@ -58,6 +65,24 @@ def split_topic(prefix: str, topic: str) -> tuple[str, list[str]] | None:
     if len(levels) < 2 or not SAFE_LEVEL.match(levels[0]):
         return None
     return levels[0], levels[1:]
+
+
+MAX_DEVICE_PAYLOAD = 4 * 1024 * 1024
+"""Largest status, health or reply payload the tool reads from a device."""
+
+
+def device_json(topic: str, payload: bytes) -> dict[str, Any] | None:
+    """A device's JSON object, with every string made safe to print (no escape sequences, control
+    or bidi characters: :func:`edge_runtime.terminal.clean_text`); None, with a warning, for what
+    is not a JSON object (deep nesting, huge numbers, invalid text included). Everything the tool
+    reads from a device passes here, so nothing a device sends reaches the terminal uncleaned."""
+    try:
+        body = parse_json_object(payload, max_bytes=MAX_DEVICE_PAYLOAD)
+    except InboundError as exc:
+        log.warning("%s: ignored: %s", clean_text(topic, 200), exc)
+        return None
+    cleaned: dict[str, Any] = clean_tree(body)
+    return cleaned
 
 
 def parse_globs(text: str | None) -> list[str]:
