@@ -18,7 +18,7 @@ from broker import Mosquitto
 from conftest import ROOT
 from daemon import Daemon, digits_config
 from mqtt_client import Subscriber
-from realparts import free_port, mjpeg_server
+from realparts import free_port, mjpeg_server, wait_until
 
 from edge_runtime.redaction import redact_config, redact_text
 from edge_runtime.terminal import clean_text, clean_tree
@@ -42,7 +42,7 @@ PASSWORDS = (RTSP_PW, HTTP_PW, QUERY_PW)
         ("rtsp://user:p%40ss@cam/s", "rtsp://***@cam/s"),
         ("rtsp://token-only@cam/s", "rtsp://***@cam/s"),
         ("rtsp://u:p@[fe80::1]:554/s", "rtsp://***@[fe80::1]:554/s"),
-        ("rtspsrc location=rtsp://u:p@h/s latency=0 ! decodebin ! appsink", "rtspsrc location=rtsp://***@h/s latency=0 ! decodebin ! appsink"),
+        ("rtspsrc location=rtsp://u:p@h/s ! decodebin", "rtspsrc location=rtsp://***@h/s ! decodebin"),
         ("camera 'rtsp://u:p@h/s' is down", "camera 'rtsp://***@h/s' is down"),
         ('{"uri": "http://u:p@h/x"}', '{"uri": "http://***@h/x"}'),
         ("a rtsp://a:b@h1/x and http://c:d@h2/y", "a rtsp://***@h1/x and http://***@h2/y"),
@@ -82,6 +82,10 @@ def test_redaction_is_linear_on_hostile_text() -> None:
         started = time.perf_counter()
         redact_text(text)
         assert time.perf_counter() - started < 2.0, text[:20]
+
+
+def wait_reply(sub: Subscriber, topic: str) -> bool:
+    return wait_until(lambda: bool(sub.messages(topic)), 30)
 
 
 def test_a_daemon_never_shows_camera_credentials(tmp_path: Path, broker: Mosquitto) -> None:
@@ -130,9 +134,7 @@ uri = "{http_uri}"
                 ),
             ]:
                 sub.publish(f"edge/dev1/cmd/{name}", json.dumps(body).encode(), qos=1)
-                assert sub.wait_for(
-                    lambda ms, i=body["id"]: any(m.topic == f"edge/dev1/reply/{i}" for m in ms), 30
-                )
+                assert wait_reply(sub, f"edge/dev1/reply/{body['id']}")
             reply = sub.json("edge/dev1/reply/g1")[0]
             sources = reply["config"]["sources"]
             assert sources["door"]["uri"] == f"rtsp://***@127.0.0.1:{closed}/stream1", sources
