@@ -88,7 +88,9 @@ def reporter(state: Path) -> HealthReporter:
 def scrape_series(url: str, n: int) -> tuple[list[float], float]:
     """Latencies of ``n`` scrapes by a child and this process's CPU seconds meanwhile."""
     cpu = time.process_time()
-    out = subprocess.run([sys.executable, "-c", CLIENT, url, str(n)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CLIENT, url, str(n)], capture_output=True, text=True, check=True
+    )
     return [float(x) for x in out.stdout.split()], time.process_time() - cpu
 
 
