@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import subprocess
 import threading
 import time
@@ -26,7 +27,7 @@ from mqtt_types import Received
 from realparts import require_tool, wait_until
 
 from edge_runtime.config import MqttConfig
-from edge_runtime.reporting.commands import Command, CommandDispatcher
+from edge_runtime.reporting.commands import LOG_PER_WINDOW, Command, CommandDispatcher
 from edge_runtime.reporting.inbound import InboundError, parse_json_object
 from edge_runtime.reporting.mqtt import MqttLink
 from edge_runtime.reporting.outbox import open_outbox
@@ -322,11 +323,11 @@ def test_a_wildcard_response_topic_is_refused(
 def test_a_burst_over_the_queue_limit_gets_a_reply_each_and_the_daemon_goes_on(
     attacked: tuple[Subscriber, Daemon], shared_broker: Mosquitto
 ) -> None:
-    """500 snapshot commands at once (QoS 0, from one client): every one gets exactly one reply,
+    """1000 snapshot commands at once (QoS 0, from one client): every one gets exactly one reply,
     an answer or "too many commands waiting"; results and ping go on."""
     sub, daemon = attacked
     sub.clear()
-    count = 500
+    count = 1000
     with shared_broker.subscriber(["edge/dev1/reply/#"]) as app:
         for n in range(count):
             app.client.publish(
@@ -346,6 +347,24 @@ def test_a_burst_over_the_queue_limit_gets_a_reply_each_and_the_daemon_goes_on(
     assert len(refused) < count, "no command of the burst ran"
     wait_refusal(sub, "too many commands waiting")
     assert_alive(sub, daemon, "a burst of commands")
+    logged = daemon.log().count("command 'snapshot' refused: too many commands waiting")
+    assert logged <= min(len(refused), 2 * LOG_PER_WINDOW), (logged, len(refused))  # the log is not flooded
+
+
+def test_oversized_correlation_data_is_refused(attacked: tuple[Subscriber, Daemon]) -> None:
+    sub, daemon = attacked
+    sub.clear()
+    sub.publish(
+        "edge/dev1/cmd/ping",
+        b'{"id": "corr1"}',
+        qos=1,
+        response_topic="edge/dev1/reply/app",
+        correlation_data=b"c" * 60_000,  # the most MQTT allows is 65535
+    )
+    reply = reply_to(sub, "corr1")
+    assert reply["ok"] is False and "correlation data of 60000 bytes" in reply["error"], reply
+    assert not sub.messages("edge/dev1/reply/app"), "the oversized correlation data was echoed"
+    assert_alive(sub, daemon, "oversized correlation data")
 
 
 # ------------------------------------------------------------------------- retained commands
@@ -460,6 +479,25 @@ def test_the_queue_bound_refuses_with_a_reply_while_a_handler_is_busy(
             assert reply_to(sub, f"s{n}")["ok"] is True
         sub.publish("edge/dev1/cmd/ping", b'{"id": "after"}', qos=1)
         assert reply_to(sub, "after")["pong"] is True
+
+
+def test_a_flood_of_refusals_does_not_flood_the_log(
+    transport: tuple[CommandDispatcher, MqttLink, list[Any]],
+    broker: Mosquitto,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """300 refused commands within seconds: each gets its reply and its event, the log gets
+    LOG_PER_WINDOW lines."""
+    _dispatcher, _link, events = transport
+    caplog.set_level(logging.WARNING, logger="edge_runtime.reporting.commands")
+    with broker.subscriber(["edge/dev1/reply/#"]) as sub:
+        for n in range(300):
+            sub.client.publish("edge/dev1/cmd/ping", f'{{"id": "f{n}", "bad": 1}}', qos=0)
+        assert sub.wait_for(lambda ms: len(ms) >= 300, 60), len(sub.messages())
+    assert all(not m.json()["ok"] for m in sub.messages())
+    assert sum(1 for kind, *_ in events if kind == "command.error") == 300
+    logged = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(logged) == LOG_PER_WINDOW, len(logged)
 
 
 def test_any_callback_that_raises_is_contained_and_the_message_acknowledged(

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 400
 """An error message (which may quote what was sent) is cut to this length in replies, events, logs."""
+MAX_CORRELATION_BYTES = 1024
+"""Longest MQTT 5 correlation data echoed in a reply."""
+LOG_WINDOW_S = 10.0
+LOG_PER_WINDOW = 50
+"""Refusals logged per window at most; the rest are counted in one line (replies and events go on)."""
 
 
 class CommandError(EdgeRuntimeError, ValueError):
@@ -119,6 +125,9 @@ class CommandDispatcher:
         self.received = 0
         self.refused = 0
         self._queue: queue.Queue[Command | None] = queue.Queue(queue_size)
+        self._log_window = float("-inf")
+        self._logged = 0
+        self._log_suppressed = 0
         self._thread: threading.Thread | None = None
 
     def register(self, name: str, handler: Handler, **args: tuple[type | tuple[type, ...], bool]) -> None:
@@ -152,6 +161,9 @@ class CommandDispatcher:
                     f"response topic {bad[:200]!r} is outside this device's reply tree "
                     f"{self.topics.base}/reply/..."
                 )
+            if correlation is not None and len(correlation) > MAX_CORRELATION_BYTES:
+                size, correlation = len(correlation), None
+                raise CommandError(f"correlation data of {size} bytes is over {MAX_CORRELATION_BYTES}")
             if retain:
                 raise CommandError("retained commands are ignored: publish commands without the retain flag")
             if name is None:
@@ -190,7 +202,7 @@ class CommandDispatcher:
             message = message[:MAX_ERROR_CHARS] + "..."
         message = redact_text(message)
         try:
-            log.warning("command %r refused: %s", name[:200], message)
+            self._log_refusal(name, message)
             fields: dict[str, Any] = {"command": name[:200], "id": request_id}
             if retained:
                 fields["retained"] = True
@@ -203,6 +215,22 @@ class CommandDispatcher:
             )
         except Exception:  # a failing publish must not undo the guard
             log.exception("command %r: the refusal could not be sent", name[:200])
+
+    def _log_refusal(self, name: str, message: str) -> None:
+        """At most LOG_PER_WINDOW lines per LOG_WINDOW_S: a flood of bad commands cannot flood the log."""
+        now = time.monotonic()
+        if now - self._log_window >= LOG_WINDOW_S:
+            if self._log_suppressed:
+                log.warning(
+                    "%d more command refusals in the last %.0f s were not logged",
+                    self._log_suppressed, now - self._log_window,
+                )  # fmt: skip
+            self._log_window, self._logged, self._log_suppressed = now, 0, 0
+        self._logged += 1
+        if self._logged <= LOG_PER_WINDOW:
+            log.warning("command %r refused: %s", name[:200], message)
+        else:
+            self._log_suppressed += 1
 
     def _reply(
         self, request_id: str | None, body: dict[str, Any], response: str | None, correlation: bytes | None

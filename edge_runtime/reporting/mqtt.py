@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 CommandHandler = Callable[[str, bytes, Any, bool], None]
 """``(topic, payload, MQTT 5 properties or None, retained)`` of an inbound message."""
 EventHandler = Callable[[str, str, dict[str, Any]], None]
+MAX_QUEUED_DIRECT = 1024
+"""Direct publishes (status, health, command replies) waiting in paho beyond the forwarder's."""
 STALL_S = 60.0  # in-flight messages unacknowledged this long while connected are sent again
 
 
@@ -81,6 +83,9 @@ class MqttLink:
         )
         self.client.enable_logger(logging.getLogger("edge_runtime.paho"))
         self.client.max_inflight_messages_set(cfg.max_inflight)
+        # paho keeps unacknowledged QoS 1 messages in memory: bounded, so a flood of commands
+        # whose replies the broker is slow to take cannot grow it (the outbox holds the rest)
+        self.client.max_queued_messages_set(cfg.max_inflight + MAX_QUEUED_DIRECT)
         self.client.will_set(
             topics.status, status_payload("offline", version, pipelines, reason="lost"), qos=1, retain=True
         )
