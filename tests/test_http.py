@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import MODELS, ROOT
-from daemon import digits_config
-from httpd import HttpDaemon, curl
-from pki import TestPki
-from realparts import free_port, wait_until
 
+from devkit.daemon import digits_config
+from devkit.httpd import HttpDaemon, curl
+from devkit.paths import MODELS, ROOT
+from devkit.pki import TestPki
+from devkit.processes import free_port, wait_until
 from edge_runtime.http.openapi import openapi_document
 
 TOKEN = "s3cret-token-0123456789abcdef"

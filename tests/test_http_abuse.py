@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import digits_config, digits_video
-from httpd import HttpDaemon
-from realparts import wait_until
 
+from devkit.daemon import digits_config, digits_video
+from devkit.httpd import HttpDaemon
+from devkit.processes import wait_until
 from edge_runtime.http.hub import Hub, Message
 
 pytestmark = pytest.mark.slow

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import MODELS
-from httpd import HttpDaemon
-from realparts import require_tool, wait_until
+
+from devkit.httpd import HttpDaemon
+from devkit.paths import MODELS
+from devkit.processes import require_tool, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -5,13 +5,14 @@ against /v1, and both checked against the model run directly."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from conftest import MODELS, ROOT
-from daemon import digits_config, digits_video
-from httpd import HttpDaemon
 
+from devkit.daemon import digits_config, digits_video
+from devkit.httpd import HttpDaemon
+from devkit.paths import MODELS, ROOT
 from edge_runtime.runtime.model import Model
 from edge_runtime.runtime.quant import dequantize, quantize
 
@@ -34,9 +35,29 @@ def reference(model_file: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
     return [dequantize(o, s.quant)[0] for o, s in zip(outputs, model.outputs, strict=True) if s.quant]
 
 
-def test_tritonclient_infers_digits_like_the_pipeline(tmp_path: Path) -> None:
+def _refusals(client: Any, x: np.ndarray, good: Any) -> None:
+    """What the Triton client gets back for a wrong shape, datatype, model and input name."""
     import tritonclient.http as triton
     from tritonclient.utils import InferenceServerException
+
+    bad_shape = triton.InferInput("image", [1, 8, 8], "FP32")
+    bad_shape.set_data_from_numpy(x[:1, :, :, 0])
+    with pytest.raises(InferenceServerException, match=r"input 'image': expects shape \[-1, 8, 8, 1\]"):
+        client.infer("digits", [bad_shape])
+    bad_type = triton.InferInput("image", [1, 8, 8, 1], "INT32")
+    bad_type.set_data_from_numpy(np.zeros((1, 8, 8, 1), np.int32))
+    with pytest.raises(InferenceServerException, match="input 'image': datatype INT32 is not accepted"):
+        client.infer("digits", [bad_type])
+    with pytest.raises(InferenceServerException, match="no model 'mnist'"):
+        client.infer("mnist", [good])
+    wrong_name = triton.InferInput("pixels", [1, 8, 8, 1], "FP32")
+    wrong_name.set_data_from_numpy(x[:1])
+    with pytest.raises(InferenceServerException, match="has no input 'pixels'; inputs are \\['image'\\]"):
+        client.infer("digits", [wrong_name])
+
+
+def test_tritonclient_infers_digits_like_the_pipeline(tmp_path: Path) -> None:
+    import tritonclient.http as triton
 
     images, labels = heldout()
     digits_video(tmp_path / "all.avi", count=len(images), fps=30.0)
@@ -116,20 +137,7 @@ name = "tick"
         codes.set_data_from_numpy((images[:1, :, :, None].astype(np.int16) - 128).astype(np.int8))
         np.testing.assert_array_equal(client.infer("digits", [codes]).as_numpy("output_0"), served[:1])
 
-        bad_shape = triton.InferInput("image", [1, 8, 8], "FP32")
-        bad_shape.set_data_from_numpy(x[:1, :, :, 0])
-        with pytest.raises(InferenceServerException, match=r"input 'image': expects shape \[-1, 8, 8, 1\]"):
-            client.infer("digits", [bad_shape])
-        bad_type = triton.InferInput("image", [1, 8, 8, 1], "INT32")
-        bad_type.set_data_from_numpy(np.zeros((1, 8, 8, 1), np.int32))
-        with pytest.raises(InferenceServerException, match="input 'image': datatype INT32 is not accepted"):
-            client.infer("digits", [bad_type])
-        with pytest.raises(InferenceServerException, match="no model 'mnist'"):
-            client.infer("mnist", [tensor])
-        wrong_name = triton.InferInput("pixels", [1, 8, 8, 1], "FP32")
-        wrong_name.set_data_from_numpy(x[:1])
-        with pytest.raises(InferenceServerException, match="has no input 'pixels'; inputs are \\['image'\\]"):
-            client.infer("digits", [wrong_name])
+        _refusals(client, x, tensor)
         assert not client.is_model_ready("digits", model_version="9")
         client.close()
         count = d.count()
