@@ -27,6 +27,7 @@ from edge_runtime.http.config import HttpConfig, is_loopback
 from edge_runtime.http.host import Host
 from edge_runtime.http.hub import Hub
 from edge_runtime.http.predict import Predictor
+from edge_runtime.supervision import spawn
 
 if TYPE_CHECKING:
     import uvicorn
@@ -125,8 +126,9 @@ class HttpServer:
         self._server = uvicorn.Server(uv_config)
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # no start-up chatter
         ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(sock, ready), name="http", daemon=True)
-        self._thread.start()
+        # supervised, not restarted: a crashed server is logged and reported (thread.crashed) and
+        # the pipelines go on without it
+        self._thread = spawn("http", lambda: self._run(sock, ready), restart=False)
         if not ready.wait(START_TIMEOUT_S) or self._failed is not None:
             self.stop()
             raise HttpError(f"http {self.url}: the server did not start: {self._failed or 'timeout'}")
@@ -153,9 +155,9 @@ class HttpServer:
 
         try:
             loop.run_until_complete(main())
-        except BaseException as exc:  # reported to start() and logged; the daemon goes on
-            self._failed = exc
-            log.error("http server stopped: %s", exc, exc_info=exc)
+        except BaseException as exc:
+            self._failed = exc  # for start(); the supervisor logs and reports the crash
+            raise
         finally:
             ready.set()
             sock.close()
