@@ -146,7 +146,8 @@ name = "tick"
 
 
 def demo_daemon(tmp_path: Path, *args: str) -> HttpDaemon:
-    demo = ROOT / "edge_runtime" / "demo.toml"
+    demo = tmp_path / "demo.toml"  # a copy: the daemon's log goes beside its config
+    demo.write_bytes((ROOT / "edge_runtime" / "demo.toml").read_bytes())
     return HttpDaemon(
         demo, "--set", f"device.state_dir={tmp_path / 'state'}", "--set", "mqtt.enabled=false", *args
     )
