@@ -78,11 +78,12 @@ def _model_references(config: Config, where: str, model: ModelConfig, cascade_ch
 # -- loading --------------------------------------------------------------------------------------
 
 
-def _walk(data: Any, loc: Sequence[int | str]) -> tuple[str, Any]:
+def _walk(data: Any, loc: Sequence[int | str], missing: bool = True) -> tuple[str, Any]:
     """Render a pydantic error location against the raw data.
 
-    Components found in the data are followed; an absent last component is a missing key and
-    is named; other absent components are union tags (``camera``, ``function-after``) and skipped.
+    Components found in the data are followed; an absent last component of a ``missing`` error
+    is the missing key and is named; other absent components are union tags (``camera``,
+    ``constrained-float``, ``list[...]``) and skipped.
     """
     path = ""
     node: Any = data
@@ -93,7 +94,7 @@ def _walk(data: Any, loc: Sequence[int | str]) -> tuple[str, Any]:
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
             path += f"[{part}]"
-        elif i == len(loc) - 1 and isinstance(part, str):
+        elif i == len(loc) - 1 and isinstance(part, str) and missing:
             path += f".{part}" if path else part
             node = None
     return path or "(top)", node
@@ -106,8 +107,13 @@ def _short(value: Any) -> str:
 
 def format_errors(exc: ValidationError, data: dict[str, Any]) -> list[str]:
     problems: list[str] = []
-    for err in exc.errors():
-        path, node = _walk(data, err["loc"])
+    best: dict[str, Any] = {}  # per path: of the members of a union (a number or a list), the
+    for err in exc.errors():  # error that is not a plain type mismatch when there is one
+        path, node = _walk(data, err["loc"], err["type"] == "missing")
+        mismatch = err["type"].endswith(("_type", "_parsing"))
+        if path not in best or (best[path][2] and not mismatch):
+            best[path] = (node, err, mismatch)
+    for path, (node, err, _) in best.items():
         value = (
             _short(node)
             if node is not None
@@ -182,10 +188,20 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: no such config file"], str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read: {exc}"], str(path)) from None
+    return parse_toml(text, str(path))
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """TOML text as data; any failure of the parser (syntax, nesting too deep for the parser's
+    recursion, values it cannot represent) is one :class:`ConfigError` line."""
     try:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: invalid TOML: {exc}"], str(path)) from None
+        raise ConfigError([f"{source}: invalid TOML: {exc}"], source) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: invalid TOML: nested too deeply"], source) from None
+    except (ValueError, OverflowError, MemoryError) as exc:
+        raise ConfigError([f"{source}: invalid TOML: {type(exc).__name__}: {exc}"], source) from None
     return data
 
 
