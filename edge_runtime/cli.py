@@ -75,7 +75,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from edge_runtime.config import load_config
-
     from edge_runtime.daemon.preflight import preflight
 
     config = load_config(args.file, args.set or (), profile=args.profile)

@@ -64,6 +64,42 @@ _LABELS = _d(FILE, "a labels file: its lines are published in results")
 _TUNING = _d(FREE, "how a pipeline runs; bounded by the schema")
 
 
+_INPUT_TUNING = [
+    "kind",
+    "source",
+    "input",
+    "resize",
+    "pad_value",
+    "color",
+    "mean",
+    "std",
+    "channels",
+    "sample",
+    "max_age_s",
+    "stale",
+    "window_s",
+    "samples",
+]
+_HEAD_TUNING = [
+    "type",
+    "output",
+    "outputs",
+    "outputs.boxes",
+    "outputs.classes",
+    "outputs.scores",
+    "outputs.count",
+    "top_k",
+    "min_score",
+    "softmax",
+    "format",
+    "iou",
+    "max_detections",
+    "class_offset",
+    "event.labels",
+    "event.min_score",
+]
+
+
 def _model_entries(prefix: str) -> dict[str, Decision]:
     """The decisions for one model table (a pipeline's models, a cascade's classifier)."""
     entries = {
@@ -78,21 +114,40 @@ def _model_entries(prefix: str) -> dict[str, Decision]:
         f"{prefix}.delegates[].library": _LIBRARY,
         f"{prefix}.delegates[].options": _OPTIONS,
     }
-    for name in (
-        "kind", "source", "input", "resize", "pad_value", "color", "mean", "std",
-        "channels", "sample", "max_age_s", "stale", "window_s", "samples",
-    ):  # fmt: skip
+    for name in _INPUT_TUNING:
         entries[f"{prefix}.inputs[].{name}"] = _TUNING
     for head in (f"{prefix}.postprocess", f"{prefix}.postprocess.*"):
         entries[f"{head}.labels"] = _LABELS
-        for name in (
-            "type", "output", "outputs", "outputs.boxes", "outputs.classes", "outputs.scores",
-            "outputs.count", "top_k", "min_score", "softmax", "format", "iou", "max_detections",
-            "class_offset", "event.labels", "event.min_score",
-        ):  # fmt: skip
+        for name in _HEAD_TUNING:
             entries[f"{head}.{name}"] = _TUNING
     return entries
 
+
+_SOURCE_TUNING = [
+    "api",
+    "fps",
+    "width",
+    "height",
+    "realtime",
+    "loop",
+    "stall_timeout_s",
+    "format",
+    "time_field",
+    "speed",
+    "channels",
+    "capacity",
+    "baudrate",
+    "bytesize",
+    "parity",
+    "stopbits",
+    "rtscts",
+    "xonxoff",
+    "fields",
+    "delimiter",
+    "max_line_bytes",
+    "encoding",
+    "read_timeout_s",
+]
 
 POLICY: dict[str, Decision] = {
     "base_dir": _d(FREE, "set by the loader to the config file's folder, never read from the file"),
@@ -154,34 +209,7 @@ POLICY: dict[str, Decision] = {
     "sources.*.uri": _d(Rule.CAMERA_URI, "a device, a stream URL, a file, or a GStreamer pipeline"),
     "sources.*.path": _d(FILE, "a recording the daemon reads"),
     "sources.*.port": _d(GUARDED, "a device node or network address the daemon opens"),
-    **{
-        f"sources.*.{name}": _TUNING
-        for name in (
-            "api",
-            "fps",
-            "width",
-            "height",
-            "realtime",
-            "loop",
-            "stall_timeout_s",
-            "format",
-            "time_field",
-            "speed",
-            "channels",
-            "capacity",
-            "baudrate",
-            "bytesize",
-            "parity",
-            "stopbits",
-            "rtscts",
-            "xonxoff",
-            "fields",
-            "delimiter",
-            "max_line_bytes",
-            "encoding",
-            "read_timeout_s",
-        )
-    },  # fmt: skip
+    **{f"sources.*.{name}": _TUNING for name in _SOURCE_TUNING},
     "pipelines[].name": _TUNING,
     "pipelines[].trigger.source": _TUNING,
     "pipelines[].trigger.min_interval_s": _TUNING,
@@ -300,11 +328,11 @@ def _removed(old: Config, new: Config) -> list[str]:
     """Guarded single fields that are absent from ``new`` (a table of them was dropped)."""
     present = {pattern for pattern, _, _ in config_leaves(new)}
     missing: list[str] = []
-    for pattern, where, value in config_leaves(old):
+    for pattern, where, _ in config_leaves(old):
         d = decision(pattern)
-        if d is not None and d.rule is GUARDED and "[]" not in pattern and "*" not in pattern:
-            if pattern not in present:
-                missing.append(f"{where}: (removed): guarded ({d.why})")
+        single = "[]" not in pattern and "*" not in pattern
+        if d is not None and d.rule is GUARDED and single and pattern not in present:
+            missing.append(f"{where}: (removed): guarded ({d.why})")
     return missing
 
 

@@ -242,11 +242,14 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _with_includes(file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The file's data over its ``include`` files (paths relative to it, or profile names)."""
+def _with_includes(
+    file: Path, seen: tuple[Path, ...] = (), data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The file's data (``data`` when given: the file's text not yet written) over its
+    ``include`` files (paths relative to it, or profile names)."""
     if file.resolve() in seen:
         raise ConfigError([f"include: {str(file)!r}: includes itself"], str(seen[0]))
-    data = read_toml(file)
+    data = dict(data) if data is not None else read_toml(file)
     includes = data.pop("include", [])
     if isinstance(includes, str):
         includes = [includes]
@@ -260,12 +263,17 @@ def _with_includes(file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: Sequence[str] = (), profile: str | None = None
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    profile: str | None = None,
+    *,
+    text: str | None = None,
 ) -> Config:
     """Load the TOML file at ``path`` (the embedded demo when None) over an optional board
-    ``profile`` and the files it includes, then apply ``--set`` overrides."""
+    ``profile`` and the files it includes, then apply ``--set`` overrides. With ``text``, that is
+    the file's content (a config not written yet: ``config.update`` validates before it writes)."""
     file = Path(path) if path is not None else DEMO_CONFIG
-    data = _with_includes(file)
+    data = _with_includes(file, data=parse_toml(text, str(file)) if text is not None else None)
     if profile:
         data = merge(_with_includes(find_profile(profile)), data)
     for assignment in overrides:

@@ -1,0 +1,195 @@
+"""``config.update``: a new config file sent over MQTT, applied only when it is safe.
+
+The steps, each a refusal with a reply when it fails, the old config untouched on disk and running:
+
+1. the text is loaded exactly as the file would be (includes, board profile, ``--set`` overrides)
+   and checked by the :mod:`~edge_runtime.daemon.preflight` (every file it names opened and
+   checked, every pipeline built on its models' static specs), before anything is written;
+2. changes to security settings (the policy of :mod:`edge_runtime.config.guard`: keys, TLS,
+   password file and user, the broker when it protects a secret, bind addresses, the state
+   directory, delegate libraries, files the running config does not name, includes) need a
+   signature by an operator key (``updates.public_keys`` of the *running* config) over
+   :func:`config_message`: the device id, the sha256 of the config file it replaces and the
+   exact new bytes, so it is valid for one device, once (the file it was made for is then gone);
+3. the file is replaced atomically (:func:`edge_runtime.fsutil.atomic_write`, its mode kept; no
+   ``.new`` or ``.bak`` file is ever left) and the daemon reloads; when the reload fails the old
+   bytes are written back and the reply says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge_runtime.config import DEMO_CONFIG, Config, load_config, parse_toml
+from edge_runtime.config.guard import check_includes, includes_of, protected_changes
+from edge_runtime.daemon.preflight import preflight
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.fsutil import atomic_write
+from edge_runtime.names import SHA256_RE
+from edge_runtime.reporting.commands import CommandError
+from edge_runtime.updates.protocol import SignatureError
+from edge_runtime.updates.signing import key_id, load_private_key, parse_public_key
+
+log = logging.getLogger(__name__)
+
+CONFIG_HEADER = b"edge-runtime-config-v1\n"
+SIGNATURE_BYTES = 64
+
+
+def config_message(device: str, base_sha256: str, config: bytes) -> bytes:
+    """The exact bytes a ``config.update`` signature covers: a versioned header, the device id,
+    the sha256 of the config file being replaced (``get_config`` reports it as ``file_sha256``),
+    then the new file's bytes."""
+    if not device or any(c in device for c in "\r\n\x00"):
+        raise SignatureError(f"device id {device!r} must be non-empty, without line breaks")
+    if not SHA256_RE.match(base_sha256):
+        raise SignatureError(f"base sha256 {base_sha256!r} is not 64 hexadecimal digits")
+    return CONFIG_HEADER + f"{device}\n{base_sha256.lower()}\n".encode() + config
+
+
+def sign_config(private_key_file: str | Path, device: str, base_sha256: str, config: bytes) -> str:
+    """The base64 ``signature`` of a ``config.update`` (the key file must be mode 0600)."""
+    key = load_private_key(private_key_file)
+    return base64.b64encode(key.sign(config_message(device, base_sha256, config))).decode("ascii")
+
+
+def verify_config(
+    public_keys: Sequence[str], device: str, base_sha256: str, config: bytes, signature: str
+) -> str:
+    """The id of the configured key that signed this update, or :class:`SignatureError`."""
+    if not public_keys:
+        raise SignatureError(
+            "no operator key is configured (updates.public_keys): security settings can only be "
+            "changed on the device (edit the file, then SIGHUP or systemctl reload)"
+        )
+    try:
+        raw = base64.b64decode(signature.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureError(f"signature is not valid base64: {exc}") from None
+    if len(raw) != SIGNATURE_BYTES:
+        raise SignatureError(f"signature must decode to {SIGNATURE_BYTES} bytes, got {len(raw)}")
+    try:
+        from cryptography.exceptions import InvalidSignature
+    except ImportError as exc:
+        raise SignatureError(f"signed config updates need the 'cryptography' package: {exc}") from None
+
+    message = config_message(device, base_sha256, config)
+    for public in public_keys:
+        try:
+            parse_public_key(public).verify(raw, message)
+        except InvalidSignature:
+            continue
+        return key_id(public)
+    raise SignatureError(
+        f"the signature matches none of the {len(public_keys)} configured operator key(s) "
+        "(wrong key, another device, or made for another version of the config file than "
+        f"{base_sha256[:12]}...)"
+    )
+
+
+class ConfigHost(Protocol):
+    """What ``config.update`` needs of the daemon."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def config_path(self) -> Path | None: ...
+
+    @property
+    def overrides(self) -> Sequence[str]: ...
+
+    @property
+    def profile(self) -> str | None: ...
+
+    def reload(self) -> str: ...
+
+    def event(self, kind: str, message: str, fields: dict[str, Any]) -> None: ...
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def apply_config_update(host: ConfigHost, text: str, signature: str | None) -> dict[str, Any]:
+    """Check, write and reload; see the module docstring. Raises :class:`CommandError`."""
+    try:
+        return _apply(host, text, signature)
+    except CommandError as exc:
+        host.event("config.refused", f"config.update refused: {exc}", {})
+        raise
+
+
+def _apply(host: ConfigHost, text: str, signature: str | None) -> dict[str, Any]:
+    path = host.config_path
+    if path is None or path.resolve() == DEMO_CONFIG.resolve():
+        raise CommandError(
+            "this daemon runs the embedded default; start it with --config to update its config"
+        )
+    target = Path(os.path.realpath(path))  # a symlinked config file is updated where it lives
+    try:
+        new_bytes = text.encode("utf-8")
+        old_bytes = target.read_bytes()
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except UnicodeEncodeError as exc:
+        raise CommandError(f"refused: the config is not valid UTF-8 text: {exc.reason}") from None
+    except OSError as exc:
+        raise CommandError(f"cannot read the current config {target}: {exc.strerror or exc}") from None
+    base = hashlib.sha256(old_bytes).hexdigest()
+    try:
+        new = load_config(path, host.overrides, profile=host.profile, text=text)
+        preflight(new, "config.update")
+    except EdgeRuntimeError as exc:
+        raise CommandError(f"refused: {exc}") from None
+    try:
+        old = load_config(path, host.overrides, profile=host.profile)
+        old_includes = includes_of(parse_toml(old_bytes.decode("utf-8"), str(path)))
+    except (EdgeRuntimeError, UnicodeDecodeError):  # the file was edited badly: compare to what runs
+        old, old_includes = host.config, []
+    guarded = check_includes(old_includes, includes_of(parse_toml(text, "config.update")))
+    guarded += protected_changes(old, new)
+    signer = None
+    if signature is not None or guarded:
+        if signature is None:
+            raise CommandError(
+                "refused: security settings need a config.update signed with an operator key "
+                f"(see docs/security.md): {'; '.join(guarded)}"
+            )
+        try:
+            signer = verify_config(
+                host.config.updates.public_keys, host.config.device.id, base, new_bytes, signature
+            )
+        except SignatureError as exc:
+            what = f" (it changes: {'; '.join(guarded)})" if guarded else ""
+            raise CommandError(f"refused: {exc}{what}") from None
+        log.warning(
+            "config.update signed by key %s changes: %s", signer, "; ".join(guarded) or "nothing guarded"
+        )
+    try:
+        atomic_write(target, new_bytes, mode=mode)
+    except OSError as exc:
+        raise CommandError(f"cannot write {target}: {exc.strerror or exc}; the old config is kept") from None
+    try:
+        summary = host.reload()
+    except EdgeRuntimeError as exc:
+        try:
+            atomic_write(target, old_bytes, mode=mode)
+        except OSError as write_exc:
+            raise CommandError(
+                f"reload failed ({exc}) and the old config could not be written back: {write_exc}"
+            ) from None
+        raise CommandError(f"rolled back to the previous config: {exc}") from None
+    return {
+        "reloaded": summary,
+        "file_sha256": hashlib.sha256(new_bytes).hexdigest(),
+        "signed_by": signer,
+        "guarded_changes": guarded,
+    }
