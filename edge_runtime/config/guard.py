@@ -33,6 +33,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from edge_runtime.config.fields import config_leaves, schema_leaves
 from edge_runtime.config.schema import BUNDLED_MODELS, Config
 
@@ -233,14 +235,14 @@ def decision(pattern: str) -> Decision | None:
     return POLICY[best] if best is not None else None
 
 
-def undecided() -> list[str]:
+def undecided(schema: type[BaseModel] = Config) -> list[str]:
     """Leaf patterns of the schema that no entry covers (must be empty)."""
-    return sorted({leaf.pattern for leaf in schema_leaves(Config) if decision(leaf.pattern) is None})
+    return sorted({leaf.pattern for leaf in schema_leaves(schema) if decision(leaf.pattern) is None})
 
 
-def unused_entries() -> list[str]:
+def unused_entries(schema: type[BaseModel] = Config) -> list[str]:
     """Entries that cover no leaf of the schema (must be empty: the list stays true)."""
-    patterns = {leaf.pattern for leaf in schema_leaves(Config)}
+    patterns = {leaf.pattern for leaf in schema_leaves(schema)}
     return sorted(e for e in POLICY if not any(_covers(e, p) for p in patterns))
 
 
