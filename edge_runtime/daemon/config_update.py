@@ -128,6 +128,13 @@ def apply_config_update(host: ConfigHost, text: str, signature: str | None) -> d
         raise
 
 
+def _unsigned(guarded: list[str]) -> CommandError:
+    return CommandError(
+        "refused: security settings need a config.update signed with an operator key "
+        f"(see docs/security.md): {'; '.join(guarded)}"
+    )
+
+
 def _apply(host: ConfigHost, text: str, signature: str | None) -> dict[str, Any]:
     path = host.config_path
     if path is None or path.resolve() == DEMO_CONFIG.resolve():
@@ -144,6 +151,24 @@ def _apply(host: ConfigHost, text: str, signature: str | None) -> dict[str, Any]
     except OSError as exc:
         raise CommandError(f"cannot read the current config {target}: {exc.strerror or exc}") from None
     base = hashlib.sha256(old_bytes).hexdigest()
+    signer = None
+    if signature is not None:  # checked first: it covers the bytes, whatever they hold
+        try:
+            signer = verify_config(
+                host.config.updates.public_keys, host.config.device.id, base, new_bytes, signature
+            )
+        except SignatureError as exc:
+            raise CommandError(f"refused: {exc}") from None
+    try:
+        old_includes = includes_of(parse_toml(old_bytes.decode("utf-8"), str(path)))
+    except (EdgeRuntimeError, UnicodeDecodeError):
+        old_includes = []
+    try:
+        guarded = check_includes(old_includes, includes_of(parse_toml(text, "config.update")))
+    except EdgeRuntimeError as exc:
+        raise CommandError(f"refused: {exc}") from None
+    if guarded and signer is None:  # before loading: an include reads another file
+        raise _unsigned(guarded)
     try:
         new = load_config(path, host.overrides, profile=host.profile, text=text)
         preflight(new, "config.update")
@@ -151,25 +176,12 @@ def _apply(host: ConfigHost, text: str, signature: str | None) -> dict[str, Any]
         raise CommandError(f"refused: {exc}") from None
     try:
         old = load_config(path, host.overrides, profile=host.profile)
-        old_includes = includes_of(parse_toml(old_bytes.decode("utf-8"), str(path)))
-    except (EdgeRuntimeError, UnicodeDecodeError):  # the file was edited badly: compare to what runs
-        old, old_includes = host.config, []
-    guarded = check_includes(old_includes, includes_of(parse_toml(text, "config.update")))
+    except EdgeRuntimeError:  # the file was edited badly since: compare with what runs
+        old = host.config
     guarded += protected_changes(old, new)
-    signer = None
-    if signature is not None or guarded:
-        if signature is None:
-            raise CommandError(
-                "refused: security settings need a config.update signed with an operator key "
-                f"(see docs/security.md): {'; '.join(guarded)}"
-            )
-        try:
-            signer = verify_config(
-                host.config.updates.public_keys, host.config.device.id, base, new_bytes, signature
-            )
-        except SignatureError as exc:
-            what = f" (it changes: {'; '.join(guarded)})" if guarded else ""
-            raise CommandError(f"refused: {exc}{what}") from None
+    if guarded and signer is None:
+        raise _unsigned(guarded)
+    if signer is not None:
         log.warning(
             "config.update signed by key %s changes: %s", signer, "; ".join(guarded) or "nothing guarded"
         )
