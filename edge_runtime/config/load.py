@@ -78,12 +78,17 @@ def _model_references(config: Config, where: str, model: ModelConfig, cascade_ch
 # -- loading --------------------------------------------------------------------------------------
 
 
-def _walk(data: Any, loc: Sequence[int | str], missing: bool = True) -> tuple[str, Any]:
+def _type_tag(part: str) -> bool:
+    """A union member's name in an error location (``str``, ``constrained-float``, ``list[int]``)."""
+    return part in ("str", "int", "float", "bool", "none") or any(c in part for c in "-[]")
+
+
+def _walk(data: Any, loc: Sequence[int | str]) -> tuple[str, Any]:
     """Render a pydantic error location against the raw data.
 
-    Components found in the data are followed; an absent last component of a ``missing`` error
-    is the missing key and is named; other absent components are union tags (``camera``,
-    ``constrained-float``, ``list[...]``) and skipped.
+    Components found in the data are followed; an absent last component is a missing key and
+    is named, unless it is a type tag (``constrained-float``, ``list[...]``); other absent
+    components are union tags (``camera``, ``function-after``) and skipped.
     """
     path = ""
     node: Any = data
@@ -94,7 +99,7 @@ def _walk(data: Any, loc: Sequence[int | str], missing: bool = True) -> tuple[st
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
             path += f"[{part}]"
-        elif i == len(loc) - 1 and isinstance(part, str) and missing:
+        elif i == len(loc) - 1 and isinstance(part, str) and not _type_tag(part):
             path += f".{part}" if path else part
             node = None
     return path or "(top)", node
@@ -109,7 +114,7 @@ def format_errors(exc: ValidationError, data: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     best: dict[str, Any] = {}  # per path: of the members of a union (a number or a list), the
     for err in exc.errors():  # error that is not a plain type mismatch when there is one
-        path, node = _walk(data, err["loc"], err["type"] == "missing")
+        path, node = _walk(data, err["loc"])
         mismatch = err["type"].endswith(("_type", "_parsing"))
         if path not in best or (best[path][2] and not mismatch):
             best[path] = (node, err, mismatch)

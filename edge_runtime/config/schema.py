@@ -217,17 +217,17 @@ class ImageInput(Strict):
         1.0, description="Divides pixels after the mean (one value, or one per channel of the colour mode)."
     )
 
-    @model_validator(mode="after")
-    def _per_channel(self) -> ImageInput:
-        channels = 1 if self.color == "gray" else 3
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if isinstance(value, list) and len(value) not in (1, channels):
-                raise ValueError(
-                    f"{name} has {len(value)} values but color = {self.color!r} has {channels} "
-                    f"channel{'s' if channels > 1 else ''}: give one value or {channels}"
-                )
-        return self
+    @field_validator("mean", "std")
+    @classmethod
+    def _per_channel(cls, value: float | list[float], info: ValidationInfo) -> float | list[float]:
+        color = info.data.get("color", "rgb")
+        channels = 1 if color == "gray" else 3
+        if isinstance(value, list) and len(value) not in (1, channels):
+            raise ValueError(
+                f"{info.field_name} has {len(value)} values but color = {color!r} has {channels} "
+                f"channel{'s' if channels > 1 else ''}: give one value or {channels}"
+            )
+        return value
 
 
 class VectorInput(Strict):
