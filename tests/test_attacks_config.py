@@ -15,18 +15,20 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from broker import Mosquitto
-from conftest import MODELS
-from daemon import Daemon, digits_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mqtt_client import Subscriber
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config
+from devkit.mqtt_client import Subscriber
+from devkit.paths import MODELS
+from devkit.processes import wait_until
 from edge_runtime.config import Config, load_config
 from edge_runtime.config.fields import schema_leaves, unbounded_numbers
 from edge_runtime.config.guard import POLICY, protected_changes, undecided, unused_entries
@@ -36,8 +38,11 @@ from edge_runtime.updates.signing import generate_keypair, write_private_key
 
 # -- the schema: every number bounded, every field decided ------------------------------------------
 
-NUMERIC_LEAVES = [leaf for leaf in schema_leaves(Config) if "int" in repr(leaf.info.annotation)
-                  or "float" in repr(leaf.info.annotation)]  # fmt: skip
+NUMERIC_LEAVES = [
+    leaf
+    for leaf in schema_leaves(Config)
+    if "int" in repr(leaf.info.annotation) or "float" in repr(leaf.info.annotation)
+]
 
 
 def test_every_numeric_field_of_the_schema_has_a_lower_and_an_upper_bound() -> None:
@@ -75,8 +80,16 @@ def test_every_field_has_a_config_update_decision_and_every_decision_a_field() -
     assert undecided() == []
     assert unused_entries() == []
     guarded = {p for p, d in POLICY.items() if d.rule.value != "free"}
-    for field in ("mqtt.tls", "mqtt.password_file", "mqtt.username", "mqtt.host", "metrics", "updates",
-                  "device.state_dir", "pipelines[].models[].delegates[].library"):  # fmt: skip
+    for field in (
+        "mqtt.tls",
+        "mqtt.password_file",
+        "mqtt.username",
+        "mqtt.host",
+        "metrics",
+        "updates",
+        "device.state_dir",
+        "pipelines[].models[].delegates[].library",
+    ):
         assert field in guarded, field
 
 
@@ -98,7 +111,7 @@ def test_a_config_signature_covers_device_base_and_exact_bytes(tmp_path: Path) -
     signature = sign_config(key, "dev1", base, text)
     assert config_message("dev1", base, text).startswith(b"edge-runtime-config-v1\ndev1\n")
     assert len(verify_config([public], "dev1", base, text, signature)) == 16
-    other_pem, other_public = generate_keypair()
+    _, other_public = generate_keypair()
     cases = {
         "another device": ([public], "dev2", base, text),
         "another base file": ([public], "dev1", hashlib.sha256(b"new").hexdigest(), text),
@@ -171,28 +184,40 @@ def test_the_guard_refuses_each_security_change_and_lets_the_rest_through(tmp_pa
     guarded = {
         "password file": ("mqtt.password_file", text.replace(str(tmp_path / "mqtt.pass"), str(victim))),
         "symlink to the same password file": (
-            "mqtt.password_file", text.replace(str(tmp_path / "mqtt.pass"), str(tmp_path / "pass-link"))),
+            "mqtt.password_file",
+            text.replace(str(tmp_path / "mqtt.pass"), str(tmp_path / "pass-link")),
+        ),
         "user": ("mqtt.username", text.replace('username = "dev1"', 'username = "admin"')),
         "no TLS": ("mqtt.tls.ca", text.replace(f'tls = {{ ca = "{tmp_path / "ca.pem"}" }}', "")),
         "insecure TLS": ("mqtt.tls.insecure", text.replace(" }\n", ", insecure = true }\n", 1)),
         "broker with TLS on": ("mqtt.host", text.replace("broker.example", "attacker.example")),
-        "broker port": ("mqtt.port", text.replace('host = "broker.example"', 'host = "broker.example"\nport = 8883')),
+        "broker port": (
+            "mqtt.port",
+            text.replace('host = "broker.example"', 'host = "broker.example"\nport = 8883'),
+        ),
         "MQTT off": ("mqtt.enabled", text.replace("[mqtt]\n", "[mqtt]\nenabled = false\n")),
-        "no keys": ("updates.public_keys", text.replace(text.split("public_keys = ")[1].split("\n")[0], "[]")),
+        "no keys": (
+            "updates.public_keys",
+            text.replace(text.split("public_keys = ")[1].split("\n")[0], "[]"),
+        ),
         "metrics on all interfaces": ("metrics", text + '\n[metrics]\nenabled = true\nhost = "0.0.0.0"\n'),
         "state dir": ("device.state_dir", text.replace(str(tmp_path / "state"), str(tmp_path / "other"))),
         "delegate library": (
             "delegates[0].library",
-            text.replace('path = "', 'delegates = [{ type = "external", library = "/tmp/evil.so" }, "cpu"]\npath = "'),
+            text.replace(
+                'path = "', 'delegates = [{ type = "external", library = "/tmp/evil.so" }, "cpu"]\npath = "'
+            ),
         ),
         "labels from a secret": ("postprocess.labels", text.replace(labels, str(victim))),
         "labels through a symlink": ("postprocess.labels", text.replace(labels, str(tmp_path / "link.txt"))),
         "GStreamer pipeline": (
             "sources.camera.uri",
-            text.replace(f'uri = "{tmp_path / "video.avi"}"', 'uri = "videotestsrc ! filesink location=/etc/x"'),
+            text.replace(
+                f'uri = "{tmp_path / "video.avi"}"', 'uri = "videotestsrc ! filesink location=/etc/x"'
+            ),
         ),
         "another video file": ("sources.camera.uri", text.replace("video.avi", "other.avi")),
-    }  # fmt: skip
+    }
     for name, (field, new_text) in guarded.items():
         assert new_text != text, name
         found = _changes(path, text, new_text)
@@ -200,13 +225,17 @@ def test_the_guard_refuses_each_security_change_and_lets_the_rest_through(tmp_pa
         assert "hunter2" not in " ".join(found)
     free = {
         "threads": text.replace('path = "', 'threads = 2\npath = "'),
-        "labels inline": text.replace(f'labels = "{labels}"', 'labels = ["a","b","c","d","e","f","g","h","i","j"]'),
+        "labels inline": text.replace(
+            f'labels = "{labels}"', 'labels = ["a","b","c","d","e","f","g","h","i","j"]'
+        ),
         "bundled model": text.replace(str(MODELS / "digits_int8.tflite"), "bundled:digits_int8.tflite"),
         "health": text + "\n[health]\ninterval_s = 5\n",
         "device id": text.replace('id = "dev1"', 'id = "dev2"'),
         "stream camera": text.replace(f'uri = "{tmp_path / "video.avi"}"', 'uri = "rtsp://cam.local/stream"'),
-        "edgetpu first (default library)": text.replace('path = "', 'delegates = ["edgetpu", "cpu"]\npath = "'),
-    }  # fmt: skip
+        "edgetpu first (default library)": text.replace(
+            'path = "', 'delegates = ["edgetpu", "cpu"]\npath = "'
+        ),
+    }
     for name, new_text in free.items():
         assert _changes(path, text, new_text) == [], name
 
@@ -261,22 +290,29 @@ BROKEN_AT_START = {
     "mean of the wrong length": (IMAGE, IMAGE + ", mean = [0.0, 0.0, 0.0]", "mean has 3 values"),
     "health.interval_s = inf": ("interval_s = 1.0", "interval_s = inf", "health.interval_s"),
     "huge session_expiry_s": (
-        "[mqtt]\nenabled = false\n", "[mqtt]\nenabled = false\nsession_expiry_s = 99999999999\n",
+        "[mqtt]\nenabled = false\n",
+        "[mqtt]\nenabled = false\nsession_expiry_s = 99999999999\n",
         "mqtt.session_expiry_s",
     ),
     "state_dir that is a file": ('state_dir = "', 'state_dir = "/etc/hostname" # "', "device.state_dir"),
     "rgb on a grey model": (IMAGE, IMAGE.replace('"gray"', '"rgb"'), "channels"),
     "an input the model does not have": (IMAGE, IMAGE + ", input = 5", "no input 5"),
     "labels that do not match the outputs": (
-        'labels = "', 'labels = ["zero", "one"], x = "', "10 classes but 2 labels",
+        'labels = "',
+        'labels = ["zero", "one"], x = "',
+        "10 classes but 2 labels",
     ),
-    "labels file that is a directory": (f'labels = "{MODELS}/digits_labels.txt"', f'labels = "{MODELS}"', "directory"),
+    "labels file that is a directory": (
+        f'labels = "{MODELS}/digits_labels.txt"',
+        f'labels = "{MODELS}"',
+        "directory",
+    ),
     "model that is not a model": (f"{MODELS}/digits_int8.tflite", f"{MODELS}/digits_labels.txt", "models[0]"),
     "fps = nan": ("loop = true", "loop = true\nfps = nan", "sources.camera.fps"),
     "negative stall timeout": ("loop = true", "loop = true\nstall_timeout_s = -1", "stall_timeout_s"),
     "huge top_k": ("top_k = 1", "top_k = 100000000", "top_k"),
     "huge outbox": ("[health]", "[outbox]\nmax_bytes = 1e400\n[health]", "outbox.max_bytes"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(BROKEN_AT_START), ids=list(BROKEN_AT_START))
@@ -393,6 +429,10 @@ def still_working(sub: Subscriber, tag: str) -> None:
     assert reply["ok"] and reply["pong"], reply
 
 
+def reload_failures_reach(sub: Subscriber, count: int) -> bool:
+    return len(events(sub, "config.reload_failed")) >= count
+
+
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith((".new", ".bak")) or ".tmp-" in p.name)
 
@@ -413,10 +453,20 @@ def test_config_update_cannot_weaken_security_without_an_operator_signature(
     labels = f"{MODELS}/digits_labels.txt"
     mqtt = f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
     attacks = {  # name: (new config text, what the refusal names)
-        "password file to an attacker's broker": (text.replace(mqtt, (
-            f'[mqtt]\nhost = "127.0.0.1"\nport = {attacker.port}\nusername = "dev1"\n'
-            f'password_file = "{victim}"\n')), "mqtt.password_file"),
-        "signing off": (text.replace(f'public_keys = ["{public}"]', "public_keys = []"), "updates.public_keys"),
+        "password file to an attacker's broker": (
+            text.replace(
+                mqtt,
+                (
+                    f'[mqtt]\nhost = "127.0.0.1"\nport = {attacker.port}\nusername = "dev1"\n'
+                    f'password_file = "{victim}"\n'
+                ),
+            ),
+            "mqtt.password_file",
+        ),
+        "signing off": (
+            text.replace(f'public_keys = ["{public}"]', "public_keys = []"),
+            "updates.public_keys",
+        ),
         "the attacker's key": (text.replace(public, attacker_public), "updates.public_keys"),
         "TLS without checks": (text.replace(mqtt, mqtt + "tls = { insecure = true }\n"), "mqtt.tls.insecure"),
         "metrics on every interface": (text + '\n[metrics]\nenabled = true\nhost = "0.0.0.0"\n', "metrics"),
@@ -424,11 +474,14 @@ def test_config_update_cannot_weaken_security_without_an_operator_signature(
         "labels from a secret file": (text.replace(labels, str(victim)), "labels"),
         "labels through a symlink": (text.replace(labels, str(tmp_path / "victim-link.txt")), "labels"),
         "a GStreamer pipeline": (
-            text.replace(f'uri = "{tmp_path / "digits.avi"}"', 'uri = "videotestsrc ! filesink location=/tmp/x"'),
-            "sources.camera.uri"),
+            text.replace(
+                f'uri = "{tmp_path / "digits.avi"}"', 'uri = "videotestsrc ! filesink location=/tmp/x"'
+            ),
+            "sources.camera.uri",
+        ),
         "an include": (f'include = ["{victim}"]\n' + text, "include"),
         "MQTT off": (text.replace(mqtt, mqtt + "enabled = false\n"), "mqtt.enabled"),
-    }  # fmt: skip
+    }
     with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
         assert sub.wait_for(lambda ms: any(m.topic.endswith("/health") for m in ms), 30), daemon.log()
         base = command(sub, "get_config", "get", {})["file_sha256"]
@@ -440,12 +493,20 @@ def test_config_update_cannot_weaken_security_without_an_operator_signature(
             assert "secret-" not in json.dumps(reply)
             assert config.read_bytes() == original, name
         signed_by_attacker = sign_config(attacker_key, "dev1", base, attacks["signing off"][0].encode())
-        reply = command(sub, "config.update", "attacker-signed",
-                        {"config": attacks["signing off"][0], "signature": signed_by_attacker})  # fmt: skip
+        reply = command(
+            sub,
+            "config.update",
+            "attacker-signed",
+            {"config": attacks["signing off"][0], "signature": signed_by_attacker},
+        )
         assert reply["ok"] is False and "none of the 1 configured operator key" in reply["error"], reply
         for_another = sign_config(key_file, "dev2", base, attacks["signing off"][0].encode())
-        reply = command(sub, "config.update", "other-device",
-                        {"config": attacks["signing off"][0], "signature": for_another})  # fmt: skip
+        reply = command(
+            sub,
+            "config.update",
+            "other-device",
+            {"config": attacks["signing off"][0], "signature": for_another},
+        )
         assert reply["ok"] is False, reply
         assert sub.wait_for(lambda ms: len(events(sub, "config.refused")) >= len(attacks) + 2, 20)
         still_working(sub, "after-attacks")
@@ -494,9 +555,11 @@ def test_config_update_applies_checks_every_file_and_restores_on_a_failed_reload
             "missing CA": (mqtt + f'tls = {{ ca = "{tmp_path / "no-such-ca.pem"}" }}\n', "no such file"),
             "a directory as CA": (mqtt + f'tls = {{ ca = "{tmp_path / "ca-dir"}" }}\n', "is a directory"),
             "missing password file": (
-                mqtt + f'username = "dev1"\npassword_file = "{tmp_path / "nothing"}"\n', "no such file"),
+                mqtt + f'username = "dev1"\npassword_file = "{tmp_path / "nothing"}"\n',
+                "no such file",
+            ),
             "model file missing": (None, "no such file"),
-        }  # fmt: skip
+        }
         for number, (name, (section, message)) in enumerate(broken.items()):
             if section is None:
                 new_text = two.replace("digits_int8.tflite", "missing_int8.tflite")
@@ -545,8 +608,8 @@ def test_sighup_with_a_broken_config_is_refused_and_the_daemon_goes_on(
             assert text != good, name
             config.write_text(text)
             daemon.proc.send_signal(signal.SIGHUP)
-            assert sub.wait_for(lambda ms, n=number: len(events(sub, "config.reload_failed")) >= n, 30), (
-                name, daemon.log()[-3000:])  # fmt: skip
+            failed = wait_until(partial(reload_failures_reach, sub, number), 30)
+            assert failed, (name, daemon.log()[-3000:])
             assert daemon.proc.poll() is None, name
             still_working(sub, f"sighup-{number}")
         config.write_text(good)

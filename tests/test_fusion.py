@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import MODELS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devkit.paths import MODELS
 from edge_runtime.fusion import (
     ImageBuilder,
     SensorBuilder,

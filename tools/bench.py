@@ -50,7 +50,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -61,6 +60,11 @@ import numpy as np
 import numpy.typing as npt
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the checkout's devkit (dev-only, not in the wheel)
+
+from devkit.broker import Mosquitto  # noqa: E402
+from devkit.mqtt_client import Subscriber  # noqa: E402
+
 MODEL_PATHS = {
     "mobilenet": REPO / "models" / "mobilenet_v2_int8.tflite",
     "digits": REPO / "edge_runtime" / "models" / "digits_int8.tflite",
@@ -166,13 +170,6 @@ def wait_idle(limit_s: float, threshold_pct: float = 10.0) -> tuple[float, float
 def self_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def machine() -> dict[str, Any]:
@@ -290,109 +287,6 @@ def _set_avi_rate(data: bytearray, fps: float) -> bool:
     return True
 
 
-# -- the broker and the subscriber ------------------------------------------------------------------
-
-
-class Broker:
-    """``mosquitto -c FILE`` on 127.0.0.1 and a free port, anonymous, no persistence."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = shutil.which("mosquitto") or next(
-            (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None
-        )
-        if binary is None:
-            raise SystemExit("bench: mosquitto not found (apt-get install mosquitto)")
-        self.port = free_port()
-        self.directory = directory
-        conf = directory / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            "persistence false",
-            f"log_dest file {directory / 'mosquitto.log'}",
-            "max_queued_messages 100000",
-        ]
-        if os.geteuid() == 0:
-            lines.append("user root")
-        conf.write_text("\n".join(lines) + "\n")
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise SystemExit(f"bench: mosquitto did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-@dataclass
-class Message:
-    arrived: float  # time.time() at arrival
-    topic: str
-    payload: bytes
-
-
-class Subscriber:
-    """A paho client subscribed (QoS 1) to every result topic; keeps (arrival time, topic, payload)."""
-
-    def __init__(self, port: int) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self._lock = threading.Lock()
-        self._messages: list[Message] = []
-        self._ready = threading.Event()
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-subscriber"
-        )
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(
-            [("bench/+/pipelines/+/results", 1), ("naive/+/results", 1)]
-        )
-        self.client.on_subscribe = lambda c, u, mid, rcs, p: self._ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port, keepalive=60)
-        self.client.loop_start()
-        if not self._ready.wait(10):
-            raise SystemExit("bench: the subscriber could not subscribe")
-
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        arrived = time.time()
-        with self._lock:
-            self._messages.append(Message(arrived, message.topic, bytes(message.payload)))
-
-    def take(self, topic_prefix: str) -> list[Message]:
-        """The messages so far under ``topic_prefix`` (and forget them)."""
-        with self._lock:
-            mine = [m for m in self._messages if m.topic.startswith(topic_prefix)]
-            self._messages = [m for m in self._messages if not m.topic.startswith(topic_prefix)]
-        return mine
-
-    def count(self, topic_prefix: str) -> int:
-        with self._lock:
-            return sum(1 for m in self._messages if m.topic.startswith(topic_prefix))
-
-    def first_arrival(self, topic_prefix: str) -> float | None:
-        with self._lock:
-            return next((m.arrived for m in self._messages if m.topic.startswith(topic_prefix)), None)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 # -- results ---------------------------------------------------------------------------------------
 
 
@@ -487,25 +381,23 @@ def run_naive(
     run = Run("naive", latency_kind="frame: read to publish", machine_busy_pct=meter.pct())
     if data is None:
         run.error = error
-        sub.take(f"naive/{tag}/")
+        sub.take(f"naive/{tag}/#")
         return run
-    deadline = time.monotonic() + 5
-    while sub.count(f"naive/{tag}/") < data["published"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    messages = sub.take(f"naive/{tag}/")
+    sub.wait_for(lambda ms: sum(m.topic.startswith(f"naive/{tag}/") for m in ms) >= data["published"], 5)
+    messages = sub.take(f"naive/{tag}/#")
     lo, hi = data["timed_seqs"]
     e2e = []
     for m in messages:
         body = json.loads(m.payload)
         if lo <= body["seq"] <= hi:
-            e2e.append((m.arrived - body["frame_ts"]) * 1000)
+            e2e.append((m.time - body["frame_ts"]) * 1000)
     run.fps = data["fps"]
     run.latency_ms = data["frame_ms"]
     run.stages_ms = data["stages_ms"]
     run.cpu_pct = data["cpu_pct"]
     run.peak_rss_mb = data["peak_rss_mb"]
     run.rss_mb = data["rss_mb"]
-    run.first_result_s = (messages[0].arrived - started) if messages else float("nan")
+    run.first_result_s = (messages[0].time - started) if messages else float("nan")
     run.frames = data["frames"]
     run.window_s = data["window_s"]
     run.extra = {
@@ -612,7 +504,8 @@ def run_pipeline(
         first: float | None = None
         while first is None and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.005)
-            first = sub.first_arrival(prefix)
+            arrived = sub.messages(prefix + "#")
+            first = arrived[0].time if arrived else None
         if first is None:
             run.error = "no result within 60 s" if proc.poll() is None else f"daemon exited {proc.returncode}"
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
@@ -648,20 +541,20 @@ def run_pipeline(
             proc.wait(10)
         stop_s = time.monotonic() - stopping
     time.sleep(0.1)  # the last in-flight messages
-    messages = sub.take(prefix)
+    messages = sub.take(prefix + "#")
     seen: set[int] = set()
     e2e: list[float] = []
     stages: dict[str, list[float]] = {"pre": [], "invoke": [], "post": [], "total": []}
     in_window = 0
     for m in messages:
-        if not t0 <= m.arrived < t1:
+        if not t0 <= m.time < t1:
             continue
         body = json.loads(m.payload)
         if body["seq"] in seen:  # at least once: a duplicate is not a new result
             continue
         seen.add(body["seq"])
         in_window += 1
-        e2e.append((m.arrived - body["frame_ts"]) * 1000)
+        e2e.append((m.time - body["frame_ts"]) * 1000)
         for key, values in stages.items():
             values.append(float(body["latency_ms"][key]))
     text = log_path.read_text(errors="replace")
@@ -921,7 +814,7 @@ def bench_combo(
     seconds: float,
     warmup_s: float,
     workdir: Path,
-    broker: Broker,
+    broker: Mosquitto,
     sub: Subscriber,
     video: Path,
     idle_s: float = 0.0,
@@ -1167,7 +1060,7 @@ def soak(
     threads: int,
     minutes: float,
     workdir: Path,
-    broker: Broker,
+    broker: Mosquitto,
     sub: Subscriber,
     video: Path,
 ) -> dict[str, Any]:
@@ -1345,10 +1238,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir = args.workdir
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-bench-")))
-        broker = Broker(workdir)
-        stack.callback(broker.stop)
-        sub = Subscriber(broker.port)
-        stack.callback(sub.close)
+        broker = stack.enter_context(Mosquitto(workdir, extra_config="max_queued_messages 100000"))
+        sub = stack.enter_context(
+            Subscriber(
+                broker.host,
+                broker.port,
+                ["bench/+/pipelines/+/results", "naive/+/results"],
+                client_id="bench-subscriber",
+                keepalive=60,
+            )
+        )
         report["video"] = {
             "path": str(video),
             "size": list(VIDEO_SIZE),

@@ -33,6 +33,9 @@ from edge_runtime.config.guard import Rule, decision
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.runtime.modelfile import ModelInfo, TensorInfo, read_model_file
 from edge_runtime.runtime.quant import QuantParams
+from edge_runtime.sources import SourceConfig
+from edge_runtime.sources.camera import CameraConfig, uri_kind
+from edge_runtime.sources.replay import ReplayConfig
 
 if TYPE_CHECKING:
     from edge_runtime.runtime.model import Model, TensorSpec
@@ -235,8 +238,16 @@ def load_static(mc: ModelConfig, config: Config) -> Model:
     return cast("Model", static)  # the pipeline reads only path, name, inputs and outputs while it builds
 
 
+def resolve_source_paths(config: Config, sc: SourceConfig) -> SourceConfig:
+    """A camera file or replay file path resolved against the config's folder (and demo:)."""
+    if isinstance(sc, CameraConfig) and isinstance(sc.uri, str) and uri_kind(sc.uri) == "file":
+        return sc.model_copy(update={"uri": str(config.resolve(sc.uri))})
+    if isinstance(sc, ReplayConfig):
+        return sc.model_copy(update={"path": str(config.resolve(sc.path))})
+    return sc
+
+
 def pipeline_problems(config: Config) -> list[str]:
-    from edge_runtime.daemon.service import resolve_source_paths
     from edge_runtime.pipeline import Pipeline
     from edge_runtime.sources import build_source
 

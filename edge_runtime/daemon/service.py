@@ -21,16 +21,15 @@ from typing import Any, Protocol
 from edge_runtime import __version__
 from edge_runtime.config import Config, load_config
 from edge_runtime.daemon.commands import DaemonCommands
-from edge_runtime.daemon.preflight import preflight
+from edge_runtime.daemon.preflight import preflight, resolve_source_paths
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.reporting.reporter import Reporter
-from edge_runtime.sources import SourceConfig, build_source
+from edge_runtime.sources import build_source
 from edge_runtime.sources.base import Source
-from edge_runtime.sources.camera import CameraConfig, uri_kind
-from edge_runtime.sources.replay import ReplayConfig
+from edge_runtime.supervision import SUPERVISOR, spawn
 from edge_runtime.systemd import Notifier, watchdog_timeout
 from edge_runtime.updates.updater import Updater, store_config
 
@@ -61,15 +60,6 @@ class ResultBudget:
     def give_back(self) -> None:
         with self._lock:
             self.used = max(0, self.used - 1)
-
-
-def resolve_source_paths(config: Config, sc: SourceConfig) -> SourceConfig:
-    """A camera file or replay file path resolved against the config's folder (and demo:)."""
-    if isinstance(sc, CameraConfig) and isinstance(sc.uri, str) and uri_kind(sc.uri) == "file":
-        return sc.model_copy(update={"uri": str(config.resolve(sc.uri))})
-    if isinstance(sc, ReplayConfig):
-        return sc.model_copy(update={"path": str(config.resolve(sc.path))})
-    return sc
 
 
 class Service:
@@ -111,6 +101,7 @@ class Service:
         self.notifier = Notifier()
         self.watchdog_s = watchdog_timeout()
         self._reload_requested = threading.Event()
+        self.exit_code = 0
         self._unhealthy = ""
 
     # -- building ----------------------------------------------------------------------------------
@@ -118,6 +109,8 @@ class Service:
     def build(self) -> None:
         """Reporting first (so that build problems are reported), then sources and pipelines."""
         self.reporter = Reporter(self.config, __version__, [p.name for p in self.config.pipelines])
+        SUPERVISOR.forget()
+        SUPERVISOR.on_crash = self._thread_crashed
         self.updater = Updater(self)
         DaemonCommands(self, self.updater).register(self.reporter.dispatcher)
         self.config = store_config(self.config, self.updater.store, startup=True)
@@ -221,12 +214,26 @@ class Service:
             self.stop(signal.Signals(signum).name)
 
     def problems(self) -> list[str]:
-        """What keeps the watchdog from being fed: stuck or dead pipelines, wedged sources."""
+        """What keeps the watchdog from being fed: stuck or dead pipelines, wedged sources,
+        threads the supervisor gave up."""
         limit = max((self.watchdog_s or 30.0) / 2, 1.0)
         with self._swap_lock:
             found = [p.stuck(limit) for p in self.pipelines]
             found += [s.wedged(limit) for s in self.sources.values()]
-        return [f for f in found if f]
+        return SUPERVISOR.failed() + [f for f in found if f]
+
+    def _thread_crashed(self, component: str, error: str, crashes: int, gave_up: bool) -> None:
+        """The supervisor's report of a crashed thread: an event, and the daemon's end when the
+        thread cannot be restarted (exit status 1: the service manager starts it again)."""
+        what = "given up, the daemon stops" if gave_up else "restarted"
+        self.event(
+            "thread.crashed",
+            f"thread {component} crashed ({error}); {what}",
+            {"thread": component, "error": error, "crashes": crashes, "gave_up": gave_up},
+        )
+        if gave_up:
+            self.exit_code = 1
+            self.stop(f"thread {component} cannot be restarted: {error}")
 
     def _status_line(self) -> str:
         if self.health is None:
@@ -267,8 +274,9 @@ class Service:
         assert self.reporter is not None
         self.reporter.start()
         self._start_runtime()
-        self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
-        self._health_thread.start()
+        self._health_thread = spawn(
+            "health", self._health_loop, should_restart=lambda: not self.stop_event.is_set()
+        )
         if self.config.metrics.enabled:
             from edge_runtime.reporting.metrics import MetricsServer
 
@@ -300,6 +308,7 @@ class Service:
         assert self.health is not None and self.reporter is not None
         report = self.health.report()
         report["reloads"] = self.reloads
+        report["threads"] = {"crashes": SUPERVISOR.total_crashes(), "crashed": SUPERVISOR.stats()}
         self.reporter.publish_health(report)
         return report
 
@@ -350,7 +359,7 @@ class Service:
         finally:
             self.notifier.stopping()
             self.shutdown(self.config.device.stop_timeout_s)
-        return 0
+        return self.exit_code
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop within ``timeout`` s: pipelines (the inference in flight ends), sources, then

@@ -24,6 +24,7 @@ from edge_runtime.config import Config
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.runtime.model import Model
+from edge_runtime.supervision import spawn
 from edge_runtime.updates.checks import (
     check_compatible,
     isolated_check,
@@ -115,10 +116,7 @@ class Updater:
         self._reply(
             cmd, {"ok": True, "step": "accepted", "pipeline": request.pipeline, "version": request.version}
         )
-        thread = threading.Thread(
-            target=self._run, args=(cmd, request), name=f"update-{request.pipeline}", daemon=True
-        )
-        thread.start()
+        spawn(f"update-{request.pipeline}", lambda: self._run(cmd, request), restart=False)
 
     def list(self, cmd: Command) -> dict[str, Any]:
         name = self._pipeline(cmd.args["pipeline"]).name

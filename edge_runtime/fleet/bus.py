@@ -28,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_fleet.common import FleetError, check_level, device_topic, split_topic
+from edge_runtime.fleet.common import FleetError, check_level, device_topic, split_topic
 
 log = logging.getLogger(__name__)
 

@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
-import re
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
 
-# The steps of a model.update, in the order a device reports them (its replies say which one).
-STEPS = (
-    "accepted",
-    "download",
-    "sha256",
-    "signature",
-    "load",
-    "check",
-    "smoke",
-    "swap",
-    "probation",
-    "commit",
-)
+from edge_runtime.names import NAME_RE, SAFE_LEVEL_RE
+from edge_runtime.updates.protocol import STEPS
 
-SAFE_LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")  # as edge_runtime.reporting.topics.SAFE
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a pipeline name, as the daemon's config
+__all__ = ["NAME_RE", "SAFE_LEVEL", "STEPS", "FleetError"]
+
+SAFE_LEVEL = SAFE_LEVEL_RE
 
 
 class FleetError(Exception):

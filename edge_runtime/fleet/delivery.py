@@ -24,8 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from edge_fleet.bus import Reply, Requester
-from edge_fleet.common import FleetError
+from edge_runtime.fleet.bus import Reply, Requester
+from edge_runtime.fleet.common import FleetError
 
 log = logging.getLogger(__name__)
 

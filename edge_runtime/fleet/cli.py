@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_fleet.artifact import Artifact, config_snippet, describe_model, keygen, load_key
-from edge_fleet.bus import BrokerOptions, MqttBus, Requester, parse_broker
-from edge_fleet.common import (
+from edge_runtime.fleet.artifact import Artifact, config_snippet, describe_model, keygen, load_key
+from edge_runtime.fleet.bus import BrokerOptions, MqttBus, Requester, parse_broker
+from edge_runtime.fleet.common import (
     FleetError,
     RequestIds,
     canary_count,
@@ -26,7 +26,7 @@ from edge_fleet.common import (
     parse_canary,
     parse_globs,
 )
-from edge_fleet.delivery import (
+from edge_runtime.fleet.delivery import (
     DEFAULT_CHUNK,
     ChunkDelivery,
     Delivery,
@@ -34,7 +34,7 @@ from edge_fleet.delivery import (
     ModelServer,
     check_chunk_size,
 )
-from edge_fleet.devices import Device, choose_targets, collect_devices
+from edge_runtime.fleet.devices import Device, choose_targets, collect_devices
 
 log = logging.getLogger("fleet")
 
@@ -226,7 +226,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"ts": round(now, 3), "devices": [d.row(now) for d in devices.values()]})
         return 0
-    from edge_fleet.ui import console, status_table
+    from edge_runtime.fleet.ui import console, status_table
 
     out = console()
     if not devices:
@@ -281,8 +281,8 @@ def _with_signature(artifact: Artifact, signed: Path) -> Artifact:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    from edge_fleet.rollout import Rollout
-    from edge_fleet.ui import RolloutProgress, console, rollout_table
+    from edge_runtime.fleet.rollout import Rollout
+    from edge_runtime.fleet.ui import RolloutProgress, console, rollout_table
 
     check_pipeline(args.pipeline)
     if args.signing_key is not None and args.signed is not None:
@@ -351,8 +351,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from edge_fleet.rollout import rollback
-    from edge_fleet.ui import console, rollback_table
+    from edge_runtime.fleet.rollout import rollback
+    from edge_runtime.fleet.ui import console, rollback_table
 
     check_pipeline(args.pipeline)
     with MqttBus(broker_options(args)).connect() as bus:

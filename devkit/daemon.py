@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import MODELS
 
+from devkit.paths import MODELS
 from edge_runtime.demo import write_digits_video
 
 BACKEND = os.environ.get("EDGE_RUNTIME_TEST_BACKEND", "auto")

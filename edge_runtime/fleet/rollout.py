@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edge_fleet.artifact import Artifact
-from edge_fleet.bus import Reply, Requester
-from edge_fleet.common import FleetError, RequestIds
-from edge_fleet.delivery import Delivery, DeliveryError
+from edge_runtime.fleet.artifact import Artifact
+from edge_runtime.fleet.bus import Reply, Requester
+from edge_runtime.fleet.common import FleetError, RequestIds
+from edge_runtime.fleet.delivery import Delivery, DeliveryError
 
 log = logging.getLogger(__name__)
 

@@ -17,16 +17,10 @@ import numpy.typing as npt
 
 from edge_runtime.errors import PipelineError
 from edge_runtime.geometry import ImageTransform
+from edge_runtime.postprocess.labels import label_for
 
 FloatArray = npt.NDArray[np.float64]
 Box = tuple[float, float, float, float]
-
-
-def label_for(index: int, labels: Sequence[str] | None) -> str:
-    """``labels[index]``, or the index as text when there are no labels or it is out of range."""
-    if labels is not None and 0 <= index < len(labels):
-        return labels[index]
-    return str(index)
 
 
 @dataclass(frozen=True)

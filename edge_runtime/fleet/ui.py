@@ -11,15 +11,15 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from edge_fleet.common import STEPS, FleetError, short_sha
-from edge_fleet.devices import Device, age_text, describe_models
+from edge_runtime.fleet.common import STEPS, FleetError, short_sha
+from edge_runtime.fleet.devices import Device, age_text, describe_models
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
     from rich.table import Table
 
-    from edge_fleet.rollout import RollbackOutcome, RolloutReport
+    from edge_runtime.fleet.rollout import RollbackOutcome, RolloutReport
 
 RESULT_STYLE = {
     "updated": "green",
@@ -153,7 +153,7 @@ def rollback_table(pipeline: str, outcomes: Sequence[RollbackOutcome]) -> Table:
 
 
 class RolloutProgress:
-    """A :data:`~edge_fleet.rollout.ProgressFn`: one task per device showing its current step."""
+    """A :data:`~edge_runtime.fleet.rollout.ProgressFn`: one task per device showing its current step."""
 
     def __init__(self, out: Console) -> None:
         self.console = out

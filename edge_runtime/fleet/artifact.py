@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_fleet.common import FleetError, check_pipeline
+from edge_runtime.fleet.common import FleetError, check_pipeline
 
 KEY_NAME = "fleet.key"
 PUB_NAME = "fleet.pub"

@@ -19,12 +19,13 @@ from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from mqtt_types import BrokerRefusedError, MQTTv5, Payload, Received
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from pki import TlsFiles
+
+from devkit.mqtt_types import BrokerRefusedError, MQTTv5, Payload, Received
+from devkit.pki import TlsFiles
 
 __all__ = ["Subscriber", "publish"]
 
@@ -348,6 +349,13 @@ class Subscriber:
                 raise AssertionError(f"{message.topic}: payload is not a JSON object: {message.payload!r}")
             out.append(value)
         return out
+
+    def take(self, topic_filter: str = "#") -> list[Received]:
+        """:meth:`messages` matching ``topic_filter``, forgotten once returned (for long runs)."""
+        with self._cond:
+            mine = [m for m in self._messages if mqtt.topic_matches_sub(topic_filter, m.topic)]
+            self._messages = [m for m in self._messages if not mqtt.topic_matches_sub(topic_filter, m.topic)]
+            return mine
 
     def clear(self) -> None:
         with self._cond:

@@ -5,8 +5,7 @@ Every MQTT test of the project talks to a real mosquitto through this module:
 - :class:`Mosquitto` runs ``mosquitto -c FILE`` in the foreground with a generated config
   (persistence, password file, ACL, TLS and mutual TLS); it can be stopped, killed, restarted on
   the same port, and paused (SIGSTOP) to play a hung broker.
-- Fixtures: ``broker`` (anonymous, with persistence), ``make_broker`` (any options) and ``pki``
-  (registered through ``pytest_plugins`` in conftest.py).
+- The tests' fixtures ``broker``, ``make_broker`` and ``pki`` (tests/conftest.py) are built on it.
 
 The test PKI is in :mod:`pki`, the paho clients (``Subscriber``, ``publish``) in :mod:`mqtt_client`
 and what they share (``Received``, ``BrokerRefusedError``, ...) in :mod:`mqtt_types`.
@@ -18,19 +17,20 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pytest
-from mqtt_client import Subscriber, publish
-from mqtt_types import Payload
 from paho.mqtt.reasoncodes import ReasonCode
-from pki import TestPki, TlsFiles
-from realparts import free_port, require_tool, wait_until
 
-__all__ = ["Mosquitto", "broker", "make_broker", "pki"]
+from devkit.mqtt_client import Subscriber, publish
+from devkit.mqtt_types import Payload
+from devkit.pki import TestPki, TlsFiles
+from devkit.processes import free_port, require_tool, wait_until
+
+__all__ = ["Mosquitto", "make_password_file"]
 
 
 def make_password_file(path: Path, users: Mapping[str, str]) -> Path:
@@ -314,36 +314,3 @@ class Mosquitto:
         """:func:`publish` to this broker (TLS settings filled in by default)."""
         options.setdefault("tls", self.client_tls())
         return publish(self.host, self.port, topic, payload, **options)
-
-
-# ---------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A running anonymous mosquitto with persistence, stopped after the test."""
-    with Mosquitto(tmp_path, persistence=True) as running:
-        yield running
-
-
-@pytest.fixture
-def make_broker(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
-    """A factory ``make_broker(**Mosquitto options) -> started Mosquitto``; all stopped afterwards."""
-    brokers: list[Mosquitto] = []
-
-    def make(**options: Any) -> Mosquitto:
-        options.setdefault("name", f"mosquitto{len(brokers)}" if brokers else "mosquitto")
-        started = Mosquitto(tmp_path, **options)
-        brokers.append(started)
-        started.start()
-        return started
-
-    yield make
-    for started in reversed(brokers):
-        started.stop()
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    """One :class:`TestPki` for the session (read-only: do not modify its files)."""
-    return TestPki(tmp_path_factory.mktemp("pki"))

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_fleet.bus import Bus
-from edge_fleet.common import FleetError, check_level, matches, short_sha, split_topic
+from edge_runtime.fleet.bus import Bus
+from edge_runtime.fleet.common import FleetError, check_level, matches, short_sha, split_topic
 
 log = logging.getLogger(__name__)
 
