@@ -32,7 +32,7 @@ from devkit.processes import wait_until
 from edge_runtime.config import Config, load_config
 from edge_runtime.config.fields import schema_leaves, unbounded_numbers
 from edge_runtime.config.guard import POLICY, protected_changes, undecided, unused_entries
-from edge_runtime.daemon.config_update import config_message, sign_config, verify_config
+from edge_runtime.updates.configsign import config_message, sign_config, verify_config
 from edge_runtime.updates.protocol import SignatureError
 from edge_runtime.updates.signing import generate_keypair, write_private_key
 
@@ -618,3 +618,28 @@ def test_sighup_with_a_broken_config_is_refused_and_the_daemon_goes_on(
         still_working(sub, "sighup-good")
         assert daemon.stop() == 0
         assert "Traceback" not in daemon.log()
+
+
+def test_the_fleet_tool_sends_a_signed_config_update(
+    tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_runtime.fleet.cli import main as fleet
+
+    private, public = generate_keypair()
+    key_file = write_private_key(tmp_path / "operator.pem", private)
+    config = digits_config(tmp_path, port=broker.port, extra=f'[updates]\npublic_keys = ["{public}"]\n')
+    second = generate_keypair()[1]
+    new = _write(
+        tmp_path / "new.toml",
+        config.read_text().replace(f'public_keys = ["{public}"]', f'public_keys = ["{public}", "{second}"]'),
+    )
+    where = ["--broker", f"{broker.host}:{broker.port}"]
+    with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
+        assert sub.wait_for(lambda ms: any(m.topic.endswith("/health") for m in ms), 30), daemon.log()
+        assert fleet(["config", "dev1", str(new), *where]) == 1
+        assert "config refused" in capsys.readouterr().err and config.read_text() != new.read_text()
+        assert fleet(["config", "dev1", str(new), "--key", str(key_file), *where]) == 0
+        assert "config applied: 1 pipelines, 1 sources, signed by" in capsys.readouterr().out
+        assert config.read_bytes() == new.read_bytes()
+        still_working(sub, "after-fleet")
+        assert daemon.stop() == 0
