@@ -81,7 +81,10 @@ class CameraConfig(SourceConfigBase):
     )
     loop: bool = Field(default=False, description="Files only: start over at the end instead of finishing.")
     stall_timeout_s: float = Field(
-        default=5.0, ge=0.5, le=3600, description="No frame for this long: the source is down and is reopened."
+        default=5.0,
+        ge=0.5,
+        le=3600,
+        description="No frame for this long: the source is down and is reopened.",
     )
 
     @field_validator("uri")
