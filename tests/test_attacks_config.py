@@ -307,6 +307,11 @@ BROKEN_AT_START = {
         f'labels = "{MODELS}"',
         "directory",
     ),
+    "labels that are a device": (
+        f'labels = "{MODELS}/digits_labels.txt"',
+        'labels = "/dev/zero"',
+        "not a regular file",
+    ),
     "model that is not a model": (f"{MODELS}/digits_int8.tflite", f"{MODELS}/digits_labels.txt", "models[0]"),
     "fps = nan": ("loop = true", "loop = true\nfps = nan", "sources.camera.fps"),
     "negative stall timeout": ("loop = true", "loop = true\nstall_timeout_s = -1", "stall_timeout_s"),
@@ -558,6 +563,10 @@ def test_config_update_applies_checks_every_file_and_restores_on_a_failed_reload
                 mqtt + f'username = "dev1"\npassword_file = "{tmp_path / "nothing"}"\n',
                 "no such file",
             ),
+            "a directory as password file": (
+                mqtt + f'username = "dev1"\npassword_file = "{tmp_path / "ca-dir"}"\n',
+                "is a directory",
+            ),
             "model file missing": (None, "no such file"),
         }
         for number, (name, (section, message)) in enumerate(broken.items()):
@@ -579,6 +588,7 @@ def test_config_update_applies_checks_every_file_and_restores_on_a_failed_reload
         assert reply["ok"] is False and "rolled back to the previous config" in reply["error"], reply
         assert config.read_text() == two
         assert sub.wait_for(lambda ms: len(events(sub, "config.reload_failed")) >= 1, 20)
+        assert sub.wait_for(lambda ms: len(events(sub, "config.refused")) >= len(broken) + 2, 20)
         still_working(sub, "after-broken")
         assert leftovers(tmp_path) == []
         assert daemon.stop() == 0

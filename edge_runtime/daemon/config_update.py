@@ -134,7 +134,9 @@ def _apply(host: ConfigHost, text: str, signature: str | None) -> dict[str, Any]
         raise CommandError(f"cannot write {target}: {exc.strerror or exc}; the old config is kept") from None
     try:
         summary = host.reload()
-    except EdgeRuntimeError as exc:
+    except Exception as exc:  # whatever failed, the file on disk must be the one that runs
+        if not isinstance(exc, EdgeRuntimeError):
+            log.exception("config.update: the reload failed unexpectedly; writing the old file back")
         try:
             atomic_write(target, old_bytes, mode=mode)
         except OSError as write_exc:

@@ -54,13 +54,16 @@ def open_regular(path: Path, max_bytes: int | None = None) -> bytes | None:
     """Open ``path`` (symlinks followed), check it is a regular file of at most ``max_bytes``
     and return its content (None when ``max_bytes`` is None: only opened and checked). Raises
     OSError or ValueError with a message for the user."""
+    before = os.stat(path)  # never open a device node: opening some has effects (a watchdog)
+    if stat.S_ISDIR(before.st_mode):
+        raise ValueError("is a directory, not a file")
+    if not stat.S_ISREG(before.st_mode):
+        raise ValueError("is not a regular file")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ValueError("is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("is not a regular file")
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise ValueError("changed while it was checked")
         if max_bytes is None:
             return None
         if st.st_size > max_bytes:
