@@ -76,12 +76,12 @@ class SerialConfig(SourceConfigBase):
         default=0.1, gt=0, le=5, description="How long one read waits for bytes; bounds the stop latency."
     )
 
-    @field_validator("stopbits")
+    @field_validator("stopbits", mode="before")
     @classmethod
-    def _valid_stopbits(cls, value: float) -> float:
-        if value not in (1, 1.5, 2):
+    def _valid_stopbits(cls, value: object) -> object:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value not in (1, 1.5, 2):
             raise ValueError(f"stopbits must be 1, 1.5 or 2, not {value:g}")
-        return value
+        return value  # before the bounds, so that 3 gets this message
 
     @field_validator("encoding")
     @classmethod
