@@ -94,10 +94,10 @@ def test_every_field_has_a_config_update_decision_and_every_decision_a_field() -
 
 
 def test_a_new_field_without_a_decision_fails_the_policy_check() -> None:
-    class MoreMqtt(Config):
+    class GrownConfig(Config):
         listen_address: str = Field("0.0.0.0", description="a new field nobody decided on")
 
-    assert undecided(MoreMqtt) == ["listen_address"]
+    assert undecided(GrownConfig) == ["listen_address"]
 
 
 # -- the signed message ---------------------------------------------------------------------------
@@ -653,3 +653,31 @@ def test_the_fleet_tool_sends_a_signed_config_update(
         assert config.read_bytes() == new.read_bytes()
         still_working(sub, "after-fleet")
         assert daemon.stop() == 0
+
+
+FUSED = "pipelines.1.models.0"
+FUSED_CASES = {
+    "a window of the wrong length": (f"{FUSED}.inputs.1.samples=32", "does not hold 32 samples x 3 channels"),
+    "a channel missing": (f'{FUSED}.inputs.1.channels=["ax", "ay"]', "does not hold 64 samples x 2 channels"),
+    "an input name the model lacks": (f'{FUSED}.inputs.1.input="accel"', "no input 'accel'"),
+    "a head on an output the model lacks": (f"{FUSED}.postprocess.digit.output=5", "output 5 not found"),
+    "labels of another model": (
+        f'{FUSED}.postprocess.state.labels="bundled:digits_labels.txt"',
+        "3 classes but 10 labels",
+    ),
+    "an event label the model lacks": (f'{FUSED}.postprocess.state.event={{labels=["boom"]}}', "boom"),
+}
+
+
+@pytest.mark.parametrize("case", list(FUSED_CASES), ids=list(FUSED_CASES))
+def test_model_dependent_checks_of_the_two_input_model_agree(tmp_path: Path, case: str) -> None:
+    """The demo's fused model (an image and a window of vibration): its inputs, heads and labels
+    checked against the file by validate-config, refused the same way by run."""
+    demo = _write(tmp_path / "demo.toml", (MODELS.parent / "demo.toml").read_text())
+    assignment, expected = FUSED_CASES[case]
+    state = f"device.state_dir={str(tmp_path / 'state')!r}"
+    assert cli("validate-config", str(demo), "--set", state).returncode == 0
+    validate = one_line_error(cli("validate-config", str(demo), "--set", state, "--set", assignment))
+    assert expected in validate and "pipelines[1]" in validate, validate
+    run = cli("run", "--config", str(demo), "--set", state, "--set", assignment, "--max-results", "1")
+    assert one_line_error(run) == validate
