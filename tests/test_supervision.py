@@ -30,7 +30,7 @@ from edge_runtime.daemon.service import Service
 from edge_runtime.supervision import Supervisor
 
 
-class InjectedFault(BaseException):  # noqa: N818 (it plays a bug, not an error type)
+class InjectedFault(BaseException):
     """Raised inside a daemon thread by the test. A BaseException, so that a library's own
     ``except Exception`` (paho's loop turns one into a lost connection) cannot absorb it: it plays
     an exception that nothing below the thread's body handles."""

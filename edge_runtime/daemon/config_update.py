@@ -78,21 +78,11 @@ def _unsigned(guarded: list[str]) -> CommandError:
     )
 
 
-def _apply(host: ConfigHost, text: str, signature: str | None) -> dict[str, Any]:
-    path = host.config_path
-    if path is None or path.resolve() == DEMO_CONFIG.resolve():
-        raise CommandError(
-            "this daemon runs the embedded default; start it with --config to update its config"
-        )
-    target = Path(os.path.realpath(path))  # a symlinked config file is updated where it lives
-    try:
-        new_bytes = text.encode("utf-8")
-        old_bytes = target.read_bytes()
-        mode = stat.S_IMODE(os.stat(target).st_mode)
-    except UnicodeEncodeError as exc:
-        raise CommandError(f"refused: the config is not valid UTF-8 text: {exc.reason}") from None
-    except OSError as exc:
-        raise CommandError(f"cannot read the current config {target}: {exc.strerror or exc}") from None
+def _checked(
+    host: ConfigHost, path: Path, text: str, old_bytes: bytes, new_bytes: bytes, signature: str | None
+) -> tuple[str | None, list[str]]:
+    """(the key that signed it or None, the guarded changes it makes); CommandError when the
+    new config does not load or pass the preflight, or changes guarded settings unsigned."""
     base = hashlib.sha256(old_bytes).hexdigest()
     signer = None
     if signature is not None:  # checked first: it covers the bytes, whatever they hold
@@ -107,9 +97,10 @@ def _apply(host: ConfigHost, text: str, signature: str | None) -> dict[str, Any]
     except (EdgeRuntimeError, UnicodeDecodeError):
         old_includes = []
     try:
-        guarded = check_includes(old_includes, includes_of(parse_toml(text, "config.update")))
+        new_includes = includes_of(parse_toml(text, "config.update"))
     except EdgeRuntimeError as exc:
         raise CommandError(f"refused: {exc}") from None
+    guarded = check_includes(old_includes, new_includes)
     if guarded and signer is None:  # before loading: an include reads another file
         raise _unsigned(guarded)
     try:
@@ -128,6 +119,25 @@ def _apply(host: ConfigHost, text: str, signature: str | None) -> dict[str, Any]
         log.warning(
             "config.update signed by key %s changes: %s", signer, "; ".join(guarded) or "nothing guarded"
         )
+    return signer, guarded
+
+
+def _apply(host: ConfigHost, text: str, signature: str | None) -> dict[str, Any]:
+    path = host.config_path
+    if path is None or path.resolve() == DEMO_CONFIG.resolve():
+        raise CommandError(
+            "this daemon runs the embedded default; start it with --config to update its config"
+        )
+    target = Path(os.path.realpath(path))  # a symlinked config file is updated where it lives
+    try:
+        new_bytes = text.encode("utf-8")
+        old_bytes = target.read_bytes()
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except UnicodeEncodeError as exc:
+        raise CommandError(f"refused: the config is not valid UTF-8 text: {exc.reason}") from None
+    except OSError as exc:
+        raise CommandError(f"cannot read the current config {target}: {exc.strerror or exc}") from None
+    signer, guarded = _checked(host, path, text, old_bytes, new_bytes, signature)
     try:
         atomic_write(target, new_bytes, mode=mode)
     except OSError as exc:

@@ -116,31 +116,35 @@ def state_dir_problems(config: Config) -> list[str]:
 
 
 def mqtt_problems(config: Config) -> list[str]:
-    mqtt = config.mqtt
-    if not mqtt.enabled:
+    """The password file and the TLS files of an enabled MQTT link."""
+    if not config.mqtt.enabled:
         return []
+    return password_problems(config) + tls_problems(config)
+
+
+def password_problems(config: Config) -> list[str]:
+    mqtt = config.mqtt
+    if not mqtt.password_file:
+        return []
+    where = f"mqtt.password_file: {_short(mqtt.password_file)}"
+    problems = [f"{where}: needs mqtt.username (it would be ignored)"] if not mqtt.username else []
+    path = config.resolve(mqtt.password_file)
+    problem, data = _file_problem("mqtt.password_file", mqtt.password_file, path, MAX_SECRET_BYTES)
+    if problem or data is None:
+        return [*problems, problem] if problem else problems
+    try:
+        first = data.decode("utf-8").splitlines()[:1]
+    except UnicodeDecodeError:
+        return [*problems, f"{where}: is not UTF-8 text"]
+    if not first or not first[0]:
+        problems.append(f"{where}: the first line is empty")
+    return problems
+
+
+def tls_problems(config: Config) -> list[str]:
+    """The CA, client certificate and key: files that open, then loaded into a TLS context."""
+    tls = config.mqtt.tls
     problems: list[str] = []
-    if mqtt.password_file:
-        if not mqtt.username:
-            problems.append(
-                f"mqtt.password_file: {_short(mqtt.password_file)}: needs mqtt.username (it would be ignored)"
-            )
-        path = config.resolve(mqtt.password_file)
-        problem, data = _file_problem("mqtt.password_file", mqtt.password_file, path, MAX_SECRET_BYTES)
-        if problem:
-            problems.append(problem)
-        elif data is not None:
-            try:
-                first = data.decode("utf-8").splitlines()[:1]
-            except UnicodeDecodeError:
-                first = []
-                problems.append(f"mqtt.password_file: {_short(mqtt.password_file)}: is not UTF-8 text")
-            else:
-                if not first or not first[0]:
-                    problems.append(
-                        f"mqtt.password_file: {_short(mqtt.password_file)}: the first line is empty"
-                    )
-    tls = mqtt.tls
     if (tls.cert or tls.key) and not tls.ca:
         problems.append("mqtt.tls.ca: '': a client certificate or key needs the CA of the broker (tls.ca)")
     if tls.key and not tls.cert:
@@ -148,25 +152,20 @@ def mqtt_problems(config: Config) -> list[str]:
     if not tls.ca:
         return problems
     files = {"ca": tls.ca, "cert": tls.cert, "key": tls.key}
-    broken = False
     for name, value in files.items():
-        if value:
-            problem, _ = _file_problem(f"mqtt.tls.{name}", value, config.resolve(value))
-            if problem:
-                problems.append(problem)
-                broken = True
-    if broken:
+        problem = _file_problem(f"mqtt.tls.{name}", value, config.resolve(value))[0] if value else ""
+        problems += [problem] if problem else []
+    if problems:
         return problems
     ca = config.resolve(tls.ca)
     try:
         context = ssl.create_default_context(cafile=str(ca))
     except (ssl.SSLError, ValueError, OSError) as exc:
-        return [*problems, f"mqtt.tls.ca: {_short(tls.ca)}: not a PEM CA certificate bundle ({ca}): {exc}"]
+        return [f"mqtt.tls.ca: {_short(tls.ca)}: not a PEM CA certificate bundle ({ca}): {exc}"]
     if tls.cert:
-        cert = config.resolve(tls.cert)
         key = config.resolve(tls.key) if tls.key else None
         try:
-            context.load_cert_chain(str(cert), str(key) if key else None)
+            context.load_cert_chain(str(config.resolve(tls.cert)), str(key) if key else None)
         except (ssl.SSLError, ValueError, OSError) as exc:
             problems.append(
                 f"mqtt.tls.cert: {_short(tls.cert)}: the certificate and key do not load "
@@ -266,7 +265,7 @@ def pipeline_problems(config: Config) -> list[str]:
         if any(p.startswith("demo:") and not config.resolve(p).is_file() for p in paths):
             continue  # made at start
         try:
-            Pipeline(pc, config, sources, lambda result: None, config.device.id, load=load_static)
+            Pipeline(pc, config, sources, lambda result: None, device=config.device.id, load=load_static)
         except (EdgeRuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
             message = " ".join(str(exc).split()) or type(exc).__name__
             problems.append(f"pipelines[{i}]: {pc.name!r}: {message}")

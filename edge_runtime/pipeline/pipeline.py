@@ -82,6 +82,7 @@ class Pipeline:
         config: Config,
         sources: Mapping[str, Source],
         emit: Emit,
+        *,
         device: str,
         seq_start: int = 0,
         event: Callable[[str, str, dict[str, Any]], None] | None = None,

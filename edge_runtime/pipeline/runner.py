@@ -77,7 +77,12 @@ class ModelRunner:
                 buffers = sensor.buffers
                 if isinstance(binding, VectorInput):
                     sb = SensorBuilder(
-                        spec, buffers, binding.channels, binding.stale, binding.max_age_s, binding.sample
+                        spec,
+                        buffers,
+                        binding.channels,
+                        binding.stale,
+                        binding.max_age_s,
+                        method=binding.sample,
                     )
                 else:
                     assert isinstance(binding, WindowInput)
