@@ -26,6 +26,7 @@ from edge_runtime.fleet.common import (
     parse_canary,
     parse_globs,
 )
+from edge_runtime.fleet.configpush import add_config_parser, cmd_config
 from edge_runtime.fleet.delivery import (
     DEFAULT_CHUNK,
     ChunkDelivery,
@@ -171,24 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     update.add_argument("--json", action="store_true", help="the report as JSON on stdout")
 
-    conf = commands.add_parser(
-        "config",
-        parents=[mqtt],
-        help="send a device a new config file (signed: may change security settings)",
-    )
-    conf.add_argument("device", help="the device id")
-    conf.add_argument("file", type=Path, metavar="FILE", help="the new config file (TOML, UTF-8)")
-    conf.add_argument(
-        "--key",
-        dest="signing_key",
-        type=Path,
-        metavar="KEYFILE",
-        help="sign it with this operator key (needed to change keys, TLS, credentials, ...)",
-    )
-    conf.add_argument(
-        "--timeout", type=_positive_float, default=60.0, metavar="S", help="for each reply (default: 60)"
-    )
-    conf.add_argument("--json", action="store_true", help="the device's reply as JSON on stdout")
+    add_config_parser(commands, mqtt)
 
     back = commands.add_parser("rollback", parents=[mqtt], help="return devices to their previous model")
     back.add_argument("--pipeline", required=True)
@@ -392,47 +376,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def cmd_config(args: argparse.Namespace) -> int:
-    """get_config for the file's sha256, then config.update with the new text (and signature)."""
-    device = check_level(args.device, "device")
-    try:
-        data = args.file.read_bytes()
-        text = data.decode("utf-8")
-    except OSError as exc:
-        raise FleetError(f"{args.file}: cannot read: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise FleetError(f"{args.file}: not UTF-8 text: {exc}") from exc
-    ids = RequestIds("cfg")
-    with MqttBus(broker_options(args)).connect() as bus:
-        requester = Requester(bus, args.prefix).start()
-        body: dict[str, Any] = {"id": ids.next(), "config": text}
-        if args.signing_key is not None:
-            from edge_runtime.updates.configsign import sign_config
-            from edge_runtime.updates.protocol import UpdateError
-
-            current = requester.request(device, "get_config", {"id": ids.next()}, args.timeout)
-            base = current.body.get("file_sha256") if current is not None else None
-            if not isinstance(base, str):
-                raise FleetError(f"{device}: no file_sha256 in its get_config reply (offline, or too old?)")
-            try:
-                body["signature"] = sign_config(args.signing_key, device, base, data)
-            except UpdateError as exc:
-                raise FleetError(str(exc)) from exc
-        reply = requester.request(device, "config.update", body, args.timeout)
-    if reply is None:
-        raise FleetError(f"{device}: no reply to config.update within {args.timeout:g} s")
-    if args.json:
-        _print_json(reply.body)
-    elif reply.body.get("ok"):
-        signed = f", signed by {reply.body.get('signed_by')}" if reply.body.get("signed_by") else ""
-        sys.stdout.write(f"{device}: config applied: {reply.body.get('reloaded')}{signed}\n")
-    else:
-        sys.stderr.write(f"{device}: config refused: {' '.join(str(reply.body.get('error')).split())}\n")
-    return 0 if reply.body.get("ok") else 1
-
-
 COMMANDS = {
-    "config": cmd_config,
+    "config": lambda args: cmd_config(args, broker_options(args)),
     "status": cmd_status,
     "keygen": cmd_keygen,
     "sign": cmd_sign,
