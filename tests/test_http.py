@@ -191,9 +191,17 @@ def test_off_loopback_needs_a_readable_token(tmp_path: Path) -> None:
 
     missing = tmp_path / "absent.token"
     config.write_text(config.read_text() + f'token_file = "{missing}"\n')
-    assert run_cli("validate-config", str(config)).returncode == 0
-    ran = run_cli("run", "--config", str(config), "--duration", "5")
-    assert ran.returncode == 1 and f"http.token_file {str(missing)!r}: cannot read" in ran.stderr, ran.stderr
+    for command in (["validate-config", str(config)], ["run", "--config", str(config), "--duration", "5"]):
+        refused = run_cli(*command)
+        assert refused.returncode == 1, refused.stderr
+        assert f"http.token_file: {str(missing)!r}: cannot read: No such file" in refused.stderr, (
+            refused.stderr
+        )
+    short = tmp_path / "short.token"
+    short.write_text("abc\n")
+    config.write_text(config.read_text().replace(str(missing), str(short)))
+    refused = run_cli("validate-config", str(config))
+    assert refused.returncode == 1 and "the token must be at least 16 characters" in refused.stderr
     half = tmp_path / "half.toml"
     half.write_text(config.read_text() + 'tls = { cert = "server.crt" }\n')
     checked = run_cli("validate-config", str(half))

@@ -4,6 +4,7 @@
 call :func:`preflight` on a loaded config, so what one accepts the others accept. It checks:
 
 - the state directory: a directory that is (or can be made) writable by this user;
+- the HTTP API's token file (readable, a token of 16 characters at least) and TLS files;
 - every file the config names (models, labels, replay files, camera files, the MQTT password
   file, the TLS CA, certificate and key): a readable regular file (symlinks followed), and its
   content: the CA and the client certificate and key are loaded into a TLS context, the password
@@ -31,6 +32,7 @@ from edge_runtime.config import Config, ModelConfig
 from edge_runtime.config.fields import config_leaves
 from edge_runtime.config.guard import Rule, decision
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.http.auth import http_problems
 from edge_runtime.runtime.modelfile import ModelInfo, TensorInfo, read_model_file
 from edge_runtime.runtime.quant import QuantParams
 from edge_runtime.sources import SourceConfig
@@ -276,6 +278,7 @@ def preflight(config: Config, source: str = "config") -> None:
     """Raise :class:`ConfigError` listing everything ``run`` would refuse at start."""
     files = named_file_problems(config)
     problems = state_dir_problems(config) + mqtt_problems(config) + files
+    problems += http_problems(config.http, config.resolve)
     if not files:  # pipelines read these files while they are built
         problems += pipeline_problems(config)
     if problems:

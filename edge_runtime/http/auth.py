@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.http.config import HttpConfig
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -42,6 +45,26 @@ def read_token(path: Path) -> str:
     if len(token) < 16:
         raise HttpConfigError(f"http.token_file {str(path)!r}: the token must be at least 16 characters")
     return token
+
+
+def http_problems(config: HttpConfig, resolve: Callable[[str], Path]) -> list[str]:
+    """What the HTTP server would refuse at start, as ``path: value: message`` lines: a token file
+    that cannot be read or is too short, TLS files that do not load (for the daemon's preflight)."""
+    if not config.enabled:
+        return []
+    problems = []
+    if config.token_file:
+        try:
+            read_token(resolve(config.token_file))
+        except HttpConfigError as exc:
+            problems.append(f"http.token_file: {config.token_file!r}: {str(exc).split(': ', 1)[1]}")
+    if config.tls.cert:
+        cert, key = resolve(config.tls.cert), resolve(config.tls.key)
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"http.tls.cert: {config.tls.cert!r}: cannot load it with {key}: {exc}")
+    return problems
 
 
 class BearerAuth:
