@@ -287,6 +287,14 @@ class Service:
         self._health_thread = spawn(
             "health", self._health_loop, should_restart=lambda: not self.stop_event.is_set()
         )
+        if self._http is not None:
+            from edge_runtime.http.server import HttpError
+
+            try:
+                self._http.start()
+            except HttpError as exc:  # the daemon's work goes on without its local HTTP face
+                log.error("%s; running without the HTTP API", exc)
+                self.reporter.event("http.unavailable", str(exc), {})
         if self.config.metrics.enabled:
             from edge_runtime.reporting.metrics import MetricsServer
             from edge_runtime.reporting.metrics_http import Limits
@@ -296,14 +304,6 @@ class Service:
             limits = Limits(backlog=m.backlog, max_connections=m.max_connections, timeout_s=m.timeout_s)
             self._metrics = MetricsServer(self.health, m.host, m.port, limits=limits, refresh_s=m.refresh_s)
             self._metrics.start()
-        if self._http is not None:
-            from edge_runtime.http.server import HttpError
-
-            try:
-                self._http.start()
-            except HttpError as exc:  # the daemon's work goes on without its local HTTP face
-                log.error("%s; running without the HTTP API", exc)
-                self.reporter.event("http.unavailable", str(exc), {})
         log.info(
             "edge-runtime %s running: device %s, %d pipelines, %d sources, mqtt %s",
             __version__, self.config.device.id, len(self.pipelines), len(self.sources),
