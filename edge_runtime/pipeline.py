@@ -62,6 +62,14 @@ class Budget(Protocol):
     def give_back(self) -> None: ...
 
 
+class Watcher(Protocol):
+    """Watches the results of one runner (a model on probation): see :meth:`Pipeline.begin_watch`."""
+
+    def observe(self, outputs: list[npt.NDArray[Any]], invoke_ms: float) -> None: ...
+
+    def end(self, reason: str) -> None: ...
+
+
 CROP_SOURCE = "crop"  # the image input of a cascade's classifier
 STAGING_SLOTS = 2  # input sets: one built by the worker while the other is loaded for an invoke
 Emit = Callable[[dict[str, Any]], None]
@@ -300,7 +308,10 @@ class Pipeline:
         self.rate_limited = 0
         self.paused_skips = 0
         self.last_error = ""
-        self.paused = False
+        self._watch_lock = threading.Lock()
+        self._watcher: Watcher | None = None
+        self._watched: ModelRunner | None = None
+        self._paused = False
         self.finished = False
         self.busy_since: float | None = None
         self.last_progress = time.monotonic()
@@ -372,12 +383,51 @@ class Pipeline:
         """Call ``observer`` with the outputs and invoke time of each inference of the first model."""
         self.monitor = observer
 
+    def begin_watch(self, runner: ModelRunner, watcher: Watcher) -> ModelRunner:
+        """Serve ``runner`` under watch: ``watcher.observe`` gets each result it produces, and
+        ``watcher.end(reason)`` is called once if this pipeline stops serving it first (paused,
+        stopped, reloaded: :meth:`end_watch`). Returns the runner it replaced; refused
+        (:class:`PipelineError`) on a pipeline that is paused, stopping or already watched."""
+        with self._watch_lock:
+            why = (
+                "is stopping" if self._stop.is_set() or not self.alive
+                else "is paused" if self._paused
+                else "has a model on probation already" if self._watcher is not None
+                else ""
+            )  # fmt: skip
+            if why:
+                raise PipelineError(f"pipeline {self.name} {why}")
+            self._watcher, self._watched = watcher, runner
+            return self.swap_model(runner)
+
+    def end_watch(self, reason: str, watcher: Watcher | None = None) -> None:
+        """End the watch (of ``watcher`` only, when given); calls its ``end(reason)`` unless
+        ``watcher`` is given (the watcher itself is done)."""
+        with self._watch_lock:
+            current = self._watcher
+            if current is None or (watcher is not None and current is not watcher):
+                return
+            self._watcher, self._watched = None, None
+        if watcher is None:
+            current.end(reason)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self._paused = value
+        if value:
+            self.end_watch(f"pipeline {self.name} was paused")
+
     def request_stop(self) -> None:
         self._stop.set()
+        self.end_watch(f"pipeline {self.name} was stopped")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the inference in flight (and the results handed over are emitted)."""
-        self._stop.set()
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -615,6 +665,9 @@ class Pipeline:
                 "result": result,
             }
         )
+        watcher = self._watcher
+        if watcher is not None and job.runners[0] is self._watched:
+            watcher.observe(done.outputs[0], done.invoke_ms)  # a real result of the watched model
 
     def _combine(self, runners: list[ModelRunner], outputs: list[list[npt.NDArray[Any]]]) -> dict[str, Any]:
         assert self.config.ensemble is not None

@@ -379,6 +379,11 @@ class Service:
                 "reload: this daemon runs the embedded default; there is no file to re-read"
             )
         new = load_config(self.config_path, self.overrides, profile=self.profile)
+        # A model on probation is never committed across a reload: its probation ends here (rolled
+        # back by the updater), before the store is read for the new pipelines, so what they
+        # serve and what the store has committed cannot disagree.
+        for pipeline in self.pipelines:
+            pipeline.end_watch("the config was reloaded")
         if self.updater is not None:
             new = store_config(new, self.updater.store, startup=False)
         assert self.reporter is not None

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_fleet.artifact import Artifact, config_snippet, describe_model, keygen, load_key
+from edge_fleet.artifact import Artifact, config_snippet, describe_model, keygen, load_key, sign_rollback
 from edge_fleet.bus import BrokerOptions, MqttBus, Requester, parse_broker
 from edge_fleet.common import (
     FleetError,
@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--pipeline", required=True)
     sign.add_argument("--version", required=True)
     sign.add_argument("--key", dest="signing_key", type=Path, required=True, metavar="KEYFILE")
+    sign.add_argument(
+        "--rollback-from", metavar="VERSION", help="allow a downgrade, on devices that run VERSION now"
+    )
     sign.add_argument("--out", type=Path, metavar="FILE", help="also write the JSON to FILE")
 
     update = commands.add_parser(
@@ -147,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     update.add_argument(
         "--signed", type=Path, metavar="FILE", help="the JSON written by `sign` (key kept elsewhere)"
+    )
+    update.add_argument(
+        "--rollback-from", metavar="VERSION", help="allow a downgrade, on devices that run VERSION now"
     )
     update.add_argument("--devices", metavar="GLOB", help="shell patterns, comma-separated (default: all)")
     update.add_argument(
@@ -173,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     back = commands.add_parser("rollback", parents=[mqtt], help="return devices to their previous model")
     back.add_argument("--pipeline", required=True)
+    back.add_argument("--to", dest="to_version", metavar="VERSION", help="a version in the devices' history")
+    back.add_argument("--from", dest="from_version", metavar="VERSION", help="the version they run now")
+    back.add_argument(
+        "--key", dest="signing_key", type=Path, metavar="KEYFILE", help="sign it (needs --to and --from)"
+    )
     back.add_argument("--devices", metavar="GLOB", help="shell patterns, comma-separated (default: all)")
     back.add_argument("--concurrency", type=_positive_int, default=8, metavar="K")
     back.add_argument(
@@ -250,7 +261,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    artifact = describe_model(args.model, args.pipeline, args.version, load_key(args.signing_key))
+    key = load_key(args.signing_key)
+    artifact = describe_model(args.model, args.pipeline, args.version, key, args.rollback_from)
     text = json.dumps(artifact.manifest(), indent=2) + "\n"
     if args.out is not None:
         try:
@@ -268,7 +280,7 @@ def _with_signature(artifact: Artifact, signed: Path) -> Artifact:
         raise FleetError(f"{signed}: cannot read the signed manifest: {exc}") from exc
     if not isinstance(data, dict):
         raise FleetError(f"{signed}: not a JSON object")
-    for field in ("pipeline", "version", "sha256", "size"):
+    for field in ("pipeline", "version", "sha256", "size", "rollback_from"):
         mine = getattr(artifact, field)
         if data.get(field) != mine:
             raise FleetError(f"{signed}: signed for {field} {data.get(field)!r}, but the update has {mine!r}")
@@ -276,7 +288,13 @@ def _with_signature(artifact: Artifact, signed: Path) -> Artifact:
     if not isinstance(signature, str) or not signature:
         raise FleetError(f"{signed}: no signature")
     return Artifact(
-        artifact.path, artifact.pipeline, artifact.version, artifact.sha256, artifact.size, signature
+        artifact.path,
+        artifact.pipeline,
+        artifact.version,
+        artifact.sha256,
+        artifact.size,
+        signature,
+        artifact.rollback_from,
     )
 
 
@@ -295,7 +313,7 @@ def cmd_update(args: argparse.Namespace) -> int:
             "(it goes into the URL they download)"
         )
     key_pem = load_key(args.signing_key) if args.signing_key is not None else None
-    artifact = describe_model(args.model, args.pipeline, args.version, key_pem)
+    artifact = describe_model(args.model, args.pipeline, args.version, key_pem, args.rollback_from)
     if args.signed is not None:
         artifact = _with_signature(artifact, args.signed)
     err = console(stderr=True)
@@ -355,6 +373,17 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from edge_fleet.ui import console, rollback_table
 
     check_pipeline(args.pipeline)
+    signed: dict[str, str] = {}
+    if args.to_version is not None:
+        signed["version"] = args.to_version
+    if args.from_version is not None:
+        signed["rollback_from"] = args.from_version
+    if args.signing_key is not None:
+        if args.to_version is None or args.from_version is None:
+            raise FleetError("--key signs a rollback from one version to another: give --to and --from")
+        signed["signature"] = sign_rollback(
+            load_key(args.signing_key), args.pipeline, args.to_version, args.from_version
+        )
     with MqttBus(broker_options(args)).connect() as bus:
         targets = choose_targets(discover(bus, args), args.pipeline)
         for device, why in targets.skipped.items():
@@ -363,7 +392,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             raise FleetError(f"no online device under {args.prefix}/ runs pipeline {args.pipeline!r}")
         requester = Requester(bus, args.prefix).start()
         outcomes = rollback(
-            requester, targets.devices, args.pipeline, timeout_s=args.timeout, concurrency=args.concurrency
+            requester,
+            targets.devices,
+            args.pipeline,
+            timeout_s=args.timeout,
+            concurrency=args.concurrency,
+            signed=signed,
         )
     ok = all(o.ok for o in outcomes)
     if args.json:
