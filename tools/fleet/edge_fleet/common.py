@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 # The steps of a model.update, in the order a device reports them (its replies say which one).
 STEPS = (
     "accepted",
+    "signature",
     "download",
     "sha256",
-    "signature",
     "load",
     "check",
     "smoke",
