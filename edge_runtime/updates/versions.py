@@ -30,7 +30,7 @@ from edge_runtime.updates.protocol import StoreError, VersionError
 log = logging.getLogger(__name__)
 
 _VERSION_RE = re.compile(
-    r"^[vV]?(?P<nums>\d{1,9}(?:\.\d{1,9}){0,3})(?:-(?P<pre>[0-9A-Za-z]{1,32}(?:\.[0-9A-Za-z]{1,32}){0,7}))?$"
+    r"[vV]?(?P<nums>\d{1,9}(?:\.\d{1,9}){0,3})(?:-(?P<pre>[0-9A-Za-z]{1,32}(?:\.[0-9A-Za-z]{1,32}){0,7}))?"
 )
 VERSION_RULE = "[v]N[.N[.N[.N]]][-PRE] (for example 7, 1.4.0, v2024.11.5 or 2.0-rc.1)"
 VersionKey = tuple[tuple[int, ...], int, tuple[tuple[int, int, str], ...]]
@@ -38,7 +38,7 @@ VersionKey = tuple[tuple[int, ...], int, tuple[tuple[int, int, str], ...]]
 
 def version_key(version: str) -> VersionKey:
     """A sortable key of ``version``; raises :class:`VersionError` when it cannot be ordered."""
-    match = _VERSION_RE.match(version) if isinstance(version, str) else None
+    match = _VERSION_RE.fullmatch(version) if isinstance(version, str) else None
     if match is None:
         raise VersionError(f"version {version!r} cannot be ordered; use {VERSION_RULE}")
     nums = tuple(int(n) for n in match["nums"].split("."))

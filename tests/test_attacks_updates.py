@@ -1,0 +1,505 @@
+"""Attacks on model updates (issue 11, part 3): each class reproduced exactly, then varied.
+
+Two halves. The first drives the :class:`Updater` and :class:`Probation` directly against a fake
+host that implements :class:`~edge_runtime.updates.host.UpdateHost` (no daemon, real models, real
+HTTP server on loopback). The second attacks a real daemon through a real mosquitto broker and
+checks, after every attack, both the refusal (reply and event) and that the daemon still produces
+results and answers commands.
+
+The classes: reading local files or other schemes through ``model.update`` and learning about
+their content before authentication; slow downloads that outlive their deadline and block other
+updates; replays of older signed models and unsigned/forged rollbacks; chunk floods that fill the
+disk; probation that commits a model the device does not serve, or with no results.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from broker import Mosquitto
+from conftest import DATA, MODELS
+from daemon import Daemon, digits_config
+from mqtt_client import Subscriber
+from realparts import wait_until
+
+from edge_runtime.config import Config, load_config
+from edge_runtime.errors import PipelineError
+from edge_runtime.reporting.commands import Command, CommandError
+from edge_runtime.runtime.model import Model
+from edge_runtime.updates.host import Watcher
+from edge_runtime.updates.probation import Probation
+from edge_runtime.updates.protocol import UpdateError, VersionError
+from edge_runtime.updates.signing import SignedFields, generate_keypair, sign
+from edge_runtime.updates.transfer import ChunkAssembler
+from edge_runtime.updates.updater import Updater
+from edge_runtime.updates.versions import Floors, is_newer, version_key
+
+DIGITS = MODELS / "digits_int8.tflite"
+V2 = DATA / "digits_v2_int8.tflite"  # the same network with another description: another sha256
+CONSTANT = DATA / "constant_digits_int8.tflite"
+ZERO_SIGNATURE = base64.b64encode(bytes(64)).decode()  # well formed, matches no key
+SECRET = Path("/etc/shadow") if os.access("/etc/shadow", os.R_OK) else Path("/etc/passwd")
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def v3_bytes() -> bytes:
+    """Digits with trailing padding: a third valid model with its own sha256."""
+    return DIGITS.read_bytes() + b"\0" * 16 + b"attack-tests-v3"
+
+
+# =============================================================================== a real HTTP server
+
+
+class Files(http.server.ThreadingHTTPServer):
+    """Serves ``files`` by name; ``/drip/NAME`` sends one byte every ``drip_s``; ``/to/...``
+    redirects to what ``redirects`` says; counts every request."""
+
+    daemon_threads = True
+
+    def __init__(self, files: dict[str, bytes], redirects: dict[str, str], drip_s: float = 0.5) -> None:
+        self.files = files
+        self.redirects = redirects
+        self.drip_s = drip_s
+        self.hits: list[str] = []
+        self.stop = threading.Event()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Files
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.hits.append(self.path)
+        name = self.path.lstrip("/")
+        try:
+            if name in self.server.redirects:
+                self.send_response(302)
+                self.send_header("Location", self.server.redirects[name])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif name.startswith("drip/") and name[5:] in self.server.files:
+                data = self.server.files[name[5:]]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                for byte in data:  # one byte at a time, forever slower than the deadline
+                    if self.server.stop.wait(self.server.drip_s):
+                        return
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+            elif name in self.server.files:
+                data = self.server.files[name]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            else:
+                self.send_error(404)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@contextmanager
+def http_files(files: dict[str, bytes], redirects: dict[str, str] | None = None) -> Iterator[Files]:
+    server = Files(files, redirects or {})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+# ============================================================================ the fake host (no daemon)
+
+
+class FakeRunner:
+    def __init__(self, model: Model, version: str) -> None:
+        self.model = model
+        self.version = version
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"name": self.model.name, "sha256": self.model.sha256, "version": self.version}
+
+    def capture_inputs(self, timeout: float) -> list[npt.NDArray[Any]] | None:
+        return None
+
+
+class FakePipeline:
+    """A pipeline that invokes its serving model on random int8 inputs every ``period_s`` and
+    reports each result to the watcher, like :class:`edge_runtime.pipeline.Pipeline`."""
+
+    def __init__(self, name: str, path: Path, version: str, period_s: float = 0.01) -> None:
+        self.name = name
+        self.errors = 0
+        self.last_error = ""
+        self.results = 0
+        self.paused = False
+        self.runner = FakeRunner(Model(path, delegates=["cpu"]), version)
+        self._watcher: Watcher | None = None
+        self._watched: FakeRunner | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._period = period_s
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        rng = np.random.default_rng(0)
+        while not self._stop.wait(self._period):
+            if self.paused:
+                continue
+            runner = self.runner
+            spec = runner.model.inputs[0]
+            info = np.iinfo(spec.dtype)
+            array = rng.integers(info.min, info.max, spec.shape, dtype=spec.dtype, endpoint=True)
+            started = time.perf_counter()
+            outputs = runner.model.invoke([array])
+            self.results += 1
+            watcher = self._watcher
+            if watcher is not None and runner is self._watched:
+                watcher.observe(outputs, (time.perf_counter() - started) * 1000)
+
+    def serving(self) -> FakeRunner:
+        return self.runner
+
+    def load_candidate(self, path: Path, version: str) -> Model:
+        return Model(path, delegates=["cpu"])
+
+    def runner_for(self, path: Path, version: str, model: Model | None = None) -> FakeRunner:
+        return FakeRunner(model or Model(path, delegates=["cpu"]), version)
+
+    def swap_model(self, runner: FakeRunner) -> FakeRunner:
+        old, self.runner = self.runner, runner
+        return old
+
+    def invoke_p95(self) -> float | None:
+        return None
+
+    def begin_watch(self, runner: FakeRunner, watcher: Watcher) -> FakeRunner:
+        with self._lock:
+            if self.paused or self._stop.is_set():
+                raise PipelineError(f"pipeline {self.name} is {'paused' if self.paused else 'stopping'}")
+            self._watcher, self._watched = watcher, runner
+            return self.swap_model(runner)
+
+    def end_watch(self, reason: str, watcher: Watcher | None = None) -> None:
+        with self._lock:
+            current = self._watcher
+            if current is None or (watcher is not None and current is not watcher):
+                return
+            self._watcher = self._watched = None
+        if watcher is None:
+            current.end(reason)
+
+    def pause(self) -> None:
+        self.paused = True
+        self.end_watch(f"pipeline {self.name} was paused")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class FakeHost:
+    """The daemon as the updater sees it: a config, pipelines, events and replies in lists."""
+
+    def __init__(self, config: Config, pipelines: list[FakePipeline]) -> None:
+        self.config = config
+        self.stopping = False
+        self.pipelines = {p.name: p for p in pipelines}
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.replies: dict[str, list[dict[str, Any]]] = {}
+        self._cond = threading.Condition()
+
+    def pipeline(self, name: str) -> FakePipeline:
+        if name not in self.pipelines:
+            raise CommandError(f"no pipeline {name!r}")
+        return self.pipelines[name]
+
+    def event(self, kind: str, message: str, fields: dict[str, Any]) -> None:
+        with self._cond:
+            self.events.append((kind, message, fields))
+
+    def reply(self, command: Command, body: dict[str, Any]) -> None:
+        with self._cond:
+            self.replies.setdefault(command.id, []).append(body)
+            self._cond.notify_all()
+
+    def final(self, request_id: str, timeout: float = 60) -> list[dict[str, Any]]:
+        def done() -> bool:
+            return any(r.get("final") or not r.get("ok") for r in self.replies.get(request_id, []))
+
+        with self._cond:
+            assert self._cond.wait_for(done, timeout), self.replies.get(request_id)
+            return list(self.replies[request_id])
+
+    def kinds(self) -> list[str]:
+        with self._cond:
+            return [kind for kind, _, _ in self.events]
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[Callable[..., tuple[Updater, FakeHost, FakePipeline]]]:
+    made: list[tuple[FakeHost, FakePipeline]] = []
+
+    def make(updates: str = "", version: str = "1") -> tuple[Updater, FakeHost, FakePipeline]:
+        extra = "[updates]\nallow_file_urls = true\nfail_on_constant = false\n" + updates
+        config = load_config(digits_config(tmp_path, port=None, extra=extra))
+        pipe = FakePipeline("digits", DIGITS, version)
+        host = FakeHost(config, [pipe])
+        made.append((host, pipe))
+        return Updater(host), host, pipe
+
+    yield make
+    for host, pipe in made:
+        host.stopping = True
+        pipe.close()
+
+
+def update_cmd(
+    request_id: str, path: Path | None, data: bytes, version: str, key: bytes | None = None, **over: Any
+) -> Command:
+    args: dict[str, Any] = {
+        "pipeline": "digits",
+        "url": path.as_uri() if path is not None else "",
+        "sha256": sha(data),
+        "size": len(data),
+        "version": version,
+    }
+    args.update(over)
+    if key is not None:
+        fields = SignedFields.update(
+            "digits", version, args["sha256"], args["size"], args.get("rollback_from")
+        )
+        args["signature"] = sign(key, fields)
+    return Command("model.update", request_id, args)
+
+
+# --- versions and the floor ------------------------------------------------------------------------
+
+
+def test_version_order_is_defined_and_unorderable_versions_are_refused(tmp_path: Path) -> None:
+    ordered = ["0.9", "1", "1.0.1", "1.2-alpha", "1.2-alpha.1", "1.2-alpha.beta", "1.2-rc.2", "1.2-rc.10",
+               "1.2", "v1.10", "2", "2024.11.5", "2024.11.5.1"]  # fmt: skip
+    keys = [version_key(v) for v in ordered]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert version_key("1.2") == version_key("1.2.0") == version_key("v1.2.0.0")
+    assert not is_newer("1.2.0", "1.2") and is_newer("1.2", "1.2-rc.9")
+    for bad in (
+        "latest",
+        "",
+        "1..2",
+        "1.2.3.4.5",
+        "2024-11-05T10:00",
+        "1.2-",
+        "-1",
+        "1.2+build",
+        " 1",
+        "1\n",
+    ):
+        with pytest.raises(VersionError, match="cannot be ordered"):
+            version_key(bad)
+    floors = Floors(tmp_path)
+    assert floors.get("p") is None
+    assert floors.raise_to("p", "2", "a" * 64) and not floors.raise_to("p", "1.9", "b" * 64)
+    assert not floors.raise_to("p", "2.0", "c" * 64) and floors.get("p") == "2"
+    assert Floors(tmp_path).get("p") == "2"  # durable: read back by a new instance
+    (tmp_path / "p" / "floor.json").write_text("{torn")
+    with pytest.raises(UpdateError, match="unreadable anti-rollback floor"):  # fails closed
+        Floors(tmp_path).get("p")
+
+
+# --- the updater against the fake host --------------------------------------------------------------
+
+
+def test_updater_checks_the_signature_and_the_floor_before_any_download(
+    fake: Callable[..., tuple[Updater, FakeHost, FakePipeline]],
+) -> None:
+    private, public = generate_keypair()
+    other, _ = generate_keypair()
+    updater, host, _ = fake(f'public_keys = ["{public}"]\nprobation_results = 5\n')
+    data = V2.read_bytes()
+    with http_files({"m": data}) as server:
+        url = f"{server.base}/m"
+        resized = update_cmd("size", None, data, "2", private, url=url)
+        resized.args["size"] += 1  # the signature covers the size
+        v1 = update_cmd(
+            "v1", None, data, "2", url=url, signature=sign(private, SignedFields.rollback("digits", "2", "1"))
+        )
+        forged = [
+            update_cmd("unsigned", None, data, "2", url=url),
+            update_cmd("other-key", None, data, "2", other, url=url),
+            resized,
+            v1,  # a rollback's signature on an update
+        ]
+        for cmd in forged:
+            updater.update(cmd)
+            (reply,) = host.final(cmd.id)  # one reply, at once
+            assert reply["ok"] is False and reply["step"] == "signature", reply
+        assert server.hits == [], "a request was fetched before its signature was checked"
+        assert host.kinds().count("model.refused") == len(forged)
+        updater.update(update_cmd("good", None, data, "2", private, url=url))
+        replies = host.final("good")
+        assert replies[-1]["ok"] and replies[-1]["step"] == "commit", replies
+        assert [r["step"] for r in replies][:3] == ["accepted", "signature", "download"]
+        assert server.hits == ["/m"]
+        # the same signed request again: the floor is 2 now
+        updater.update(update_cmd("replay", None, data, "2", private, url=url))
+        (reply,) = host.final("replay")
+        assert reply["step"] == "version" and "not above '2'" in reply["error"], reply
+        assert server.hits == ["/m"]
+    assert updater.floors.get("digits") == "2"
+
+
+def test_probation_passes_only_after_real_results_and_a_pause_rolls_back(
+    fake: Callable[..., tuple[Updater, FakeHost, FakePipeline]],
+) -> None:
+    updater, host, pipe = fake("probation_results = 30\nprobation_s = 30\n")
+    original = pipe.runner.model.sha256
+    data = V2.read_bytes()
+    updater.update(update_cmd("u1", V2, data, "2"))
+    assert wait_until(lambda: any(r["step"] == "swap" for r in host.replies.get("u1", [])), 60)
+    pipe.pause()  # the issue's example: a paused pipeline passed probation with 0 results
+    (*_, final) = host.final("u1")
+    assert final["ok"] is False and final["step"] == "probation" and final["rolled_back"] is True
+    assert final["interrupted"] is True and "paused" in final["error"], final
+    assert pipe.runner.model.sha256 == original
+    assert updater.store.current("digits") is None and updater.store.probation("digits") is None
+    assert updater.floors.get("digits") is None
+    assert "model.rolled_back" in host.kinds()
+    # paused before the update: nothing is swapped in
+    updater.update(update_cmd("u2", V2, data, "2"))
+    (*_, final) = host.final("u2")
+    assert final["step"] == "swap" and "is paused" in final["error"], final
+    assert pipe.runner.model.sha256 == original
+    # resumed: it commits after 30 real results of the candidate, not before
+    pipe.paused = False
+    updater.update(update_cmd("u3", V2, data, "2"))
+    replies = host.final("u3")
+    assert replies[-1]["step"] == "commit", replies
+    assert next(r for r in replies if r["step"] == "probation")["results"] >= 30
+    assert pipe.runner.model.sha256 == sha(data)
+
+
+def test_probation_with_no_results_fails_at_its_deadline() -> None:
+    model = Model(DIGITS, delegates=["cpu"])
+
+    class Quiet:
+        errors = 0
+        last_error = ""
+
+    watch = Probation(Quiet(), None, model.outputs)
+    assert watch.verdict(3.0, False) == ""  # nothing wrong yet: the updater needs the count too
+    assert watch.count == 0
+    outputs = model.invoke([np.zeros(model.inputs[0].shape, model.inputs[0].dtype)])
+    for _ in range(3):
+        watch.observe(outputs, 1.0)
+    assert watch.count == 3
+    watch.end("pipeline digits was reloaded")
+    watch.observe(outputs, 1.0)  # a result after the end does not count
+    assert watch.count == 3 and watch.ended == "pipeline digits was reloaded"
+    assert watch.commit(lambda: "committed") is None  # the end wins: no commit
+    other = Probation(Quiet(), None, model.outputs)
+    assert other.commit(lambda: "committed") == "committed"
+    other.end("too late")
+    assert other.ended == ""  # a commit that happened stays
+
+
+def test_updater_probation_deadline_without_enough_results(
+    fake: Callable[..., tuple[Updater, FakeHost, FakePipeline]],
+) -> None:
+    updater, host, _ = fake("probation_results = 100000\nprobation_s = 1\n")
+    updater.update(update_cmd("slow", V2, V2.read_bytes(), "2"))
+    final = host.final("slow")[-1]
+    assert final["step"] == "probation" and final["rolled_back"] and final["interrupted"] is False
+    assert "of the 100000 results required" in final["error"], final
+    assert updater.store.current("digits") is None
+
+
+def test_rollback_against_the_fake_host(
+    fake: Callable[..., tuple[Updater, FakeHost, FakePipeline]], tmp_path: Path
+) -> None:
+    private, public = generate_keypair()
+    updater, host, pipe = fake(f'public_keys = ["{public}"]\nprobation_results = 3\n')
+    v3 = v3_bytes()
+    v3_path = tmp_path / "v3.tflite"
+    v3_path.write_bytes(v3)
+    for version, path, data in (("2", V2, V2.read_bytes()), ("3", v3_path, v3)):
+        updater.update(update_cmd(f"u{version}", path, data, version, private))
+        assert host.final(f"u{version}")[-1]["step"] == "commit"
+
+    def rollback(request_id: str, **args: Any) -> dict[str, Any]:
+        return updater.rollback(Command("model.rollback", request_id, {"pipeline": "digits", **args}))
+
+    def signed(to: str, start: str) -> dict[str, str]:
+        fields = SignedFields.rollback("digits", to, start)
+        return {"version": to, "rollback_from": start, "signature": sign(private, fields)}
+
+    for request_id, args, error in [
+        ("unsigned", {}, "must name 'version' and 'rollback_from' and be signed"),
+        ("bad-sig", {**signed("2", "3"), "signature": ZERO_SIGNATURE}, "matches none"),
+        ("other-key", {**signed("2", "3"), "signature": signed("2", "4")["signature"]}, "matches none"),
+        ("not-local", signed("1", "3"), "local history"),
+        ("wrong-from", signed("2", "2"), "runs now ('3')"),
+    ]:
+        with pytest.raises(CommandError, match=error.replace("(", r"\(").replace(")", r"\)")):
+            rollback(request_id, **args)
+    assert pipe.runner.model.sha256 == sha(v3)
+    good = signed("2", "3")
+    assert rollback("ok", **good)["version"] == "2"
+    assert pipe.runner.model.sha256 == sha(V2.read_bytes())
+    with pytest.raises(CommandError, match="runs now"):  # the same signed rollback, replayed
+        rollback("replay", **good)
+    assert updater.floors.get("digits") == "3"  # a rollback does not lower the floor
+    assert host.kinds().count("model.refused") == 6
+
+
+# --- chunked transfers ----------------------------------------------------------------------------------
+
+
+def test_chunk_quota_transfer_bound_and_expiry_while_running(tmp_path: Path) -> None:
+    chunks = ChunkAssembler(tmp_path, max_bytes=10_000, quota_bytes=25_000, max_transfers=3, expiry_s=1.0)
+    for n in range(3):
+        assert chunks.add(f"t{n}", 0, 4, b"x" * 6_000) is None
+    with pytest.raises(UpdateError, match="3 transfers are already in progress"):
+        chunks.add("t3", 0, 2, b"x")
+    with pytest.raises(UpdateError, match="the quota"):
+        chunks.add("t0", 1, 4, b"x" * 8_000)  # 18000 + 8000 > 25000
+    assert chunks.used_bytes == 18_000
+    old = time.time() - 5
+    os.utime(tmp_path / "t0.chunks", (old, old))
+    assert chunks.add("t4", 0, 2, b"y" * 100) is None  # t0 expired at this chunk: a slot is free
+    assert chunks.transfers() == ["t1", "t2", "t4"]
+    time.sleep(1.2)
+    assert chunks.sweep() == ["t1", "t2", "t4"]  # the updater's sweeper calls this while running
+    assert list(tmp_path.iterdir()) == [] and chunks.used_bytes == 0
