@@ -503,3 +503,244 @@ def test_chunk_quota_transfer_bound_and_expiry_while_running(tmp_path: Path) -> 
     time.sleep(1.2)
     assert chunks.sweep() == ["t1", "t2", "t4"]  # the updater's sweeper calls this while running
     assert list(tmp_path.iterdir()) == [] and chunks.used_bytes == 0
+
+
+# ====================================================================== a real daemon, a real broker
+
+
+def daemon_config(tmp_path: Path, broker: Mosquitto, updates: str, more: str = "") -> Path:
+    """The digits config with ``[updates]`` set to ``updates`` and ``more`` TOML after it."""
+    return digits_config(tmp_path, port=broker.port, extra=f"[updates]\n{updates}\n{more}")
+
+
+def send(sub: Subscriber, name: str, body: dict[str, Any], timeout: float = 60) -> list[dict[str, Any]]:
+    """Publish a command; every reply up to the final one (or the first refusal)."""
+    sub.publish(f"edge/dev1/cmd/{name}", json.dumps(body).encode(), qos=1)
+    return collect(sub, body["id"], timeout, long=name == "model.update")
+
+
+def collect(sub: Subscriber, request_id: str, timeout: float = 60, long: bool = True) -> list[dict[str, Any]]:
+    """The replies to ``request_id`` up to the final one (``long``) or the first."""
+    topic = f"edge/dev1/reply/{request_id}"
+    assert sub.wait_for(
+        lambda ms: any(
+            m.topic == topic and (m.json().get("final") or not m.json().get("ok") or not long) for m in ms
+        ),
+        timeout,
+    ), sub.json(topic)
+    return sub.json(topic)
+
+
+def events(sub: Subscriber, kind: str) -> list[dict[str, Any]]:
+    return [e for e in sub.json("edge/dev1/events") if e.get("kind") == kind]
+
+
+def serving(sub: Subscriber, pipeline: str = "digits") -> str:
+    healths = sub.json("edge/dev1/health")
+    sha256: str = healths[-1]["pipelines"][pipeline]["models"][0]["sha256"]
+    return sha256
+
+
+def fresh_serving(sub: Subscriber, pipeline: str = "digits") -> str:
+    """The sha256 the next health report (after now) says the pipeline serves."""
+    count = len(sub.messages("edge/dev1/health"))
+    assert sub.wait_for(lambda ms: len([m for m in ms if m.topic == "edge/dev1/health"]) > count, 20)
+    return serving(sub, pipeline)
+
+
+def still_alive(sub: Subscriber, daemon: Daemon, tag: str) -> None:
+    """The daemon produces results and answers a command."""
+    count = daemon.count()
+    assert wait_until(lambda: daemon.count() > count + 5, 30), (
+        f"{tag}: results stopped\n{daemon.log()[-3000:]}"
+    )
+    (pong,) = send(sub, "ping", {"id": f"ping-{tag}"})
+    assert pong["ok"] and pong["pong"] is True, pong
+    assert daemon.proc.poll() is None
+
+
+def update_body(
+    request_id: str, url: str, data: bytes, version: str, key: bytes | None = None, **over: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": request_id,
+        "pipeline": "digits",
+        "url": url,
+        "sha256": sha(data),
+        "size": len(data),
+        "version": version,
+    }
+    body.update(over)
+    if key is not None:
+        fields = SignedFields.update(
+            body["pipeline"], version, body["sha256"], body["size"], body.get("rollback_from")
+        )
+        body["signature"] = sign(key, fields)
+    return body
+
+
+@pytest.fixture
+def online() -> Callable[[Subscriber, Daemon], None]:
+    def wait(sub: Subscriber, daemon: Daemon) -> None:
+        assert sub.wait_for(lambda ms: any(m.topic == "edge/dev1/health" for m in ms), 40), daemon.log()[
+            -3000:
+        ]
+
+    return wait
+
+
+def test_local_files_and_other_schemes_are_never_read(
+    tmp_path: Path, broker: Mosquitto, online: Callable[[Subscriber, Daemon], None]
+) -> None:
+    """The issue's example: ``file:///etc/shadow`` answered with the file's size, and with the
+    right size its sha256. Now the scheme is refused before the file is opened, whatever the size
+    claimed, so the replies for a right and a wrong guess are the same."""
+    secret = SECRET.read_bytes()
+    model = V2.read_bytes()
+    config = daemon_config(tmp_path, broker, "probation_results = 5\n")
+    with http_files({"m": model}, {}) as server:
+        base = server.base
+        port = server.server_address[1]
+        server.redirects.update(
+            {
+                "to-file": SECRET.as_uri(),
+                "to-other-host": f"http://localhost:{port}/m",  # same server, another host name
+                "to-ftp": f"ftp://127.0.0.1:{port}/m",
+                "to-same": "/m",
+            }
+        )
+        attacks = [
+            ("right-size", SECRET.as_uri(), secret, "is not allowed"),
+            ("wrong-size", SECRET.as_uri(), secret + b"x", "is not allowed"),
+            ("upper", "FILE://" + str(SECRET), secret, "is not allowed"),
+            ("mixed", "FiLe:" + str(SECRET), secret, "is not allowed"),
+            ("localhost", f"file://localhost{SECRET}", secret, "is not allowed"),
+            ("ftp", f"ftp://127.0.0.1:{port}/m", model, "is not allowed"),
+            ("gopher", f"gopher://127.0.0.1:{port}/_GET%20/m", model, "is not allowed"),
+            ("data", "data:application/octet-stream;base64," + base64.b64encode(model[:100]).decode(), model,
+             "is not allowed"),
+            ("jar", f"jar:file://{SECRET}!/", secret, "is not allowed"),
+            ("no-host", "http:///m", model, "no host"),
+            ("redirect-file", f"{base}/to-file", secret, "refusing redirect (302) to another scheme"),
+            ("redirect-host", f"{base}/to-other-host", model, "refusing redirect (302) to another host"),
+            ("redirect-ftp", f"{base}/to-ftp", model, "refusing redirect (302) to another scheme"),
+        ]  # fmt: skip
+        with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
+            online(sub, daemon)
+            before = serving(sub)
+            finals = {}
+            for name, url, data, error in attacks:
+                replies = send(sub, "model.update", update_body(name, url, data, "2"))
+                final = replies[-1]
+                assert final["ok"] is False and final["step"] == "download", (name, replies)
+                assert error in final["error"], (name, final)
+                assert [r["step"] for r in replies] == ["accepted", "signature", "download"], (name, replies)
+                assert sha(secret) not in json.dumps(replies)
+                finals[name] = final
+            strip = {"id", "error"}
+            assert {k: v for k, v in finals["right-size"].items() if k not in strip} == {
+                k: v for k, v in finals["wrong-size"].items() if k not in strip
+            }
+            assert finals["right-size"]["error"] == finals["wrong-size"]["error"]
+            assert sub.wait_for(lambda ms: len(events(sub, "model.refused")) == len(attacks), 20)
+            assert server.hits.count("/m") == 0, server.hits  # no redirect was followed to another host
+            # a redirect on the same host is fine
+            replies = send(sub, "model.update", update_body("same", f"{base}/to-same", model, "2"))
+            assert replies[-1]["step"] == "commit", replies
+            assert before != sha(model) and fresh_serving(sub) == sha(model)
+            still_alive(sub, daemon, "schemes")
+            assert daemon.stop() == 0
+    log = (tmp_path / "dev1.log").read_text()
+    assert sha(secret) not in log
+
+
+def test_unsigned_or_forged_updates_are_refused_before_anything_is_fetched(
+    tmp_path: Path, broker: Mosquitto, online: Callable[[Subscriber, Daemon], None]
+) -> None:
+    private, public = generate_keypair()
+    other, _ = generate_keypair()
+    model = V2.read_bytes()
+    config = daemon_config(tmp_path, broker, f'public_keys = ["{public}"]\nprobation_results = 5\n')
+    with http_files({"m": model}) as server:
+        url = f"{server.base}/m"
+        good = update_body("good", url, model, "2", private)
+        attacks = [
+            ("unsigned", update_body("unsigned", url, model, "2"), "unsigned"),
+            ("other-key", update_body("other-key", url, model, "2", other), "matches none"),
+            ("zeros", {**good, "id": "zeros", "signature": ZERO_SIGNATURE}, "matches none"),
+            ("garbage", {**good, "id": "garbage", "signature": "not base64!"}, "not valid base64"),
+            ("size", {**good, "id": "size", "size": len(model) + 1}, "matches none"),
+            ("version", {**good, "id": "version", "version": "3"}, "matches none"),
+            ("rollback-from", {**good, "id": "rollback-from", "rollback_from": "1"}, "matches none"),
+            ("shadow", {**good, "id": "shadow", "url": SECRET.as_uri()}, None),  # signed, but not for this
+        ]
+        with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
+            online(sub, daemon)
+            for name, body, error in attacks:
+                replies = send(sub, "model.update", body)
+                if error is None:  # the location is not signed: it is refused by its scheme
+                    assert replies[-1]["step"] == "download" and "is not allowed" in replies[-1]["error"]
+                    continue
+                (reply,) = replies  # at once, one reply
+                assert reply["ok"] is False and reply["step"] == "signature" and error in reply["error"], (
+                    reply
+                )
+            assert server.hits == [], server.hits
+            assert sub.wait_for(lambda ms: len(events(sub, "model.refused")) == len(attacks), 20)
+            replies = send(sub, "model.update", good)
+            assert replies[-1]["step"] == "commit" and replies[1]["signed"] is True, replies
+            assert server.hits == ["/m"]
+            still_alive(sub, daemon, "signatures")
+            assert daemon.stop() == 0
+
+
+SECOND = f"""
+[[pipelines]]
+name = "second"
+trigger = "camera"
+
+[[pipelines.models]]
+path = "{MODELS}/digits_int8.tflite"
+version = "1"
+inputs = [{{ kind = "image", source = "camera", resize = "crop", color = "gray", std = 255.0 }}]
+postprocess = {{ type = "classification", labels = "{MODELS}/digits_labels.txt", top_k = 1 }}
+"""
+
+
+def test_a_slow_drip_download_ends_at_its_deadline_and_blocks_no_other_update(
+    tmp_path: Path, broker: Mosquitto, online: Callable[[Subscriber, Daemon], None]
+) -> None:
+    """The issue's example: one byte a second held a ``download_timeout_s = 10`` update for
+    minutes and blocked every other update. Here: a real ``http.server`` on loopback drips one
+    byte every 0.5 s; the deadline is 3 s for the whole download; meanwhile the other pipeline
+    updates from a fast URL."""
+    model = V2.read_bytes()
+    config = daemon_config(tmp_path, broker, "download_timeout_s = 3\nprobation_results = 5\n", SECOND)
+    with http_files({"m": model}) as server:
+        slow = update_body("slow", f"{server.base}/drip/m", model, "2")
+        fast = {**update_body("fast", f"{server.base}/m", model, "2"), "pipeline": "second"}
+        with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
+            online(sub, daemon)
+            started = time.monotonic()
+            sub.publish("edge/dev1/cmd/model.update", json.dumps(slow).encode(), qos=1)
+            assert sub.wait_for(lambda ms: any(m.topic == "edge/dev1/reply/slow" for m in ms), 20)
+            fast_replies = send(sub, "model.update", fast)
+            replies = collect(sub, "slow")
+            took = time.monotonic() - started
+            final = replies[-1]
+            assert final["ok"] is False and final["step"] == "download", replies
+            assert "not complete within 3 s" in final["error"], final
+            assert 2.5 < took < 3 + 6, f"the 3 s deadline ended the download after {took:.1f} s"
+            assert fast_replies[-1]["ok"] and fast_replies[-1]["step"] == "commit", fast_replies
+            fast_download = next(
+                m.monotonic for m in sub.messages("edge/dev1/reply/fast") if m.json()["step"] == "download"
+            )
+            slow_end = sub.messages("edge/dev1/reply/slow")[-1].monotonic
+            assert fast_download < slow_end, "the other pipeline's update waited for the slow download"
+            assert fresh_serving(sub, "second") == sha(model)
+            assert serving(sub, "digits") != sha(model)
+            assert sub.wait_for(lambda ms: bool(events(sub, "model.refused")), 20)
+            still_alive(sub, daemon, "drip")
+            assert daemon.stop() == 0
+    leftovers = [p.name for p in (tmp_path / "state-dev1" / "models").rglob("*.part")]
+    assert leftovers == []
