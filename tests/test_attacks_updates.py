@@ -19,7 +19,6 @@ import hashlib
 import http.server
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -678,6 +677,7 @@ def test_unsigned_or_forged_updates_are_refused_before_anything_is_fetched(
             online(sub, daemon)
             for name, body, error in attacks:
                 replies = send(sub, "model.update", body)
+                assert replies[0]["id"] == name
                 if error is None:  # the location is not signed: it is refused by its scheme
                     assert replies[-1]["step"] == "download" and "is not allowed" in replies[-1]["error"]
                     continue
@@ -744,3 +744,214 @@ def test_a_slow_drip_download_ends_at_its_deadline_and_blocks_no_other_update(
             assert daemon.stop() == 0
     leftovers = [p.name for p in (tmp_path / "state-dev1" / "models").rglob("*.part")]
     assert leftovers == []
+
+
+def test_replayed_older_models_and_rollbacks_are_refused(
+    tmp_path: Path, broker: Mosquitto, online: Callable[[Subscriber, Daemon], None]
+) -> None:
+    """The issue's examples: a validly signed older model replayed after a newer one was
+    committed, and the unsigned ``model.rollback`` that downgraded. Variants: the same version
+    with other bytes, an unorderable version, a downgrade permission for another state, replays of
+    a permission and of a signed rollback, a rollback to a version not in the local history."""
+    private, public = generate_keypair()
+    v2, v3 = V2.read_bytes(), v3_bytes()
+    config = daemon_config(tmp_path, broker, f'public_keys = ["{public}"]\nprobation_results = 5\n')
+
+    def rollback(request_id: str, to: str | None = None, start: str | None = None, key: bytes | None = None,
+                 **over: Any) -> dict[str, Any]:  # fmt: skip
+        body: dict[str, Any] = {"id": request_id, "pipeline": "digits"}
+        if to is not None and start is not None:
+            body.update(version=to, rollback_from=start)
+            if key is not None:
+                body["signature"] = sign(key, SignedFields.rollback("digits", to, start))
+        (reply,) = send(sub, "model.rollback", {**body, **over})
+        return reply
+
+    with http_files({"v2": v2, "v3": v3}) as server:
+        url2, url3 = f"{server.base}/v2", f"{server.base}/v3"
+        with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
+            online(sub, daemon)
+            original = serving(sub)
+            old = update_body("old", url2, v2, "2", private)
+            assert send(sub, "model.update", old)[-1]["step"] == "commit"
+            assert (
+                send(sub, "model.update", update_body("new", url3, v3, "3", private))[-1]["step"] == "commit"
+            )
+            assert fresh_serving(sub) == sha(v3)
+            hits = len(server.hits)
+            attacks = [
+                ("replay", {**old, "id": "replay"}, "not above '3'"),  # the exact request, again
+                ("same", update_body("same", url2, v2, "3", private), "not above '3'"),
+                ("older", update_body("older", url2, v2, "2.9.9", private), "not above '3'"),
+                ("latest", update_body("latest", url2, v2, "latest", private), "cannot be ordered"),
+                ("perm", update_body("perm", url2, v2, "2", private, rollback_from="2"), "runs now ('3')"),
+            ]  # fmt: skip
+            for name, body, error in attacks:
+                (reply,) = send(sub, "model.update", body)
+                assert reply["ok"] is False and reply["step"] == "version" and error in reply["error"], (
+                    name,
+                    reply,
+                )
+            assert len(server.hits) == hits, "a refused version was downloaded"
+            # rollbacks: unsigned (the issue's example), forged, not local, for another state
+            for reply, error in [
+                (rollback("rb-unsigned"), "must name 'version' and 'rollback_from' and be signed"),
+                (rollback("rb-unsigned-named", "2", "3"), "unsigned"),
+                (rollback("rb-forged", "2", "3", private, signature=ZERO_SIGNATURE), "matches none"),
+                (rollback("rb-other-key", "2", "3", generate_keypair()[0]), "matches none"),
+                (rollback("rb-not-local", "0.5", "3", private), "not in the local history"),
+                (rollback("rb-config", "1", "3", private), "not in the local history"),
+                (rollback("rb-other-state", "2", "2", private), "runs now ('3')"),
+            ]:
+                assert reply["ok"] is False and error in reply["error"], (error, reply)
+            refused = len(attacks) + 7
+            assert sub.wait_for(lambda ms: len(events(sub, "model.refused")) == refused, 20)
+            assert fresh_serving(sub) == sha(v3)
+            # an explicit, signed downgrade from the state the device is in works once
+            permitted = update_body("permitted", url2, v2, "2", private, rollback_from="3")
+            assert send(sub, "model.update", permitted)[-1]["step"] == "commit"
+            assert fresh_serving(sub) == sha(v2)
+            (reply,) = send(sub, "model.update", {**permitted, "id": "permitted-again"})
+            assert reply["step"] == "version" and "runs now ('2')" in reply["error"], reply
+            # back to 3 needs a permission too: the floor stays at the highest version committed
+            (reply,) = send(sub, "model.update", update_body("up-again", url3, v3, "3", private))
+            assert reply["step"] == "version", reply
+            again = update_body("up-again-2", url3, v3, "3", private, rollback_from="2")
+            assert send(sub, "model.update", again)[-1]["step"] == "commit"
+            # a signed rollback within the local history works, and only from the state it names
+            assert rollback("rb-ok", "2", "3", private)["ok"] is True
+            assert fresh_serving(sub) == sha(v2)
+            replay = rollback("rb-replay", "2", "3", private)
+            assert replay["ok"] is False and "runs now ('2')" in replay["error"], replay
+            listing = send(sub, "model.list", {"id": "list", "pipeline": "digits"})[0]
+            assert listing["floor"] == "3", listing
+            assert original != sha(v2)
+            still_alive(sub, daemon, "replay")
+            assert daemon.stop() == 0
+
+
+def test_chunk_floods_are_bounded_by_one_quota_and_expire_while_running(
+    tmp_path: Path, broker: Mosquitto, online: Callable[[Subscriber, Daemon], None]
+) -> None:
+    """The issue's example: 500 ``model.chunk`` commands left 19 MB on disk for 24 h. Here: 500
+    transfer ids, 30 KB each, against ``max_transfers = 2``, a 256 KiB quota and a 3 s expiry."""
+    quota = 262144
+    config = daemon_config(
+        tmp_path,
+        broker,
+        f"max_transfers = 2\ntransfer_quota_bytes = {quota}\ntransfer_expiry_s = 3\nprobation_results = 5\n",
+    )
+    downloads = tmp_path / "state-dev1" / "downloads"
+
+    def on_disk() -> int:
+        return sum(p.stat().st_size for p in downloads.rglob("*") if p.is_file()) if downloads.exists() else 0
+
+    piece = base64.b64encode(os.urandom(30_000)).decode()
+    with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
+        online(sub, daemon)
+        for n in range(500):
+            body = {"id": f"c{n}", "transfer": f"flood{n}", "index": 0, "total": 2, "data": piece}
+            sub.publish("edge/dev1/cmd/model.chunk", json.dumps(body).encode(), qos=1)
+        assert sub.wait_for(
+            lambda ms: len({m.topic for m in ms if m.topic.startswith("edge/dev1/reply/c")}) == 500, 120
+        ), len(sub.messages("edge/dev1/reply/+"))
+        replies = [sub.json(f"edge/dev1/reply/c{n}")[0] for n in range(500)]
+        accepted = [r for r in replies if r["ok"]]
+        assert 1 <= len(accepted) <= 2, accepted
+        refusals = [r["error"] for r in replies if not r["ok"]]
+        assert sum("transfers are already in progress" in e for e in refusals) >= 400, refusals[:5]
+        assert on_disk() <= quota
+        assert events(sub, "model.chunk_refused"), "refused chunks must be reported as events"
+        # one transfer that outgrows the quota
+        big = [
+            {"id": f"big{i}", "transfer": "flood0", "index": i + 1, "total": 40, "data": piece}
+            for i in range(12)
+        ]
+        errors = [send(sub, "model.chunk", b)[0].get("error", "") for b in big]
+        assert any("the quota" in e for e in errors), errors
+        assert on_disk() <= quota
+        # nobody sends anything more: the transfers expire while the daemon runs
+        assert wait_until(lambda: on_disk() == 0 and not any(downloads.iterdir()), 15), list(
+            downloads.iterdir()
+        )
+        # and a real transfer works again
+        model = V2.read_bytes()
+        parts = [model[i : i + 30_000] for i in range(0, len(model), 30_000)]
+        for i, part in enumerate(parts):
+            body = {"id": f"ok{i}", "transfer": "real", "index": i, "total": len(parts),
+                    "data": base64.b64encode(part).decode()}  # fmt: skip
+            (reply,) = send(sub, "model.chunk", body)
+            assert reply["ok"], reply
+        assert reply["complete"] is True
+        update = {"id": "u1", "pipeline": "digits", "transfer": "real", "sha256": sha(model),
+                  "size": len(model), "version": "2"}  # fmt: skip
+        assert send(sub, "model.update", update)[-1]["step"] == "commit"
+        assert on_disk() == 0
+        still_alive(sub, daemon, "chunks")
+        assert daemon.stop() == 0
+
+
+def test_probation_ends_without_a_commit_when_its_pipeline_stops_serving_the_candidate(
+    tmp_path: Path, broker: Mosquitto, online: Callable[[Subscriber, Daemon], None]
+) -> None:
+    """The issue's examples: a SIGHUP or ``config.update`` during probation reported ``commit``
+    and ``model.committed`` while the device still served the old model; a paused pipeline passed
+    probation with 0 results. Each interruption here ends the probation with a rollback (reply
+    and event), nothing is committed, and the daemon serves the old model; then a stop."""
+    model = V2.read_bytes()
+    config = daemon_config(tmp_path, broker, "probation_s = 60\nprobation_results = 100000\n")
+    store = tmp_path / "state-dev1" / "models" / "digits"
+    with http_files({"m": model}) as server:
+        url = f"{server.base}/m"
+        with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
+            online(sub, daemon)
+            original = serving(sub)
+
+            def swapped(name: str) -> None:
+                """Send an update of V2 and wait until it is on probation."""
+                body = json.dumps(update_body(name, url, model, "2")).encode()
+                sub.publish("edge/dev1/cmd/model.update", body, qos=1)
+                topic = f"edge/dev1/reply/{name}"
+                assert sub.wait_for(
+                    lambda ms: any(m.topic == topic and m.json().get("step") == "swap" for m in ms), 60
+                ), sub.json(topic)
+
+            def interrupt(name: str, action: Callable[[], object], words: str) -> None:
+                swapped(name)
+                action()
+                final = collect(sub, name)[-1]
+                assert final["ok"] is False and final["step"] == "probation", final
+                assert final["rolled_back"] is True and final["interrupted"] is True, final
+                assert words in final["error"], final
+                assert not events(sub, "model.committed"), "committed during an interruption"
+                rolled = [e for e in events(sub, "model.rolled_back") if e.get("update_id") == name]
+                assert rolled and rolled[-1]["interrupted"] is True, rolled
+                assert fresh_serving(sub) == original
+                assert not (store / "current.json").exists() and not (store / "probation.json").exists()
+
+            interrupt(
+                "paused", lambda: send(sub, "pipeline.pause", {"id": "p1", "pipeline": "digits"}), "paused"
+            )
+            # paused already: refused at the swap, nothing swapped (the 0-results case)
+            final = send(sub, "model.update", update_body("while-paused", url, model, "2"))[-1]
+            assert final["step"] == "swap" and "is paused" in final["error"], final
+            send(sub, "pipeline.resume", {"id": "r1", "pipeline": "digits"})
+            text = config.read_text()
+            interrupt(
+                "config-update", lambda: send(sub, "config.update", {"id": "cu", "config": text}), "reloaded"
+            )
+            interrupt("sighup", lambda: daemon.proc.send_signal(signal.SIGHUP), "reloaded")
+            still_alive(sub, daemon, "probation")
+            # a stop during probation: nothing is committed, the next start serves the old model
+            swapped("stop")
+            assert daemon.stop() == 0
+        assert not (store / "current.json").exists()
+        sub_history = (store / "history.jsonl").read_text()
+        assert '"committed"' not in sub_history
+        with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
+            assert sub.wait_for(
+                lambda ms: any(m.topic == "edge/dev1/health" and not m.retain for m in ms), 40
+            ), daemon.log()[-3000:]
+            assert fresh_serving(sub) == original
+            still_alive(sub, daemon, "restart")
+            assert daemon.stop() == 0
