@@ -852,25 +852,36 @@ def test_chunk_floods_are_bounded_by_one_quota_and_expire_while_running(
         for n in range(500):
             body = {"id": f"c{n}", "transfer": f"flood{n}", "index": 0, "total": 2, "data": piece}
             sub.publish("edge/dev1/cmd/model.chunk", json.dumps(body).encode(), qos=1)
-        assert sub.wait_for(
-            lambda ms: len({m.topic for m in ms if m.topic.startswith("edge/dev1/reply/c")}) == 500, 120
-        ), len(sub.messages("edge/dev1/reply/+"))
+        peak_transfers = peak_bytes = 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # watch the disk while the flood is handled
+            peak_bytes = max(peak_bytes, on_disk())
+            entries = list(downloads.iterdir()) if downloads.exists() else []
+            peak_transfers = max(peak_transfers, len([e for e in entries if e.name.startswith("flood")]))
+            answered = {m.topic for m in sub.messages("edge/dev1/reply/+") if "/reply/c" in m.topic}
+            if len(answered) == 500:
+                break
+            time.sleep(0.05)
         replies = [sub.json(f"edge/dev1/reply/c{n}")[0] for n in range(500)]
         accepted = [r for r in replies if r["ok"]]
-        assert 1 <= len(accepted) <= 2, accepted
         refusals = [r["error"] for r in replies if not r["ok"]]
-        assert sum("transfers are already in progress" in e for e in refusals) >= 400, refusals[:5]
-        assert on_disk() <= quota
+        assert accepted and sum("transfers are already in progress" in e for e in refusals) >= 400, refusals[
+            :5
+        ]
+        # at most 2 at once; more than 2 in total only because older ones expired meanwhile
+        assert peak_transfers <= 2 and peak_bytes <= quota, (peak_transfers, peak_bytes)
         assert events(sub, "model.chunk_refused"), "refused chunks must be reported as events"
-        # one transfer that outgrows the quota
+        # nobody sends anything more: the transfers expire while the daemon runs
+        assert wait_until(lambda: on_disk() == 0 and not any(downloads.iterdir()), 15), list(
+            downloads.iterdir()
+        )
+        # one transfer that outgrows the quota (40 chunks of 30 KB announced, 256 KiB allowed)
         big = [
-            {"id": f"big{i}", "transfer": "flood0", "index": i + 1, "total": 40, "data": piece}
-            for i in range(12)
+            {"id": f"big{i}", "transfer": "big", "index": i, "total": 40, "data": piece} for i in range(12)
         ]
         errors = [send(sub, "model.chunk", b)[0].get("error", "") for b in big]
-        assert any("the quota" in e for e in errors), errors
+        assert sum("the quota" in e for e in errors) >= 3 and errors[0] == "", errors
         assert on_disk() <= quota
-        # nobody sends anything more: the transfers expire while the daemon runs
         assert wait_until(lambda: on_disk() == 0 and not any(downloads.iterdir()), 15), list(
             downloads.iterdir()
         )
@@ -924,8 +935,12 @@ def test_probation_ends_without_a_commit_when_its_pipeline_stops_serving_the_can
                 assert final["rolled_back"] is True and final["interrupted"] is True, final
                 assert words in final["error"], final
                 assert not events(sub, "model.committed"), "committed during an interruption"
-                rolled = [e for e in events(sub, "model.rolled_back") if e.get("update_id") == name]
-                assert rolled and rolled[-1]["interrupted"] is True, rolled
+
+                def rolled() -> list[dict[str, Any]]:  # events go through the outbox: later than replies
+                    return [e for e in events(sub, "model.rolled_back") if e.get("update_id") == name]
+
+                assert sub.wait_for(lambda ms: bool(rolled()), 20), events(sub, "model.rolled_back")
+                assert rolled()[-1]["interrupted"] is True, rolled()
                 assert fresh_serving(sub) == original
                 assert not (store / "current.json").exists() and not (store / "probation.json").exists()
 
