@@ -496,15 +496,15 @@ class ChunkAssembler:
         with self._lock:
             try:
                 os.replace(done, dest)
-            except FileNotFoundError:
+            except FileNotFoundError:  # a partial transfer stays: its sender may still complete it
                 raise DownloadError(
                     f"transfer {transfer_id!r} is not complete or has expired (send every model.chunk "
                     f"first, then model.update within {self.expiry_s:g} s)"
                 ) from None
             except OSError as exc:
-                raise DownloadError(f"transfer {transfer_id}: cannot use it: {exc.strerror or exc}") from exc
-            finally:
                 self._discard(transfer_id)
+                raise DownloadError(f"transfer {transfer_id}: cannot use it: {exc.strerror or exc}") from exc
+            self._discard(transfer_id)
 
     def _expire(self, older_than_s: float) -> list[str]:
         removed: set[str] = set()
