@@ -311,6 +311,7 @@ class Pipeline:
         self._watch_lock = threading.Lock()
         self._watcher: Watcher | None = None
         self._watched: ModelRunner | None = None
+        self._watch_blocked = ""
         self._paused = False
         self.finished = False
         self.busy_since: float | None = None
@@ -391,6 +392,7 @@ class Pipeline:
         with self._watch_lock:
             why = (
                 "is stopping" if self._stop.is_set() or not self.alive
+                else self._watch_blocked if self._watch_blocked
                 else "is paused" if self._paused
                 else "has a model on probation already" if self._watcher is not None
                 else ""
@@ -410,6 +412,17 @@ class Pipeline:
             self._watcher, self._watched = None, None
         if watcher is None:
             current.end(reason)
+
+    def block_watch(self, reason: str) -> None:
+        """End the watch and refuse new ones until :meth:`allow_watch` (a reload is replacing
+        this pipeline: nothing may be committed on it meanwhile)."""
+        with self._watch_lock:
+            self._watch_blocked = reason
+        self.end_watch(reason)
+
+    def allow_watch(self) -> None:
+        with self._watch_lock:
+            self._watch_blocked = ""
 
     @property
     def paused(self) -> bool:

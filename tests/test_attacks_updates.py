@@ -970,3 +970,62 @@ def test_probation_ends_without_a_commit_when_its_pipeline_stops_serving_the_can
             assert fresh_serving(sub) == original
             still_alive(sub, daemon, "restart")
             assert daemon.stop() == 0
+
+
+def test_the_real_pipeline_ends_a_watch_on_pause_reload_and_stop(tmp_path: Path) -> None:
+    """The hook probation relies on, on a real :class:`Pipeline` of a real service (video file,
+    bundled model): each way a pipeline stops serving the candidate ends the watch, and a
+    pipeline being replaced by a reload refuses a new one."""
+    from edge_runtime.daemon.service import Service
+
+    config_path = digits_config(tmp_path, port=None)
+    service = Service(load_config(config_path), [], config_path=config_path)
+    service.build()
+    service.start()
+    try:
+        pipeline = service.pipelines[0]
+        assert wait_until(lambda: pipeline.results > 3, 30)
+        original = pipeline.serving()
+
+        class Recorder:
+            def __init__(self) -> None:
+                self.results = 0
+                self.ended: list[str] = []
+
+            def observe(self, outputs: list[npt.NDArray[Any]], invoke_ms: float) -> None:
+                self.results += 1
+
+            def end(self, reason: str) -> None:
+                self.ended.append(reason)
+
+        candidate = pipeline.runner_for(V2, "2")
+        watch = Recorder()
+        assert pipeline.begin_watch(candidate, watch) is original
+        assert wait_until(lambda: watch.results >= 3, 20), "results of the watched model are observed"
+        pipeline.paused = True
+        assert watch.ended == ["pipeline digits was paused"]
+        with pytest.raises(PipelineError, match="is paused"):
+            pipeline.begin_watch(candidate, Recorder())
+        pipeline.paused = False
+        second = Recorder()
+        pipeline.begin_watch(candidate, second)
+        pipeline.block_watch("is being replaced: the config was reloaded")
+        assert second.ended == ["is being replaced: the config was reloaded"]
+        with pytest.raises(PipelineError, match="being replaced"):
+            pipeline.begin_watch(candidate, Recorder())
+        pipeline.allow_watch()
+        third = Recorder()
+        pipeline.begin_watch(candidate, third)
+        pipeline.end_watch("", third)  # the updater's own end: no callback
+        assert third.ended == []
+        fourth = Recorder()
+        pipeline.begin_watch(candidate, fourth)
+        reloaded = service.reload()  # a real reload: the watched pipeline object is replaced
+        assert fourth.ended == ["is being replaced: the config was reloaded"], reloaded
+        assert service.pipelines[0] is not pipeline
+        fifth = Recorder()
+        service.pipelines[0].begin_watch(service.pipelines[0].runner_for(V2, "2"), fifth)
+        service.pipelines[0].request_stop()
+        assert fifth.ended == ["pipeline digits was stopped"]
+    finally:
+        service.shutdown(5)

@@ -382,8 +382,10 @@ class Service:
         # A model on probation is never committed across a reload: its probation ends here (rolled
         # back by the updater), before the store is read for the new pipelines, so what they
         # serve and what the store has committed cannot disagree.
-        for pipeline in self.pipelines:
-            pipeline.end_watch("the config was reloaded")
+        # Nor can a new probation start on the pipelines being replaced until the reload is done.
+        old_pipelines = list(self.pipelines)
+        for pipeline in old_pipelines:
+            pipeline.block_watch("is being replaced: the config was reloaded")
         if self.updater is not None:
             new = store_config(new, self.updater.store, startup=False)
         assert self.reporter is not None
@@ -396,6 +398,8 @@ class Service:
             except EdgeRuntimeError as exc:
                 log.error("reload failed, the running config goes on: %s", exc)
                 self.reporter.event("config.reload_failed", f"reload failed: {exc}", {})
+                for pipeline in old_pipelines:
+                    pipeline.allow_watch()
                 raise
             self._stop_runtime()
             for pipeline in pipelines:  # results the old pipelines made meanwhile keep their seq
