@@ -20,6 +20,7 @@ import http.server
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from broker import Mosquitto
-from conftest import DATA, MODELS
+from conftest import DATA, MODELS, ROOT
 from daemon import Daemon, digits_config
 from mqtt_client import Subscriber
 from realparts import wait_until
@@ -43,10 +44,14 @@ from edge_runtime.runtime.model import Model
 from edge_runtime.updates.host import Watcher
 from edge_runtime.updates.probation import Probation
 from edge_runtime.updates.protocol import UpdateError, VersionError
-from edge_runtime.updates.signing import SignedFields, generate_keypair, sign
+from edge_runtime.updates.signing import SignedFields, generate_keypair, sign, write_private_key
 from edge_runtime.updates.transfer import ChunkAssembler
 from edge_runtime.updates.updater import Updater
 from edge_runtime.updates.versions import Floors, is_newer, version_key
+
+sys.path.insert(0, str(ROOT / "tools" / "fleet"))
+from edge_fleet.artifact import describe_model
+from edge_fleet.cli import main as fleet_main
 
 DIGITS = MODELS / "digits_int8.tflite"
 V2 = DATA / "digits_v2_int8.tflite"  # the same network with another description: another sha256
@@ -483,6 +488,20 @@ def test_rollback_against_the_fake_host(
     assert host.kinds().count("model.refused") == 6
 
 
+def test_the_fleet_tool_signs_the_v2_fields_and_a_downgrade_permission(tmp_path: Path) -> None:
+    private, public = generate_keypair()
+    from edge_runtime.updates.signing import verify
+
+    plain = describe_model(V2, "digits", "2", private)
+    fields = SignedFields.update("digits", "2", plain.sha256, plain.size)
+    assert verify([public], fields, plain.signature) and "rollback_from" not in plain.manifest()
+    down = describe_model(V2, "digits", "2", private, rollback_from="3")
+    assert down.manifest()["rollback_from"] == "3"
+    assert verify([public], SignedFields.update("digits", "2", down.sha256, down.size, "3"), down.signature)
+    with pytest.raises(UpdateError, match="matches none"):  # the permission is part of what is signed
+        verify([public], fields, down.signature)
+
+
 # --- chunked transfers ----------------------------------------------------------------------------------
 
 
@@ -747,7 +766,10 @@ def test_a_slow_drip_download_ends_at_its_deadline_and_blocks_no_other_update(
 
 
 def test_replayed_older_models_and_rollbacks_are_refused(
-    tmp_path: Path, broker: Mosquitto, online: Callable[[Subscriber, Daemon], None]
+    tmp_path: Path,
+    broker: Mosquitto,
+    online: Callable[[Subscriber, Daemon], None],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The issue's examples: a validly signed older model replayed after a newer one was
     committed, and the unsigned ``model.rollback`` that downgraded. Variants: the same version
@@ -818,8 +840,14 @@ def test_replayed_older_models_and_rollbacks_are_refused(
             assert reply["step"] == "version", reply
             again = update_body("up-again-2", url3, v3, "3", private, rollback_from="2")
             assert send(sub, "model.update", again)[-1]["step"] == "commit"
-            # a signed rollback within the local history works, and only from the state it names
-            assert rollback("rb-ok", "2", "3", private)["ok"] is True
+            # a signed rollback within the local history works (sent by the operator's tool), and
+            # only from the state it names
+            key_file = write_private_key(tmp_path / "fleet.key", private)
+            where = f"{broker.host}:{broker.port}"
+            argv = ["rollback", "--broker", where, "--pipeline", "digits", "--to", "2", "--from", "3"]
+            code = fleet_main([*argv, "--key", str(key_file), "--json"])
+            report = json.loads(capsys.readouterr().out)
+            assert code == 0 and report["devices"][0]["version"] == "2", report
             assert fresh_serving(sub) == sha(v2)
             replay = rollback("rb-replay", "2", "3", private)
             assert replay["ok"] is False and "runs now ('2')" in replay["error"], replay
