@@ -377,11 +377,15 @@ def test_updater_checks_the_signature_and_the_floor_before_any_download(
         assert replies[-1]["ok"] and replies[-1]["step"] == "commit", replies
         assert [r["step"] for r in replies][:3] == ["accepted", "signature", "download"]
         assert server.hits == ["/m"]
-        # the same signed request again: the floor is 2 now
-        updater.update(update_cmd("replay", None, data, "2", private, url=url))
+        # the same signed request again, while it serves that model: a no-op ("already")
+        updater.update(update_cmd("again", None, data, "2", private, url=url))
+        assert host.final("again")[-1] == {**host.final("again")[-1], "step": "commit", "already": True}
+        # the same version with other bytes: the floor is 2 now
+        other_bytes = v3_bytes()
+        updater.update(update_cmd("replay", None, other_bytes, "2", private, url=url))
         (reply,) = host.final("replay")
         assert reply["step"] == "version" and "not above '2'" in reply["error"], reply
-        assert server.hits == ["/m"]
+        assert server.hits == ["/m", "/m"]
     assert updater.floors.get("digits") == "2"
 
 
@@ -482,7 +486,7 @@ def test_rollback_against_the_fake_host(
     good = signed("2", "3")
     assert rollback("ok", **good)["version"] == "2"
     assert pipe.runner.model.sha256 == sha(V2.read_bytes())
-    with pytest.raises(CommandError, match="runs now"):  # the same signed rollback, replayed
+    with pytest.raises(CommandError, match="works once"):  # the same signed rollback, replayed
         rollback("replay", **good)
     assert updater.floors.get("digits") == "3"  # a rollback does not lower the floor
     assert host.kinds().count("model.refused") == 6
@@ -833,13 +837,16 @@ def test_replayed_older_models_and_rollbacks_are_refused(
             permitted = update_body("permitted", url2, v2, "2", private, rollback_from="3")
             assert send(sub, "model.update", permitted)[-1]["step"] == "commit"
             assert fresh_serving(sub) == sha(v2)
-            (reply,) = send(sub, "model.update", {**permitted, "id": "permitted-again"})
-            assert reply["step"] == "version" and "runs now ('2')" in reply["error"], reply
+            again = send(sub, "model.update", {**permitted, "id": "permitted-again"})  # a no-op now
+            assert again[-1]["step"] == "commit" and again[-1]["already"] is True, again
             # back to 3 needs a permission too: the floor stays at the highest version committed
             (reply,) = send(sub, "model.update", update_body("up-again", url3, v3, "3", private))
             assert reply["step"] == "version", reply
-            again = update_body("up-again-2", url3, v3, "3", private, rollback_from="2")
-            assert send(sub, "model.update", again)[-1]["step"] == "commit"
+            up = update_body("up-again-2", url3, v3, "3", private, rollback_from="2")
+            assert send(sub, "model.update", up)[-1]["step"] == "commit"
+            # back at 3, the first permission (from 3 to 2) would apply again: it is single-use
+            (reply,) = send(sub, "model.update", {**permitted, "id": "permitted-replay"})
+            assert reply["step"] == "version" and "used already" in reply["error"], reply
             # a signed rollback within the local history works (sent by the operator's tool), and
             # only from the state it names
             key_file = write_private_key(tmp_path / "fleet.key", private)
@@ -850,7 +857,7 @@ def test_replayed_older_models_and_rollbacks_are_refused(
             assert code == 0 and report["devices"][0]["version"] == "2", report
             assert fresh_serving(sub) == sha(v2)
             replay = rollback("rb-replay", "2", "3", private)
-            assert replay["ok"] is False and "runs now ('2')" in replay["error"], replay
+            assert replay["ok"] is False and "works once" in replay["error"], replay
             listing = send(sub, "model.list", {"id": "list", "pipeline": "digits"})[0]
             assert listing["floor"] == "3", listing
             assert original != sha(v2)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import threading
 import time
@@ -50,12 +51,23 @@ from edge_runtime.updates.protocol import (
     UpdateRequest,
     VersionError,
 )
-from edge_runtime.updates.signing import SignedFields, verify
+from edge_runtime.updates.signing import SignedFields, signed_message, verify
 from edge_runtime.updates.store import Entry, ModelStore
 from edge_runtime.updates.transfer import ChunkAssembler, DownloadPolicy, download
 from edge_runtime.updates.versions import Floors, is_newer, version_key
 
 log = logging.getLogger(__name__)
+
+
+def _update_fields(request: UpdateRequest) -> SignedFields:
+    return SignedFields.update(
+        request.pipeline, request.version, request.sha256, request.size, request.rollback_from
+    )
+
+
+def _permission(fields: SignedFields) -> str:
+    """The digest a single-use permission is recorded under (what it signs, not the signature)."""
+    return hashlib.sha256(signed_message(fields)).hexdigest()
 
 
 def store_config(config: Config, store: ModelStore, startup: bool) -> Config:
@@ -137,13 +149,7 @@ class Updater:
             raise CommandError(str(exc)) from None
         pipeline = self._pipeline(request.pipeline)
         try:  # everything that can be checked without the file, before anything is fetched
-            signed = verify(
-                self.cfg.public_keys,
-                SignedFields.update(
-                    request.pipeline, request.version, request.sha256, request.size, request.rollback_from
-                ),
-                request.signature,
-            )
+            signed = verify(self.cfg.public_keys, _update_fields(request), request.signature)
             self._check_version(request, pipeline)
         except UpdateError as exc:
             self._refuse(cmd, request, exc.step, str(exc), rolled_back=False)
@@ -177,6 +183,9 @@ class Updater:
         floor = self.floors.get(request.pipeline)
         if floor is None or is_newer(request.version, floor):
             return
+        serving = pipeline.serving()
+        if serving.model.sha256 == request.sha256 and self._committed_version(pipeline) == request.version:
+            return  # what it runs already (a rollout sent again): answered "already", changes nothing
         if request.rollback_from is None:
             raise VersionError(
                 f"version {request.version!r} is not above {floor!r}, the highest version committed "
@@ -188,6 +197,11 @@ class Updater:
             raise VersionError(
                 f"rollback_from {request.rollback_from!r} is not the version pipeline "
                 f"{request.pipeline!r} runs now ({committed!r}): the permission is for another state"
+            )
+        if self.floors.was_used(request.pipeline, _permission(_update_fields(request))):
+            raise VersionError(
+                f"this downgrade permission (to {request.version!r} from {request.rollback_from!r}) was "
+                "used already; a permission works once"
             )
 
     def list(self, cmd: Command) -> dict[str, Any]:
@@ -226,6 +240,9 @@ class Updater:
             while (now := self.store.current(pipeline.name)) is not None and now.sha256 != target.sha256:
                 self.store.rollback(pipeline.name, f"model.rollback {cmd.id} to {target.version}")
             pipeline.swap_model(runner)
+            if request.version is not None and request.rollback_from is not None:
+                fields = SignedFields.rollback(pipeline.name, request.version, request.rollback_from)
+                self.floors.use(pipeline.name, _permission(fields))
             self._event(
                 "model.rolled_back",
                 f"pipeline {pipeline.name}: rolled back to {target.version} on request",
@@ -248,8 +265,11 @@ class Updater:
                 "'rollback_from' and be signed (edge-fleet rollback --key)"
             )
         if request.version is not None and request.rollback_from is not None:
-            verify(keys, SignedFields.rollback(pipeline.name, request.version, request.rollback_from),
-                   request.signature)  # fmt: skip
+            fields = SignedFields.rollback(pipeline.name, request.version, request.rollback_from)
+            verify(keys, fields, request.signature)
+            if self.floors.was_used(pipeline.name, _permission(fields)):
+                raise VersionError("this rollback was done already; a signed rollback works once")
+
         if request.rollback_from is not None and request.rollback_from != committed:
             raise VersionError(
                 f"rollback_from {request.rollback_from!r} is not the version pipeline {pipeline.name!r} "
@@ -416,6 +436,8 @@ class Updater:
             self.store.rollback(request.pipeline, reason)
             raise ProbationError(reason, interrupted=interrupted)
         self.floors.raise_to(request.pipeline, entry.version, entry.sha256)
+        if request.rollback_from is not None:
+            self.floors.use(request.pipeline, _permission(_update_fields(request)))
         self._step(cmd, request, "probation", results=watch.count)
         self._event(
             "model.committed",

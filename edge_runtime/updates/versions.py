@@ -12,7 +12,10 @@ and is refused by ``model.update``: without an order there is no anti-rollback.
 The floor of a pipeline is the highest version ever committed by an update. It is kept in
 ``{store}/{pipeline}/floor.json`` (written durably through :mod:`edge_runtime.fsutil`), only ever
 raised, and survives restarts, rollbacks and pruning: an update whose version is not above it is
-a downgrade and needs an explicit, signed permission (``rollback_from``).
+a downgrade and needs an explicit, signed permission (``rollback_from``). A permission is
+single-use: the digest of what it signs is recorded in ``{store}/{pipeline}/permissions.json``
+(the last :data:`PERMISSIONS_KEPT`) when it is used, and refused after that, so two permissions
+cannot be replayed in turn to flip a device between two versions.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ _VERSION_RE = re.compile(
     r"[vV]?(?P<nums>\d{1,9}(?:\.\d{1,9}){0,3})(?:-(?P<pre>[0-9A-Za-z]{1,32}(?:\.[0-9A-Za-z]{1,32}){0,7}))?"
 )
 VERSION_RULE = "[v]N[.N[.N[.N]]][-PRE] (for example 7, 1.4.0, v2024.11.5 or 2.0-rc.1)"
+PERMISSIONS_KEPT = 256
 VersionKey = tuple[tuple[int, ...], int, tuple[tuple[int, int, str], ...]]
 
 
@@ -99,3 +103,39 @@ class Floors:
                 ) from exc
             log.info("%s: anti-rollback floor raised from %s to %s", pipeline, current, version)
             return True
+
+    # -- single-use permissions -----------------------------------------------------------------
+
+    def _permissions_path(self, pipeline: str) -> Path:
+        return self.root / pipeline / "permissions.json"
+
+    def _permissions(self, pipeline: str) -> list[str]:
+        path = self._permissions_path(pipeline)
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise StoreError(
+                f"{path}: unreadable list of used permissions ({exc}); fix or remove it"
+            ) from exc
+        used = data.get("used") if isinstance(data, dict) else None
+        if not isinstance(used, list) or not all(isinstance(u, str) for u in used):
+            raise StoreError(f"{path}: not a list of used permissions; fix or remove it")
+        return used
+
+    def was_used(self, pipeline: str, digest: str) -> bool:
+        """Whether the permission with this digest was used on ``pipeline`` already."""
+        return digest in self._permissions(pipeline)
+
+    def use(self, pipeline: str, digest: str) -> None:
+        """Record a permission as used (durably), keeping the last :data:`PERMISSIONS_KEPT`."""
+        with self._lock:
+            used = [u for u in self._permissions(pipeline) if u != digest] + [digest]
+            path = self._permissions_path(pipeline)
+            data = {"v": 1, "used": used[-PERMISSIONS_KEPT:]}
+            try:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fsutil.atomic_write(path, (json.dumps(data) + "\n").encode())
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot record a used permission: {exc.strerror or exc}") from exc
