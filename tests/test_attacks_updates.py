@@ -45,7 +45,7 @@ from edge_runtime.updates.host import Watcher
 from edge_runtime.updates.probation import Probation
 from edge_runtime.updates.protocol import UpdateError, VersionError
 from edge_runtime.updates.signing import SignedFields, generate_keypair, sign, write_private_key
-from edge_runtime.updates.transfer import ChunkAssembler
+from edge_runtime.updates.transfer import ChunkAssembler, DownloadPolicy, download
 from edge_runtime.updates.updater import Updater
 from edge_runtime.updates.versions import Floors, is_newer, version_key
 
@@ -504,6 +504,32 @@ def test_the_fleet_tool_signs_the_v2_fields_and_a_downgrade_permission(tmp_path:
     assert verify([public], SignedFields.update("digits", "2", down.sha256, down.size, "3"), down.signature)
     with pytest.raises(UpdateError, match="matches none"):  # the permission is part of what is signed
         verify([public], fields, down.signature)
+
+
+def test_download_policy_redirects_and_deadline(tmp_path: Path) -> None:
+    data = V2.read_bytes()
+    with http_files({"m": data}) as server:
+        port = server.server_address[1]
+        server.redirects.update(
+            {"other": f"http://localhost:{port}/m", "loop": "/loop", "file": "file:///etc/passwd"}
+        )
+        dest = tmp_path / "m"
+        for name, words in (
+            ("other", "to another host"),
+            ("loop", "more than 5 redirects"),
+            ("file", "scheme"),
+        ):
+            with pytest.raises(UpdateError, match=words):
+                download(f"{server.base}/{name}", dest, max_bytes=10**6, timeout_s=5)
+            assert not dest.exists()
+        allowed = DownloadPolicy(redirect_hosts=("localhost",))
+        download(f"{server.base}/other", dest, max_bytes=10**6, timeout_s=5, policy=allowed)
+        assert dest.read_bytes() == data
+        started = time.monotonic()
+        with pytest.raises(UpdateError, match=r"not complete within 1\.5 s"):
+            download(f"{server.base}/drip/m", tmp_path / "slow", max_bytes=10**6, timeout_s=1.5)
+        assert time.monotonic() - started < 1.5 + 1.5, "the deadline is for the whole download"
+        assert not (tmp_path / "slow").exists() and not (tmp_path / "slow.part").exists()
 
 
 # --- chunked transfers ----------------------------------------------------------------------------------
