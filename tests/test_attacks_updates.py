@@ -20,7 +20,6 @@ import http.server
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,14 +30,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from broker import Mosquitto
-from conftest import DATA, MODELS, ROOT
-from daemon import Daemon, digits_config
-from mqtt_client import Subscriber
-from realparts import wait_until
 
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config
+from devkit.mqtt_client import Subscriber
+from devkit.paths import DATA, MODELS
+from devkit.processes import wait_until
 from edge_runtime.config import Config, load_config
 from edge_runtime.errors import PipelineError
+from edge_runtime.fleet.artifact import describe_model
+from edge_runtime.fleet.cli import main as fleet_main
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.runtime.model import Model
 from edge_runtime.updates.host import Watcher
@@ -48,10 +49,6 @@ from edge_runtime.updates.signing import SignedFields, generate_keypair, sign, w
 from edge_runtime.updates.transfer import ChunkAssembler, DownloadPolicy, download
 from edge_runtime.updates.updater import Updater
 from edge_runtime.updates.versions import Floors, is_newer, version_key
-
-sys.path.insert(0, str(ROOT / "tools" / "fleet"))
-from edge_fleet.artifact import describe_model
-from edge_fleet.cli import main as fleet_main
 
 DIGITS = MODELS / "digits_int8.tflite"
 V2 = DATA / "digits_v2_int8.tflite"  # the same network with another description: another sha256
@@ -1070,11 +1067,11 @@ def test_the_real_pipeline_ends_a_watch_on_pause_reload_and_stop(tmp_path: Path)
         pipeline.paused = False
         second = Recorder()
         pipeline.begin_watch(candidate, second)
-        pipeline.block_watch("is being replaced: the config was reloaded")
+        pipeline.watch_slot.block("is being replaced: the config was reloaded")
         assert second.ended == ["is being replaced: the config was reloaded"]
         with pytest.raises(PipelineError, match="being replaced"):
             pipeline.begin_watch(candidate, Recorder())
-        pipeline.allow_watch()
+        pipeline.watch_slot.allow()
         third = Recorder()
         pipeline.begin_watch(candidate, third)
         pipeline.end_watch("", third)  # the updater's own end: no callback

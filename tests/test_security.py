@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Mosquitto
-from conftest import DATA, MODELS, ROOT
-from daemon import Daemon, digits_config
-from mqtt_client import Subscriber
-from realparts import wait_until
 
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config
+from devkit.mqtt_client import Subscriber
+from devkit.paths import DATA, MODELS, ROOT
+from devkit.processes import wait_until
 from edge_runtime.config import PACKAGE_DIR
 from edge_runtime.updates.signing import SignedFields, sign
 

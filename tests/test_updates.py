@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import MODELS, ROOT
-from pki import TestPki
 
+from devkit.paths import MODELS, ROOT
+from devkit.pki import TestPki
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.fsutil import sha256_file
 from edge_runtime.runtime.model import Model, TensorSpec

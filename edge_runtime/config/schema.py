@@ -308,7 +308,7 @@ def _trigger_kind(value: Any) -> str:
     return "every" if "every_s" in data else "source"
 
 
-Trigger = Annotated[
+TriggerConfig = Annotated[
     Annotated[SourceTrigger, Tag("source")] | Annotated[EveryTrigger, Tag("every")],
     Discriminator(_trigger_kind),
     BeforeValidator(_trigger_entry),
@@ -327,7 +327,7 @@ class CascadeConfig(Strict):
 
 class PipelineConfig(Strict):
     name: Name = Field(description="Pipeline name, used in topics.")
-    trigger: Trigger = Field(description="A source name, {source=..}, or {every_s=..}.")
+    trigger: TriggerConfig = Field(description="A source name, {source=..}, or {every_s=..}.")
     models: list[ModelConfig] = Field(min_length=1, description="One model, or an ensemble.")
     ensemble: EnsembleConfig | None = Field(None, description="Combine several models' outputs.")
     cascade: CascadeConfig | None = Field(None, description="Classify the first model's detections.")

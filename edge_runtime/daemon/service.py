@@ -30,6 +30,7 @@ from edge_runtime.sources import SourceConfig, build_source
 from edge_runtime.sources.base import Source
 from edge_runtime.sources.camera import CameraConfig, uri_kind
 from edge_runtime.sources.replay import ReplayConfig
+from edge_runtime.supervision import SUPERVISOR, spawn
 from edge_runtime.systemd import Notifier, watchdog_timeout
 from edge_runtime.updates.updater import Updater, store_config
 
@@ -110,6 +111,7 @@ class Service:
         self.notifier = Notifier()
         self.watchdog_s = watchdog_timeout()
         self._reload_requested = threading.Event()
+        self.exit_code = 0
         self._unhealthy = ""
 
     # -- building ----------------------------------------------------------------------------------
@@ -117,6 +119,8 @@ class Service:
     def build(self) -> None:
         """Reporting first (so that build problems are reported), then sources and pipelines."""
         self.reporter = Reporter(self.config, __version__, [p.name for p in self.config.pipelines])
+        SUPERVISOR.forget()
+        SUPERVISOR.on_crash = self._thread_crashed
         self.updater = Updater(self)
         DaemonCommands(self, self.updater).register(self.reporter.dispatcher)
         self.config = store_config(self.config, self.updater.store, startup=True)
@@ -149,7 +153,7 @@ class Service:
                 config,
                 sources,
                 self._emit,
-                config.device.id,
+                device=config.device.id,
                 seq_start=max(self.reporter.last_seq(pc.name), self._seqs.get(pc.name, 0)),
                 event=self.reporter.event,
                 budget=self.budget if self.budget.limit is not None else None,
@@ -220,12 +224,26 @@ class Service:
             self.stop(signal.Signals(signum).name)
 
     def problems(self) -> list[str]:
-        """What keeps the watchdog from being fed: stuck or dead pipelines, wedged sources."""
+        """What keeps the watchdog from being fed: stuck or dead pipelines, wedged sources,
+        threads the supervisor gave up."""
         limit = max((self.watchdog_s or 30.0) / 2, 1.0)
         with self._swap_lock:
             found = [p.stuck(limit) for p in self.pipelines]
             found += [s.wedged(limit) for s in self.sources.values()]
-        return [f for f in found if f]
+        return SUPERVISOR.failed() + [f for f in found if f]
+
+    def _thread_crashed(self, component: str, error: str, crashes: int, gave_up: bool) -> None:
+        """The supervisor's report of a crashed thread: an event, and the daemon's end when the
+        thread cannot be restarted (exit status 1: the service manager starts it again)."""
+        what = "given up, the daemon stops" if gave_up else "restarted"
+        self.event(
+            "thread.crashed",
+            f"thread {component} crashed ({error}); {what}",
+            {"thread": component, "error": error, "crashes": crashes, "gave_up": gave_up},
+        )
+        if gave_up:
+            self.exit_code = 1
+            self.stop(f"thread {component} cannot be restarted: {error}")
 
     def _status_line(self) -> str:
         if self.health is None:
@@ -261,8 +279,9 @@ class Service:
         assert self.reporter is not None
         self.reporter.start()
         self._start_runtime()
-        self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
-        self._health_thread.start()
+        self._health_thread = spawn(
+            "health", self._health_loop, should_restart=lambda: not self.stop_event.is_set()
+        )
         if self.config.metrics.enabled:
             from edge_runtime.reporting.metrics import MetricsServer
 
@@ -294,6 +313,7 @@ class Service:
         assert self.health is not None and self.reporter is not None
         report = self.health.report()
         report["reloads"] = self.reloads
+        report["threads"] = {"crashes": SUPERVISOR.total_crashes(), "crashed": SUPERVISOR.stats()}
         self.reporter.publish_health(report)
         return report
 
@@ -344,7 +364,7 @@ class Service:
         finally:
             self.notifier.stopping()
             self.shutdown(self.config.device.stop_timeout_s)
-        return 0
+        return self.exit_code
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop within ``timeout`` s: pipelines (the inference in flight ends), sources, then
@@ -379,13 +399,11 @@ class Service:
                 "reload: this daemon runs the embedded default; there is no file to re-read"
             )
         new = load_config(self.config_path, self.overrides, profile=self.profile)
-        # A model on probation is never committed across a reload: its probation ends here (rolled
-        # back by the updater), before the store is read for the new pipelines, so what they
-        # serve and what the store has committed cannot disagree.
-        # Nor can a new probation start on the pipelines being replaced until the reload is done.
+        # Probations on the pipelines being replaced end (no commit) and none starts, before the
+        # store is read for the new ones: what they serve and what is committed cannot disagree.
         old_pipelines = list(self.pipelines)
         for pipeline in old_pipelines:
-            pipeline.block_watch("is being replaced: the config was reloaded")
+            pipeline.watch_slot.block("is being replaced: the config was reloaded")
         if self.updater is not None:
             new = store_config(new, self.updater.store, startup=False)
         assert self.reporter is not None
@@ -399,7 +417,7 @@ class Service:
                 log.error("reload failed, the running config goes on: %s", exc)
                 self.reporter.event("config.reload_failed", f"reload failed: {exc}", {})
                 for pipeline in old_pipelines:
-                    pipeline.allow_watch()
+                    pipeline.watch_slot.allow()
                 raise
             self._stop_runtime()
             for pipeline in pipelines:  # results the old pipelines made meanwhile keep their seq

@@ -33,7 +33,6 @@ class Reporter:
         self.outbox: Outbox | None = None
         self.link: Any = None
         self.store_errors = 0
-        self.events_sent = 0
         self._final_outbox: dict[str, Any] | None = None
         self._last_store_log = float("-inf")
         self._logged_errors = 0
@@ -139,9 +138,6 @@ class Reporter:
                 self.store_errors += 1
             self._store_error(f"result {pipeline}/{result['seq']}", exc)
 
-    def close(self) -> None:
-        """Sinks are closed by :meth:`stop`."""
-
     def _store_error(self, what: str, exc: Exception) -> None:
         """Log the first store failure, then one line per 10 s with the count (a full disk would
         otherwise log every result)."""
@@ -167,7 +163,6 @@ class Reporter:
                 qos=self.config.mqtt.qos if qos is None else qos,
                 retain=self.config.mqtt.events.retain,
             )
-            self.events_sent += 1
         except OutboxError as exc:
             with self._lock:
                 self.store_errors += 1

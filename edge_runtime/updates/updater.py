@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import logging
 import threading
 import time
@@ -32,6 +31,7 @@ from edge_runtime.config.schema import UpdatesConfig
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.runtime.model import Model
+from edge_runtime.supervision import spawn
 from edge_runtime.updates.checks import (
     check_compatible,
     isolated_check,
@@ -39,6 +39,7 @@ from edge_runtime.updates.checks import (
     smoke_invoke,
     verify_sha256,
 )
+from edge_runtime.updates.guard import Guard, update_fields
 from edge_runtime.updates.host import Runner, UpdatablePipeline, UpdateHost
 from edge_runtime.updates.probation import Probation
 from edge_runtime.updates.protocol import (
@@ -46,28 +47,15 @@ from edge_runtime.updates.protocol import (
     IncompatibleModelError,
     ProbationError,
     RollbackRequest,
-    SignatureError,
     UpdateError,
     UpdateRequest,
-    VersionError,
 )
-from edge_runtime.updates.signing import SignedFields, signed_message, verify
-from edge_runtime.updates.store import Entry, ModelStore
+from edge_runtime.updates.signing import verify
+from edge_runtime.updates.store import ModelStore
 from edge_runtime.updates.transfer import ChunkAssembler, DownloadPolicy, download
-from edge_runtime.updates.versions import Floors, is_newer, version_key
+from edge_runtime.updates.versions import Floors
 
 log = logging.getLogger(__name__)
-
-
-def _update_fields(request: UpdateRequest) -> SignedFields:
-    return SignedFields.update(
-        request.pipeline, request.version, request.sha256, request.size, request.rollback_from
-    )
-
-
-def _permission(fields: SignedFields) -> str:
-    """The digest a single-use permission is recorded under (what it signs, not the signature)."""
-    return hashlib.sha256(signed_message(fields)).hexdigest()
 
 
 def store_config(config: Config, store: ModelStore, startup: bool) -> Config:
@@ -95,6 +83,7 @@ class Updater:
         state = host.config.device.state_dir
         self.store = ModelStore(state / "models", keep=cfg.keep)
         self.floors = Floors(self.store.root)
+        self.guard = Guard(self.store, self.floors)
         self.chunks = ChunkAssembler(
             state / "downloads",
             max_bytes=min(cfg.max_bytes, cfg.transfer_quota_bytes),
@@ -105,8 +94,7 @@ class Updater:
         self.chunks.sweep()  # partial transfers left by a crash
         self._busy: set[str] = set()
         self._lock = threading.Lock()
-        self._sweeper = threading.Thread(target=self._sweep, name="update-sweeper", daemon=True)
-        self._sweeper.start()
+        self._sweeper = spawn("update-sweeper", self._sweep, should_restart=lambda: not host.stopping)
 
     @property
     def cfg(self) -> UpdatesConfig:
@@ -149,8 +137,8 @@ class Updater:
             raise CommandError(str(exc)) from None
         pipeline = self._pipeline(request.pipeline)
         try:  # everything that can be checked without the file, before anything is fetched
-            signed = verify(self.cfg.public_keys, _update_fields(request), request.signature)
-            self._check_version(request, pipeline)
+            signed = verify(self.cfg.public_keys, update_fields(request), request.signature)
+            self.guard.check_update(request, pipeline)
         except UpdateError as exc:
             self._refuse(cmd, request, exc.step, str(exc), rolled_back=False)
             return
@@ -164,45 +152,7 @@ class Updater:
             cmd, {"ok": True, "step": "accepted", "pipeline": request.pipeline, "version": request.version}
         )
         self._step(cmd, request, "signature", signed=signed)
-        thread = threading.Thread(
-            target=self._run, args=(cmd, request), name=f"update-{request.pipeline}", daemon=True
-        )
-        thread.start()
-
-    def _committed_version(self, pipeline: UpdatablePipeline) -> str:
-        """The version the pipeline has committed: the store's, else its configured model's."""
-        entry = self.store.current(pipeline.name)
-        if entry is not None:
-            return entry.version
-        return str(pipeline.serving().info.get("version") or "")
-
-    def _check_version(self, request: UpdateRequest, pipeline: UpdatablePipeline) -> None:
-        """Anti-rollback: the version must be above the floor, or the request must carry the
-        permission ``rollback_from`` = the version committed now (signed when keys are set)."""
-        version_key(request.version)
-        floor = self.floors.get(request.pipeline)
-        if floor is None or is_newer(request.version, floor):
-            return
-        serving = pipeline.serving()
-        if serving.model.sha256 == request.sha256 and self._committed_version(pipeline) == request.version:
-            return  # what it runs already (a rollout sent again): answered "already", changes nothing
-        if request.rollback_from is None:
-            raise VersionError(
-                f"version {request.version!r} is not above {floor!r}, the highest version committed "
-                f"to pipeline {request.pipeline!r} (anti-rollback); to install it anyway, sign the "
-                "request with rollback_from = the version the device runs now"
-            )
-        committed = self._committed_version(pipeline)
-        if request.rollback_from != committed:
-            raise VersionError(
-                f"rollback_from {request.rollback_from!r} is not the version pipeline "
-                f"{request.pipeline!r} runs now ({committed!r}): the permission is for another state"
-            )
-        if self.floors.was_used(request.pipeline, _permission(_update_fields(request))):
-            raise VersionError(
-                f"this downgrade permission (to {request.version!r} from {request.rollback_from!r}) was "
-                "used already; a permission works once"
-            )
+        spawn(f"update-{request.pipeline}", lambda: self._run(cmd, request), restart=False)
 
     def list(self, cmd: Command) -> dict[str, Any]:
         name = self._pipeline(cmd.args["pipeline"]).name
@@ -225,7 +175,7 @@ class Updater:
             self._busy.add(pipeline.name)
         try:
             try:
-                target = self._rollback_target(request, pipeline)
+                target = self.guard.rollback_target(request, pipeline, self.cfg.public_keys)
             except UpdateError as exc:
                 self._event(
                     "model.refused",
@@ -240,9 +190,7 @@ class Updater:
             while (now := self.store.current(pipeline.name)) is not None and now.sha256 != target.sha256:
                 self.store.rollback(pipeline.name, f"model.rollback {cmd.id} to {target.version}")
             pipeline.swap_model(runner)
-            if request.version is not None and request.rollback_from is not None:
-                fields = SignedFields.rollback(pipeline.name, request.version, request.rollback_from)
-                self.floors.use(pipeline.name, _permission(fields))
+            self.guard.used_rollback(request)
             self._event(
                 "model.rolled_back",
                 f"pipeline {pipeline.name}: rolled back to {target.version} on request",
@@ -253,41 +201,6 @@ class Updater:
         finally:
             with self._lock:
                 self._busy.discard(pipeline.name)
-
-    def _rollback_target(self, request: RollbackRequest, pipeline: UpdatablePipeline) -> Entry:
-        """A model of the local history (committed before, still in the store); with keys
-        configured only on a request signed for this pipeline, target and committed version."""
-        committed = self._committed_version(pipeline)
-        keys = self.cfg.public_keys
-        if keys and (request.version is None or request.rollback_from is None):
-            raise SignatureError(
-                "model.rollback: public keys are configured, so a rollback must name 'version' and "
-                "'rollback_from' and be signed (edge-fleet rollback --key)"
-            )
-        if request.version is not None and request.rollback_from is not None:
-            fields = SignedFields.rollback(pipeline.name, request.version, request.rollback_from)
-            verify(keys, fields, request.signature)
-            if self.floors.was_used(pipeline.name, _permission(fields)):
-                raise VersionError("this rollback was done already; a signed rollback works once")
-
-        if request.rollback_from is not None and request.rollback_from != committed:
-            raise VersionError(
-                f"rollback_from {request.rollback_from!r} is not the version pipeline {pipeline.name!r} "
-                f"runs now ({committed!r})"
-            )
-        history = self.store.rollback_targets(pipeline.name)
-        if not history:
-            raise VersionError(f"pipeline {pipeline.name!r} has no previous model to roll back to")
-        if request.version is None:
-            return history[0]
-        for entry in history:
-            if entry.version == request.version:
-                return entry
-        known = ", ".join(repr(e.version) for e in history)
-        raise VersionError(
-            f"version {request.version!r} is not in the local history of pipeline {pipeline.name!r} "
-            f"(previous versions on this device: {known})"
-        )
 
     # -- the update itself ----------------------------------------------------------------------
 
@@ -436,8 +349,7 @@ class Updater:
             self.store.rollback(request.pipeline, reason)
             raise ProbationError(reason, interrupted=interrupted)
         self.floors.raise_to(request.pipeline, entry.version, entry.sha256)
-        if request.rollback_from is not None:
-            self.floors.use(request.pipeline, _permission(_update_fields(request)))
+        self.guard.used_update(request)
         self._step(cmd, request, "probation", results=watch.count)
         self._event(
             "model.committed",
