@@ -104,6 +104,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header("Location", self.server.redirects[name])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+            elif name == "drip-headers":  # the status line itself, one byte at a time
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n":
+                    if self.server.stop.wait(self.server.drip_s):
+                        return
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
             elif name.startswith("drip/") and name[5:] in self.server.files:
                 data = self.server.files[name[5:]]
                 self.send_response(200)
@@ -524,10 +530,11 @@ def test_download_policy_redirects_and_deadline(tmp_path: Path) -> None:
         allowed = DownloadPolicy(redirect_hosts=("localhost",))
         download(f"{server.base}/other", dest, max_bytes=10**6, timeout_s=5, policy=allowed)
         assert dest.read_bytes() == data
-        started = time.monotonic()
-        with pytest.raises(UpdateError, match=r"not complete within 1\.5 s"):
-            download(f"{server.base}/drip/m", tmp_path / "slow", max_bytes=10**6, timeout_s=1.5)
-        assert time.monotonic() - started < 1.5 + 1.5, "the deadline is for the whole download"
+        for path in ("drip/m", "drip-headers"):
+            started = time.monotonic()
+            with pytest.raises(UpdateError, match=r"not complete within 1\.5 s"):
+                download(f"{server.base}/{path}", tmp_path / "slow", max_bytes=10**6, timeout_s=1.5)
+            assert time.monotonic() - started < 1.5 + 1.5, f"{path}: the deadline is for the whole download"
         assert not (tmp_path / "slow").exists() and not (tmp_path / "slow.part").exists()
 
 
