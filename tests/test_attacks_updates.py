@@ -45,7 +45,8 @@ from edge_runtime.runtime.model import Model
 from edge_runtime.updates.host import Watcher
 from edge_runtime.updates.probation import Probation
 from edge_runtime.updates.protocol import UpdateError, VersionError
-from edge_runtime.updates.signing import SignedFields, generate_keypair, sign, write_private_key
+from edge_runtime.updates.signing import SignedFields, generate_keypair, sign, verify, write_private_key
+from edge_runtime.updates.store import ModelStore
 from edge_runtime.updates.transfer import ChunkAssembler, DownloadPolicy, download
 from edge_runtime.updates.updater import Updater
 from edge_runtime.updates.versions import Floors, is_newer, version_key
@@ -424,6 +425,20 @@ def test_probation_passes_only_after_real_results_and_a_pause_rolls_back(
     assert pipe.runner.model.sha256 == sha(data)
 
 
+def test_a_store_from_before_floors_gets_its_committed_version_as_floor(
+    fake: Callable[..., tuple[Updater, FakeHost, FakePipeline]], tmp_path: Path
+) -> None:
+    store = ModelStore(tmp_path / "state-dev1" / "models")
+    store.add("digits", V2, sha(V2.read_bytes()), "5")
+    store.activate("digits", sha(V2.read_bytes()), probation=False)
+    assert not (store.root / "digits" / "floor.json").exists()
+    updater, host, _ = fake()
+    assert updater.floors.get("digits") == "5"
+    updater.update(update_cmd("old", DIGITS, DIGITS.read_bytes(), "4"))
+    (reply,) = host.final("old")
+    assert reply["step"] == "version" and "not above '5'" in reply["error"], reply
+
+
 def test_probation_with_no_results_fails_at_its_deadline() -> None:
     model = Model(DIGITS, delegates=["cpu"])
 
@@ -499,7 +514,6 @@ def test_rollback_against_the_fake_host(
 
 def test_the_fleet_tool_signs_the_v2_fields_and_a_downgrade_permission(tmp_path: Path) -> None:
     private, public = generate_keypair()
-    from edge_runtime.updates.signing import verify
 
     plain = describe_model(V2, "digits", "2", private)
     fields = SignedFields.update("digits", "2", plain.sha256, plain.size)

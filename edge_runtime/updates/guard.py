@@ -11,6 +11,7 @@ target and the version it undoes; it works once. Signatures themselves are check
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 
 from edge_runtime.updates.host import UpdatablePipeline
@@ -18,6 +19,8 @@ from edge_runtime.updates.protocol import RollbackRequest, SignatureError, Updat
 from edge_runtime.updates.signing import SignedFields, signed_message, verify
 from edge_runtime.updates.store import Entry, ModelStore
 from edge_runtime.updates.versions import Floors, is_newer, version_key
+
+log = logging.getLogger(__name__)
 
 
 def update_fields(request: UpdateRequest) -> SignedFields:
@@ -44,6 +47,17 @@ class Guard:
     def __init__(self, store: ModelStore, floors: Floors) -> None:
         self.store = store
         self.floors = floors
+
+    def seed(self, pipelines: Sequence[str]) -> None:
+        """A store from before floors existed: the committed version of each pipeline is its floor."""
+        for name in pipelines:
+            committed = self.store.current(name)
+            if committed is None:
+                continue
+            try:
+                self.floors.raise_to(name, committed.version, committed.sha256)
+            except VersionError as exc:
+                log.warning("pipeline %s: no anti-rollback floor from its committed model: %s", name, exc)
 
     def committed_version(self, pipeline: UpdatablePipeline) -> str:
         """The version the pipeline has committed: the store's, else its configured model's."""

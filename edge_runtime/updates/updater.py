@@ -51,7 +51,7 @@ from edge_runtime.updates.protocol import (
     UpdateRequest,
 )
 from edge_runtime.updates.signing import verify
-from edge_runtime.updates.store import ModelStore
+from edge_runtime.updates.store import Entry, ModelStore
 from edge_runtime.updates.transfer import ChunkAssembler, DownloadPolicy, download
 from edge_runtime.updates.versions import Floors
 
@@ -92,6 +92,7 @@ class Updater:
             expiry_s=cfg.transfer_expiry_s,
         )
         self.chunks.sweep()  # partial transfers left by a crash
+        self.guard.seed([pc.name for pc in host.config.pipelines])
         self._busy: set[str] = set()
         self._lock = threading.Lock()
         self._sweeper = spawn("update-sweeper", self._sweep, should_restart=lambda: not host.stopping)
@@ -335,7 +336,7 @@ class Updater:
         verdict = self._probation(watch)
         entry = None
         if not verdict:
-            entry = watch.commit(lambda: self.store.commit(request.pipeline))
+            entry = watch.commit(lambda: self._commit(request))
         pipeline.end_watch("", watch)
         if entry is None:
             interrupted = bool(watch.ended)
@@ -348,8 +349,6 @@ class Updater:
             pipeline.swap_model(old)
             self.store.rollback(request.pipeline, reason)
             raise ProbationError(reason, interrupted=interrupted)
-        self.floors.raise_to(request.pipeline, entry.version, entry.sha256)
-        self.guard.used_update(request)
         self._step(cmd, request, "probation", results=watch.count)
         self._event(
             "model.committed",
@@ -363,6 +362,13 @@ class Updater:
             cmd,
             {"ok": True, "step": "commit", "sha256": entry.sha256, "version": entry.version, "final": True},
         )
+
+    def _commit(self, request: UpdateRequest) -> Entry:
+        """The floor first (a crash in between leaves it high: refusing, never allowing), the
+        permission spent, then the store's commit."""
+        self.floors.raise_to(request.pipeline, request.version, request.sha256)
+        self.guard.used_update(request)
+        return self.store.commit(request.pipeline)
 
     def _probation(self, watch: Probation) -> str:
         """An empty string when the model produced the required real results without a fault; else why not.
