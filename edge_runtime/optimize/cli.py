@@ -77,8 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_optimize(args: argparse.Namespace) -> int:
     from edge_runtime.errors import EdgeRuntimeError
     from edge_runtime.optimize import OptimizeError
+    from edge_runtime.optimize.options import Options
     from edge_runtime.optimize.report import format_table
-    from edge_runtime.optimize.run import Options, optimize
+    from edge_runtime.optimize.run import optimize
 
     options = Options(
         model=args.model,

@@ -25,7 +25,7 @@ from edge_runtime.runtime.coverage import Coverage
 from edge_runtime.runtime.modelfile import FLOAT_TYPES, ModelInfo
 
 if TYPE_CHECKING:
-    from edge_runtime.optimize.run import Options
+    from edge_runtime.optimize.options import Options
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.errors import EdgeRuntimeError, ModelFormatError
 from edge_runtime.optimize import OptimizeError, engines, rewrite, verify
 from edge_runtime.optimize import data as calib
+from edge_runtime.optimize.options import Options
 from edge_runtime.optimize.report import ModelFacts, PruneResult, Report, model_facts, write_outputs
 from edge_runtime.runtime.backend import BACKEND_NAMES, get_backend
 from edge_runtime.runtime.coverage import Coverage, coverage
@@ -31,31 +31,6 @@ log = logging.getLogger(__name__)
 IO_TYPES = ("int8", "uint8", "float32")
 TASKS = ("auto", "classification", "detection", "raw")
 COVERAGE_DELEGATES = ("cpu", "gpu", "edgetpu")
-
-
-@dataclass(frozen=True)
-class Options:
-    """What ``edge-runtime optimize`` was asked to do."""
-
-    model: Path
-    calibration: Path
-    out: Path
-    config: Path | None = None
-    pipeline: str | None = None
-    labels: Path | None = None
-    engine: str = "auto"
-    io: str = "int8"
-    task: str = "auto"
-    min_agreement: float = 0.98
-    force: bool = False
-    prune: float | None = None
-    calibration_share: float = 0.5
-    max_samples: int = 500
-    threads: int = 1
-    runs: int = 200
-    delegates: tuple[str, ...] = ("cpu",)
-    backends: tuple[str, ...] = ("litert",)
-    timeout_s: float = 600.0
 
 
 def _check_options(o: Options) -> None:

@@ -19,17 +19,17 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field, field_validator
 
 from edge_runtime.errors import SourceError
+from edge_runtime.redaction import redact_text
 from edge_runtime.sources.base import Frame, Source, SourceConfigBase
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ FALLBACK_FILE_FPS = 25.0
 """Pace of a real-time file whose container does not say its frame rate (and no ``fps`` is set)."""
 
 _STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-_USERINFO = re.compile(r"(//)[^/@]*@")
 
 
 class CameraConfig(SourceConfigBase):
@@ -55,7 +54,7 @@ class CameraConfig(SourceConfigBase):
     type: Literal["camera"] = Field(
         default="camera", description="Source type: a camera or video read with OpenCV."
     )
-    uri: str | int = Field(
+    uri: str | Annotated[int, Field(ge=0, le=1023)] = Field(
         description="Device index (0) or path (/dev/video0), video file path, rtsp:// or http(s):// "
         "URL, or a GStreamer pipeline (any string containing '!').",
     )
@@ -63,13 +62,16 @@ class CameraConfig(SourceConfigBase):
         default="auto", description="OpenCV capture backend; auto picks one from the uri."
     )
     fps: float | None = Field(
-        default=None, gt=0, description="Target frame rate: a faster camera or file is thinned to it."
+        default=None,
+        ge=0.01,
+        le=1000,
+        description="Target frame rate: a faster camera or file is thinned to it.",
     )
     width: int | None = Field(
-        default=None, gt=0, description="Requested capture width of a device, in pixels."
+        default=None, gt=0, le=16384, description="Requested capture width of a device, in pixels."
     )
     height: int | None = Field(
-        default=None, gt=0, description="Requested capture height of a device, in pixels."
+        default=None, gt=0, le=16384, description="Requested capture height of a device, in pixels."
     )
     realtime: bool = Field(
         default=True,
@@ -78,7 +80,10 @@ class CameraConfig(SourceConfigBase):
     )
     loop: bool = Field(default=False, description="Files only: start over at the end instead of finishing.")
     stall_timeout_s: float = Field(
-        default=5.0, gt=0, description="No frame for this long: the source is down and is reopened."
+        default=5.0,
+        ge=0.5,
+        le=3600,
+        description="No frame for this long: the source is down and is reopened.",
     )
 
     @field_validator("uri")
@@ -104,7 +109,7 @@ def uri_kind(uri: str | int) -> UriKind:
 
 def redact(uri: str | int) -> str:
     """The uri for logs and errors, without credentials (``rtsp://user:pw@host`` -> ``rtsp://***@host``)."""
-    return _USERINFO.sub(r"\1***@", str(uri))
+    return redact_text(str(uri))
 
 
 class CameraSource(Source):
