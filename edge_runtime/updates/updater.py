@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.config import Config
-from edge_runtime.config.schema import UpdatesConfig
+from edge_runtime.config.updates import UpdatesConfig
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.runtime.model import Model
