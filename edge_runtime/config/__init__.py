@@ -34,11 +34,11 @@ from edge_runtime.config.schema import (
     RuntimeConfig,
     SourceTrigger,
     TlsConfig,
-    UpdatesConfig,
     VectorInput,
     WindowInput,
     default_state_dir,
 )
+from edge_runtime.config.updates import UpdatesConfig
 
 __all__ = [
     "BUNDLED_MODELS",
