@@ -9,7 +9,7 @@ stay bound to the loopback address (no bearer token needed: ``/healthz`` and ``/
     edge-runtime-healthcheck /readyz    the readiness probe
 
 The port is ``$EDGE_RUNTIME__HTTP__PORT`` (the same variable that overrides ``http.port`` in the
-daemon's config), else ``$EDGE_RUNTIME_HTTP_PORT``, else 8478, the default of ``[http] port``.
+daemon's config), else 8478, the default of ``[http] port``.
 Standard library only; a 4 s deadline.
 """
 
@@ -25,7 +25,7 @@ DEFAULT_PORT = "8478"
 
 def main(argv: list[str]) -> int:
     path = argv[1] if len(argv) > 1 else "/healthz"
-    port = os.environ.get("EDGE_RUNTIME__HTTP__PORT") or os.environ.get("EDGE_RUNTIME_HTTP_PORT") or DEFAULT_PORT
+    port = os.environ.get("EDGE_RUNTIME__HTTP__PORT") or DEFAULT_PORT
     url = f"http://127.0.0.1:{port}{path}"
     try:
         with urllib.request.urlopen(url, timeout=4) as response:

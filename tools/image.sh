@@ -5,6 +5,8 @@
 #   tools/image.sh run [--arch amd64|arm64] [--name NAME] [PODMAN RUN OPTIONS...] [-- DAEMON ARGS...]
 #   tools/image.sh podman ARGS...         any podman command with this machine's settings
 #   tools/image.sh size [--arch A]        the image's uncompressed size and its largest parts
+#   tools/image.sh mosquitto [--arch A]   localhost/edge-runtime-mosquitto:bookworm, for compose on
+#                                         hosts that cannot pull docker.io/library/eclipse-mosquitto
 #
 # build (as root, non-interactive):
 #   1. installs podman, buildah, runc, debootstrap (and qemu-user-static, binfmt-support for a
@@ -237,10 +239,31 @@ cmd_size() {
     /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/share /var/lib/dpkg 2>/dev/null | sort -rn | head -n 14
 }
 
+cmd_mosquitto() {  # a mosquitto image on the same base, for hosts without docker.io
+  local arch tag base
+  arch=$(host_arch)
+  if [ "${1:-}" = --arch ]; then arch=$2; fi
+  [ "$(id -u)" = 0 ] || die "must run as root (debootstrap and rootful podman)"
+  apt_ensure debootstrap
+  ensure_podman
+  [ "$arch" = "$(host_arch)" ] || ensure_emulation "$arch"
+  mkdir -p "$CACHE"
+  exec 9>"$CACHE/image-$arch-$SUITE.lock"
+  flock -w 1800 9 || die "another build holds $CACHE/image-$arch-$SUITE.lock"
+  base=$(base_image "$arch" "$CACHE/image-$arch-$SUITE" 0)
+  tag=$IMAGE-mosquitto:$SUITE
+  [ "$arch" = "$(host_arch)" ] || tag=$tag-$arch
+  pod build --network host --format docker --arch "$arch" --os linux --tag "$tag" \
+    --build-arg "BASE=$base" --file "$REPO/devices/mosquitto.Containerfile" "$REPO/devices" >&2 ||
+    die "podman build of the mosquitto image failed (output above)"
+  echo "built $tag"
+}
+
 case "${1:-}" in
   build) shift; cmd_build "$@" ;;
   run) shift; cmd_run "$@" ;;
   size) shift; cmd_size "$@" ;;
+  mosquitto) shift; cmd_mosquitto "$@" ;;
   podman) shift; ensure_podman; exec podman --runtime runc "$@" ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;
