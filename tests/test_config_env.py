@@ -52,7 +52,8 @@ def test_overrides_apply_and_are_validated_like_set() -> None:
     assert config.updates.max_bytes == 2048
     # the same errors as --set, all at once, as path: value: message
     with pytest.raises(ConfigError) as caught:
-        load_config(CONTAINER_TOML, environ={"EDGE_RUNTIME__MQTT__PORT": "abc", "EDGE_RUNTIME__MQTT__QOS": "7"})
+        bad = {"EDGE_RUNTIME__MQTT__PORT": "abc", "EDGE_RUNTIME__MQTT__QOS": "7"}
+        load_config(CONTAINER_TOML, environ=bad)
     assert any(p.startswith("mqtt.port: 'abc'") for p in caught.value.problems)
     assert any(p.startswith("mqtt.qos: 7") for p in caught.value.problems)
     with pytest.raises(ConfigError, match="Extra inputs are not permitted"):

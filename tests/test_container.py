@@ -71,7 +71,7 @@ def test_image_labels_and_fleet_tool(image: str) -> None:
     user = podman("image", "inspect", "--format", "{{.Config.User}}", image).stdout.strip()
     assert user == "10001:10001"
     fleet = podman("run", "--rm", "--network", "none", "--entrypoint", "edge-fleet", image, "--help")
-    assert "usage: edge-fleet" in fleet.stdout
+    assert "Operate a fleet of edge-runtime devices" in fleet.stdout
     # arguments after the image replace its CMD and go to `edge-runtime run` (the entry point)
     run_help = podman("run", "--rm", "--network", "none", image, "--help")
     assert "usage: edge-runtime run" in run_help.stdout
@@ -142,7 +142,9 @@ def test_image_runs_against_a_host_broker(image: str, tmp_path: Path, container_
         stopped_in = time.monotonic() - t_stop
         exit_code = podman("inspect", "--format", "{{.State.ExitCode}}", container_name).stdout.strip()
         assert exit_code == "0", podman("logs", container_name).stderr[-3000:]
-        assert stopped_in < STOP_TIMEOUT_S, f"podman stop took {stopped_in:.1f} s (SIGKILL at {STOP_TIMEOUT_S})"
+        assert stopped_in < STOP_TIMEOUT_S, (
+            f"podman stop took {stopped_in:.1f} s (SIGKILL at {STOP_TIMEOUT_S} s)"
+        )
         status_topic = f"edge/{device}/status"
 
         def offline() -> bool:

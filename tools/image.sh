@@ -203,8 +203,6 @@ cmd_build() {
   case "${PIP_INDEX_URL:-}" in http://*|https://*) args+=(--build-arg "PIP_INDEX_URL=$PIP_INDEX_URL") ;; esac
   log "podman build ${args[*]} $ctx"
   pod build "${args[@]}" "$ctx" >&2 || die "podman build failed (output above)"
-  # Dangling layers of earlier builds of the same tags.
-  pod image prune -f >/dev/null 2>&1 || true
   image_size "$IMAGE:$ver-$arch"
   echo "built $IMAGE:$ver-$arch in $(($(date +%s) - t0))s"
 }
