@@ -23,6 +23,7 @@
 #   /var/lib/edge-runtime; EDGE_RUNTIME__* variables of the caller are passed in; options before
 #   `--` go to podman run (e.g. -v ./my.toml:/etc/edge-runtime/config.toml:ro, --device /dev/video0),
 #   arguments after it replace the image's CMD (`--config /etc/edge-runtime/config.toml --quiet`).
+#   The arm64 image on an x86-64 host runs under qemu-user with an ARM /proc/cpuinfo bound in.
 #
 # Podman on these machines: `--runtime runc` (crun refuses the hybrid cgroup layout) and
 # CONTAINERS_CONF=tools/podman-containers.conf (no default ulimits, the cgroupfs manager). Both are
@@ -207,6 +208,14 @@ cmd_build() {
   echo "built $IMAGE:$ver-$arch in $(($(date +%s) - t0))s"
 }
 
+arm_cpuinfo() {  # a Cortex-A72's /proc/cpuinfo (a Raspberry Pi 4's), one entry per host CPU
+  local i
+  for ((i = 0; i < $(nproc --all); i++)); do
+    printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$i"
+    printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n'
+  done
+}
+
 cmd_run() {
   local arch name=edge-runtime popts=() dargs=() tag
   arch=$(host_arch)
@@ -221,6 +230,13 @@ cmd_run() {
   ensure_podman
   tag=$IMAGE:latest-$arch
   pod image exists "$tag" || die "no image $tag: build it first with tools/image.sh build --arch $arch"
+  if [ "$arch" = arm64 ] && [ "$(host_arch)" != arm64 ]; then
+    # Under qemu-user the guest sees the host's x86 /proc/cpuinfo, and LiteRT's CPU detection
+    # crashes on it (SIGSEGV in Interpreter(), as in tools/arm64_check.sh): show it an ARM one.
+    ensure_emulation arm64
+    arm_cpuinfo >"$CACHE/arm64-cpuinfo"
+    popts=(--volume "$CACHE/arm64-cpuinfo:/proc/cpuinfo:ro" --env "QEMU_CPU=${ARM64_CPU:-cortex-a72}" "${popts[@]}")
+  fi
   exec podman --runtime runc run --rm --network host --name "$name" \
     --volume edge-runtime-state:/var/lib/edge-runtime --env 'EDGE_RUNTIME__*' \
     "${popts[@]}" "$tag" "${dargs[@]}"
