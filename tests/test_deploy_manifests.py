@@ -25,6 +25,7 @@ else:  # pragma: no cover
 
 from edge_runtime.config.load import env_overrides, load_config
 from edge_runtime.errors import ConfigError
+from edge_runtime.updates.signing import parse_public_key
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICES = REPO / "devices"
@@ -192,8 +193,9 @@ def test_the_configmap_config_and_the_daemonset_env_pass_the_daemons_validation(
     assert config.device.id == "node-1"
     assert len(config.updates.public_keys) == 1
     assert str(config.device.state_dir) == "/var/lib/edge-runtime"
+    parse_public_key(config.updates.public_keys[0])  # a real ed25519 key, as the updater reads it
     with pytest.raises(ConfigError, match=r"updates\.public_keys"):
-        load_config(config_toml, environ={**environ, "EDGE_RUNTIME__UPDATES__PUBLIC_KEYS": '["not-a-key"]'})
+        load_config(config_toml, environ={**environ, "EDGE_RUNTIME__UPDATES__PUBLIC_KEYS": "not-a-list"})
 
 
 def test_compose_agrees_with_the_image_and_its_env_is_valid() -> None:
