@@ -109,7 +109,18 @@ def test_image_runs_against_a_host_broker(image: str, tmp_path: Path, container_
             "--env", f"EDGE_RUNTIME__HTTP__PORT={http_port}",
             image,
         )  # fmt: skip
-        results = sub.expect(f"edge/{device}/pipelines/+/results", count=20, timeout=120)
+        results_topic = f"edge/{device}/pipelines/+/results"
+
+        def results_or_exit() -> bool:
+            if len(sub.messages(results_topic)) >= 20:
+                return True
+            running = podman("inspect", "--format", "{{.State.Running}}", container_name).stdout.strip()
+            return running != "true"
+
+        wait_until(results_or_exit, timeout=120, interval=0.5)
+        running = podman("inspect", "--format", "{{.State.Running}}", container_name).stdout.strip()
+        assert running == "true", f"the container exited:\n{podman('logs', container_name).stderr[-3000:]}"
+        results = sub.expect(results_topic, count=20, timeout=1)
         first = results[0].monotonic - t0
         payload = results[0].json()
         assert payload["device"] == device and payload["pipeline"] in {"digits", "machine"}
