@@ -13,7 +13,7 @@ from edge_runtime.config.load import env_overrides, load_config
 from edge_runtime.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
-CONTAINER_TOML = REPO / "devices" / "container.toml"
+CONTAINER_TOML = REPO / "devices" / "container" / "config.toml"
 
 
 def test_variables_become_set_assignments_in_name_order() -> None:

@@ -212,7 +212,7 @@ def test_compose_agrees_with_the_image_and_its_env_is_valid() -> None:
     assert "state" in data["volumes"]
     environ = {k: compose_default(v) for k, v in daemon["environment"].items()}
     assert {name for name, _ in env_overrides(environ)} == set(environ)
-    config = load_config(DEVICES / "container.toml", environ=environ)
+    config = load_config(DEVICES / "container" / "config.toml", environ=environ)
     mosquitto_cmd = [compose_default(c) for c in data["services"]["mosquitto"]["command"]]
     assert config.mqtt.port == int(mosquitto_cmd[mosquitto_cmd.index("-p") + 1])
     assert config.mqtt.host == "127.0.0.1"
@@ -229,7 +229,7 @@ def test_compose_writes_out_the_board_devices() -> None:
 
 
 def test_container_config_is_the_demo_with_container_settings() -> None:
-    config = load_config(DEVICES / "container.toml", environ={})
+    config = load_config(DEVICES / "container" / "config.toml", environ={})
     demo = load_config(REPO / "edge_runtime" / "demo.toml", environ={})
     assert [p.name for p in config.pipelines] == [p.name for p in demo.pipelines]
     assert str(config.device.state_dir) == exec_form(containerfile()["VOLUME"][-1])[0]

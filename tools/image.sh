@@ -148,7 +148,8 @@ make_context() {  # $1 source tree, $2 context dir
   mkdir -p "$ctx/src"
   cp "$src/pyproject.toml" "$src/README.md" "$ctx/src/"
   tar -C "$src" --exclude=__pycache__ -cf - edge_runtime | tar -C "$ctx/src" -xf -
-  cp "$src/devices/container.toml" "$src/devices/healthcheck.py" "$ctx/"
+  cp "$src/devices/container/config.toml" "$ctx/container.toml"
+  cp "$src/devices/container/healthcheck.py" "$ctx/healthcheck.py"
   chmod 0755 "$ctx/healthcheck.py"
   python3 - "$src/pyproject.toml" >"$ctx/requirements.txt" <<'EOF'
 import sys, tomllib
@@ -268,7 +269,7 @@ cmd_mosquitto() {  # a mosquitto image on the same base, for hosts without docke
   tag=$IMAGE-mosquitto:$SUITE
   [ "$arch" = "$(host_arch)" ] || tag=$tag-$arch
   pod build --network host --format docker --arch "$arch" --os linux --tag "$tag" \
-    --build-arg "BASE=$base" --file "$REPO/devices/mosquitto.Containerfile" "$REPO/devices" >&2 ||
+    --build-arg "BASE=$base" --file "$REPO/devices/container/mosquitto.Containerfile" "$REPO/devices/container" >&2 ||
     die "podman build of the mosquitto image failed (output above)"
   echo "built $tag"
 }
