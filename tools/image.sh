@@ -249,9 +249,9 @@ cmd_size() {
   if [ "${1:-}" = --arch ]; then arch=$2; fi
   tag=$IMAGE:latest-$arch
   image_size "$tag"
-  echo "largest parts of /opt/venv/lib/python3.11/site-packages (MB):"
-  pod run --rm --network none --entrypoint /usr/bin/du "$tag" -sm /opt/venv/lib/python3.11/site-packages/* /usr/lib/python3.11 \
-    /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/share /var/lib/dpkg 2>/dev/null | sort -rn | head -n 14
+  echo "largest parts (MB):"
+  pod run --rm --network none --entrypoint /bin/sh "$tag" -c \
+    'du -sm /opt/venv /usr /var/lib/dpkg 2>/dev/null; du -sm /opt/venv/lib/python3*/site-packages/* | sort -rn | head -n 12'
 }
 
 cmd_mosquitto() {  # a mosquitto image on the same base, for hosts without docker.io
