@@ -95,8 +95,8 @@ class DeviceConfig(Strict):
 class RuntimeConfig(Strict):
     backend: Literal["auto", "litert", "tflite-runtime", "onnxruntime"] = Field(
         "auto",
-        description="Inference backend of .tflite models; auto prefers LiteRT, then tflite-runtime. "
-        ".onnx models always run on onnxruntime.",
+        description="Inference backend: auto prefers LiteRT, then tflite-runtime, for .tflite models; "
+        ".onnx models always run on onnxruntime; onnxruntime runs a .tflite model's .onnx twin (same name).",
     )
 
 

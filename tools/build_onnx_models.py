@@ -16,6 +16,7 @@ calibration split the TFLite model was calibrated on. Both are evaluated with on
 held-out split. Outputs, relative to DIR (default: the repository root):
 
     edge_runtime/models/digits.onnx, digits_int8.onnx, manifest_onnx.json
+    edge_runtime/models/fused_int8.onnx, detect_int8.onnx (exact twins: tf2onnx without --dequantize)
     models/mobilenet_v2_int8.onnx, models/manifest_onnx.json  (the float mobilenet stays in a temp dir)
 """
 
@@ -52,6 +53,11 @@ SEED = 20261123
 OPSET = 17
 BUILD_COMMAND = ".venv-models/bin/python tools/build_onnx_models.py"
 PKG_DIR = Path("edge_runtime/models")
+NOTE = (
+    "ONNX twins of the bundled TFLite models. Paths are relative to this file. A QDQ model with float32 "
+    "edges (digits_int8) has QuantizeLinear/DequantizeLinear next to them; edge-runtime shows them as int8 "
+    "with the scale and zero point under 'edges', as it does for the int8 edges of the exact twins."
+)
 ROOT_MODELS_DIR = Path("models")
 
 
@@ -69,10 +75,10 @@ def versions() -> dict[str, str]:
     }
 
 
-def convert(tflite: Path, out: Path) -> None:
+def convert(tflite: Path, out: Path, dequantize: bool = True) -> None:
     """tf2onnx, in a child process (it imports TensorFlow)."""
     cmd = [sys.executable, "-m", "tf2onnx.convert", "--tflite", str(tflite), "--output", str(out)]
-    cmd += ["--opset", str(OPSET), "--dequantize"]
+    cmd += ["--opset", str(OPSET)] + (["--dequantize"] if dequantize else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"tf2onnx failed on {tflite}:\n{proc.stderr[-3000:]}")
@@ -299,6 +305,82 @@ def build_mobilenet(out: Path, work: Path) -> dict[str, Any]:
     }
 
 
+def tflite_outputs(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The int8 TFLite model's outputs (tf.lite.Interpreter of the build venv), in output order."""
+    import tensorflow as tf
+
+    it = tf.lite.Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    for d in it.get_input_details():
+        it.set_tensor(d["index"], feeds[d["name"]])
+    it.invoke()
+    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
+
+
+def build_direct(out: Path, name: str, work: Path) -> dict[str, Any]:
+    """The exact twin of ``{name}_int8.tflite``: tf2onnx without --dequantize keeps the TFLite
+    quantization (int8 inputs and outputs, QuantizeLinear/DequantizeLinear around every op), so the
+    twin is fed and read like the TFLite model, tensor names included."""
+    t0 = time.time()
+    pkg = out / PKG_DIR
+    tflite = pkg / f"{name}_int8.tflite"
+    path = pkg / f"{name}_int8.onnx"
+    convert(tflite, path, dequantize=False)
+    model = onnx.load(str(path))
+    model.producer_name = "edge-runtime tools/build_onnx_models.py (tf2onnx)"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    s = session(path)
+    names = [i.name for i in s.get_inputs()]
+    with np.load(pkg / f"{name}_heldout.npz") as held:
+        arrays = {k: held[k] for k in held.files}
+    edges = qdq_edges(path)
+    scales = {e["name"]: e for e in edges["inputs"]}
+
+    def feed(i: int) -> dict[str, np.ndarray]:
+        out_feeds = {}
+        for n in names:
+            key = "images" if "image" in n else "vibration"
+            x = arrays[key][i : i + 1].astype(np.float64)
+            x = x[..., None] / 255.0 if key == "images" else x
+            q = np.round(x / scales[n]["scale"]) + scales[n]["zero_point"]
+            out_feeds[n] = np.clip(q, -128, 127).astype(np.int8)
+        return out_feeds
+
+    count = len(arrays["images"])
+    max_diff, agree, total = 0, 0, 0
+    for i in range(count):
+        f = feed(i)
+        ours = s.run(None, f)
+        theirs = tflite_outputs(tflite, f)
+        for a, b in zip(ours, theirs, strict=True):
+            max_diff = max(max_diff, int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max()))
+            if name == "fused":
+                agree += int(np.argmax(a) == np.argmax(b))
+                total += 1
+    log(f"{name}: max |int8 difference| to the TFLite model on {count} held-out inputs: {max_diff}")
+    entry: dict[str, Any] = {
+        **file_entry(path, pkg),
+        "twin_of": f"{name}_int8.tflite",
+        "description": f"Exact int8 ONNX twin of {name}_int8.tflite: tf2onnx (opset {OPSET}) without "
+        "--dequantize keeps the TFLite quantization (int8 inputs and outputs, QuantizeLinear/"
+        "DequantizeLinear around each op) and the tensor names.",
+        "task": json.loads((pkg / "manifest.json").read_text())["models"][name]["task"],
+        "built_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "build_command": BUILD_COMMAND + f" --only {name}",
+        "build_seconds": round(time.time() - t0, 1),
+        "versions": versions(),
+        "quantization": {"method": "the TFLite model's own (tf2onnx)", "edges": edges},
+        "agreement_with_tflite": {
+            "heldout_inputs": count,
+            "max_abs_int8_difference": max_diff,
+            "top1_agreement": round(agree / total, 4) if total else None,
+        },
+        "operators": ops(path),
+    }
+    return {f"{name}_int8": entry}
+
+
 def write_manifest(path: Path, note: str, models: dict[str, Any]) -> None:
     existing: dict[str, Any] = {}
     if path.is_file():
@@ -320,7 +402,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO, help="repository root to write into")
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = set(names) - {"digits", "mobilenet_v2"}
+    unknown = set(names) - {"digits", "fused", "detect", "mobilenet_v2"}
     if unknown:
         parser.error(f"unknown models: {sorted(unknown)}")
     with tempfile.TemporaryDirectory(prefix="onnx-build-") as tmp:
@@ -328,11 +410,14 @@ def main() -> int:
         if "digits" in names:
             write_manifest(
                 args.out / PKG_DIR / "manifest_onnx.json",
-                "ONNX twins of the bundled TFLite models. Paths are relative to this file. An int8 QDQ "
-                "model has float32 edges with QuantizeLinear/DequantizeLinear next to them; edge-runtime "
-                "shows them as int8 with the scale and zero point under 'edges'.",
+                NOTE,
                 build_digits(args.out, work),
             )
+        for name in ("fused", "detect"):
+            if name in names:
+                write_manifest(
+                    args.out / PKG_DIR / "manifest_onnx.json", NOTE, build_direct(args.out, name, work)
+                )
         if "mobilenet_v2" in names:
             write_manifest(
                 args.out / ROOT_MODELS_DIR / "manifest_onnx.json",

@@ -12,6 +12,7 @@ other files (ONNX external data is a path relative to the model, chosen by whoev
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from edge_runtime.errors import ModelFileError, ModelFormatError
 from edge_runtime.runtime.modelfile import ModelInfo, read_model_file
 from edge_runtime.runtime.protobuf import Field, fields, packed_floats, packed_varints, signed64
 from edge_runtime.runtime.quant import QuantParams
+
+log = logging.getLogger(__name__)
 
 ONNX_SUFFIX = ".onnx"
 MAX_OPSET_DOMAINS = 64
@@ -472,15 +475,23 @@ def _consumers(name: str, nodes: tuple[Node, ...]) -> list[Node]:
     return consumers
 
 
-def _producer(name: str, nodes: tuple[Node, ...]) -> Node | None:
-    """The node writing ``name``, looking through layout ops."""
+def _producers(name: str, nodes: tuple[Node, ...], hops: int = MAX_LAYOUT_HOPS) -> list[Node] | None:
+    """The nodes whose values reach ``name`` unchanged: through layout ops and Concat (whose inputs
+    must then all come from such nodes); None when something else computes it."""
     producer = next((n for n in nodes if name in n.outputs), None)
-    for _ in range(MAX_LAYOUT_HOPS):
-        if producer is None or producer.op_type not in LAYOUT_OPS or not producer.inputs:
-            break
-        source = producer.inputs[0]
-        producer = next((n for n in nodes if source in n.outputs), None)
-    return producer
+    if producer is None or hops < 0:
+        return None
+    if producer.op_type in LAYOUT_OPS and producer.inputs:
+        return _producers(producer.inputs[0], nodes, hops - 1)
+    if producer.op_type == "Concat" and producer.inputs:
+        found: list[Node] = []
+        for source in producer.inputs:
+            nodes_in = _producers(source, nodes, hops - 1)
+            if nodes_in is None:
+                return None
+            found.extend(nodes_in)
+        return found
+    return [producer]
 
 
 def _input_edge(v: ValueInfo, nodes: tuple[Node, ...], constants: dict[str, Initializer]) -> ValueInfo:
@@ -499,17 +510,16 @@ def _input_edge(v: ValueInfo, nodes: tuple[Node, ...], constants: dict[str, Init
 
 
 def _output_edge(v: ValueInfo, nodes: tuple[Node, ...], constants: dict[str, Initializer]) -> ValueInfo:
-    producer = _producer(v.name, nodes)
-    if producer is None:
+    producers = _producers(v.name, nodes)
+    if not producers:
         return v
-    if v.dtype in ("float32", "float16") and producer.op_type == DEQUANTIZE:
-        q = _qparams(producer, constants)
-        if q is not None:
-            return ValueInfo(v.name, v.dtype, v.dims, q, float_edge=True)
-    if v.dtype in ("int8", "uint8", "int16") and producer.op_type == QUANTIZE:
-        q = _qparams(producer, constants)
-        if q is not None:
-            return ValueInfo(v.name, v.dtype, v.dims, q)
+    params = {_qparams(n, constants) for n in producers}
+    if len(params) != 1 or None in params:
+        return v
+    if v.dtype in ("float32", "float16") and all(n.op_type == DEQUANTIZE for n in producers):
+        return ValueInfo(v.name, v.dtype, v.dims, params.pop(), float_edge=True)
+    if v.dtype in ("int8", "uint8", "int16") and all(n.op_type == QUANTIZE for n in producers):
+        return ValueInfo(v.name, v.dtype, v.dims, params.pop())
     return v
 
 
@@ -552,6 +562,17 @@ def read_onnx_file(path: str | Path) -> tuple[OnnxInfo, bytes]:
     except OSError as exc:
         raise ModelFileError(f"{p}: cannot read model file: {exc.strerror or exc}") from exc
     return parse_onnx(data, str(p)), data
+
+
+def onnx_twin(path: Path) -> Path:
+    """The .onnx twin of a .tflite file (the same name next to it), for ``backend = "onnxruntime"``."""
+    twin = path.with_suffix(ONNX_SUFFIX)
+    if not twin.is_file():
+        raise ModelFileError(
+            f"{path}: backend onnxruntime runs .onnx models and there is no ONNX twin {twin.name} next to it"
+        )
+    log.info("%s: backend onnxruntime runs its ONNX twin %s", path, twin.name)
+    return twin
 
 
 def read_any_model_file(path: str | Path) -> tuple[ModelInfo | OnnxInfo, bytes]:

@@ -23,6 +23,7 @@ model with the calls :class:`edge_runtime.runtime.model.Model` makes on a TFLite
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,10 @@ from edge_runtime.runtime.quant import QuantParams, dequantize, quantize
 log = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
-ORT_ERROR_LEVEL = 3  # onnxruntime's own log: errors only (its warnings go through our causes)
+ORT_ERROR_LEVEL = 3
+SPIN = os.environ.get(
+    "EDGE_RUNTIME_ORT_SPIN", "0"
+)  # "1": onnxruntime's default (spinning pool)  # onnxruntime's own log: errors only (its warnings go through our causes)
 
 ort.set_default_logger_severity(ORT_ERROR_LEVEL)
 
@@ -61,6 +65,9 @@ def session_options(threads: int | None, info: OnnxInfo) -> Any:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = ORT_ERROR_LEVEL
+    # Idle pool threads sleep instead of spinning: on a 2-4 core board the camera, serial and
+    # publishing threads need those cores between invokes (measured: docs/performance.md).
+    so.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
     for v in info.inputs:
         if v.dims and isinstance(v.dims[0], str) and v.dims[0] != "?":
             so.add_free_dimension_override_by_name(v.dims[0], 1)
