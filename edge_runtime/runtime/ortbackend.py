@@ -17,7 +17,9 @@ model with the calls :class:`edge_runtime.runtime.model.Model` makes on a TFLite
   before the output) is shown with int8 edges and the scale and zero point of those nodes, as a
   full-int8 TFLite model is, so fusion and post-processing feed and read it unchanged; the
   conversion at the edge is exact (``scale * (q - zero_point)`` quantizes back to ``q``);
-- IO binding: inputs are bound without a copy and outputs written into arrays allocated once.
+- IO binding: inputs and outputs are arrays allocated once and bound once; ``set_tensor`` copies
+  into them (the caller may reuse its array at once, as with TFLite) and the session writes its
+  outputs in place, so an invoke allocates nothing (measured: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -38,10 +40,9 @@ from edge_runtime.runtime.quant import QuantParams, dequantize, quantize
 log = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
-ORT_ERROR_LEVEL = 3
-SPIN = os.environ.get(
-    "EDGE_RUNTIME_ORT_SPIN", "0"
-)  # "1": onnxruntime's default (spinning pool)  # onnxruntime's own log: errors only (its warnings go through our causes)
+ORT_ERROR_LEVEL = 3  # onnxruntime's own log: errors only (its warnings reach us as causes)
+# "1" restores onnxruntime's spinning pool threads (for measurements; docs/performance.md)
+SPIN = "1" if os.environ.get("EDGE_RUNTIME_ORT_SPIN") == "1" else "0"
 
 ort.set_default_logger_severity(ORT_ERROR_LEVEL)
 
@@ -127,14 +128,14 @@ class Interpreter:
             providers.append((request.name, options))
         providers.append((CPU_PROVIDER, {}))
         try:
-            self._session = ort.InferenceSession(
+            self.session = ort.InferenceSession(
                 model_content, sess_options=session_options(num_threads, self.info), providers=providers
             )
         except (
             Exception
         ) as exc:  # onnxruntime's pybind11 errors (Fail, InvalidGraph, ...) derive from Exception only
             raise RuntimeError(f"onnxruntime cannot load the model: {' '.join(str(exc).split())}") from exc
-        used = self._session.get_providers()
+        used = self.session.get_providers()
         for request in requests:
             if request.name not in used:
                 raise ValueError(
@@ -143,7 +144,7 @@ class Interpreter:
         self.providers = used
         self._inputs = self.info.inputs
         self._outputs = self.info.outputs
-        self._feeds: list[npt.NDArray[Any] | None] = [None] * len(self._inputs)
+        self._set = [False] * len(self._inputs)
         in_shapes = []
         for v in self._inputs:
             shape = _static_shape(v)
@@ -154,12 +155,16 @@ class Interpreter:
                 )
             in_shapes.append(shape)
         self._in_shapes = tuple(in_shapes)
+        # set_tensor copies into these (as a TFLite interpreter does): the caller may reuse its array
+        self._in_arrays = [
+            np.zeros(s, dtype=v.dtype) for v, s in zip(self._inputs, self._in_shapes, strict=True)
+        ]
         out_shapes = [_static_shape(v) for v in self._outputs]
         if any(s is None for s in out_shapes):
             zeros = {
                 v.name: np.zeros(s, dtype=v.dtype) for v, s in zip(self._inputs, self._in_shapes, strict=True)
             }
-            results = self._session.run([v.name for v in self._outputs], zeros)
+            results = self.session.run([v.name for v in self._outputs], zeros)
             out_shapes = [tuple(np.asarray(r).shape) for r in results]
         self._out_shapes: tuple[tuple[int, ...], ...] = tuple(s for s in out_shapes if s is not None)
         self._out_arrays = [
@@ -167,7 +172,9 @@ class Interpreter:
         ]
         self._binding: Any = None
         if io_binding:
-            self._binding = self._session.io_binding()
+            self._binding = self.session.io_binding()
+            for v, array in zip(self._inputs, self._in_arrays, strict=True):
+                self._binding.bind_cpu_input(v.name, array)
             for v, array in zip(self._outputs, self._out_arrays, strict=True):
                 self._binding.bind_output(
                     v.name, "cpu", 0, array.dtype, list(array.shape), array.__array_interface__["data"][0]
@@ -203,24 +210,26 @@ class Interpreter:
         if not 0 <= index < len(self._inputs):
             raise ValueError(f"no input tensor {index}")
         v = self._inputs[index]
+        target = self._in_arrays[index]
+        value = np.asarray(value)
+        if value.size != target.size:
+            raise ValueError(f"input {v.name!r} takes {target.size} values, got {value.size}")
         if v.float_edge and v.quant is not None:
-            array = dequantize(value, v.quant).astype(v.dtype, copy=False)
+            target[...] = dequantize(value, v.quant).reshape(target.shape)
         else:
-            array = np.ascontiguousarray(value)
-        self._feeds[index] = array
-        if self._binding is not None:
-            self._binding.bind_cpu_input(v.name, array)
+            target[...] = value.reshape(target.shape)
+        self._set[index] = True
 
     def invoke(self) -> None:
-        missing = [v.name for v, a in zip(self._inputs, self._feeds, strict=True) if a is None]
+        missing = [v.name for v, done in zip(self._inputs, self._set, strict=True) if not done]
         if missing:
             raise ValueError(f"inputs not set: {missing}")
         try:
             if self._binding is not None:
-                self._session.run_with_iobinding(self._binding)
+                self.session.run_with_iobinding(self._binding)
             else:
-                feeds = {v.name: a for v, a in zip(self._inputs, self._feeds, strict=True)}
-                results = self._session.run([v.name for v in self._outputs], feeds)
+                feeds = {v.name: a for v, a in zip(self._inputs, self._in_arrays, strict=True)}
+                results = self.session.run([v.name for v in self._outputs], feeds)
                 for array, result in zip(self._out_arrays, results, strict=True):
                     array[...] = result
         except Exception as exc:  # onnxruntime's pybind11 errors derive from Exception only
