@@ -469,3 +469,14 @@ def test_set_input_copies_so_the_caller_may_reuse_its_array_at_once() -> None:
     staging[:] = images[1][None, ..., None] / 255.0
     model.run()
     assert np.array_equal(model.output(0), alone)
+
+
+def test_initializers_in_typed_fields_are_read_and_checked(tmp_path: Path) -> None:
+    def tensor(values: list[float]) -> bytes:
+        packed = np.asarray(values, "<f4").tobytes()
+        return _msg(5, _num(1, 4), _num(2, 1), _msg(8, "w"), _msg(4, packed))
+
+    info = parse_onnx(identity_model(["N", 4], tensor([0.0, 1.0, 0.0, 2.0])))
+    assert info.initializer_count == 1 and info.inputs[0].name == "x"
+    with pytest.raises(ModelFormatError, match="initializer 'w': 3 values for 4 elements"):
+        parse_onnx(identity_model(["N", 4], tensor([0.0, 1.0, 2.0])))

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 ONNX_SUFFIX = ".onnx"
 MAX_OPSET_DOMAINS = 64
 MAX_SUBGRAPH_DEPTH = 8
+# values stored in typed fields (float_data, int32_data, ...) are decoded one Python object each:
+# bounded, so a hostile file cannot make the reader hold a list ~30x its own size
+MAX_TYPED_VALUES = 1 << 20
 
 # TensorProto.DataType -> numpy name
 ELEM_TYPES: dict[int, str] = {
@@ -93,7 +96,9 @@ class Initializer:
     name: str
     dtype: str
     dims: tuple[int, ...]
-    data: bytes  # little-endian raw values; empty when the type is not a plain number type
+    data: (
+        bytes | memoryview
+    )  # little-endian raw values (a view into the file, not a copy); empty when unknown
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,7 @@ def _tensor(data: memoryview, what: str) -> tuple[Initializer, bool]:
     count = 1
     for d in dims:
         count *= d
-    payload = b""
+    payload: bytes | memoryview = b""
     itemsize = _ITEMSIZE.get(dtype)
     if itemsize and not external:
         if raw is not None:
@@ -216,8 +221,8 @@ def _tensor(data: memoryview, what: str) -> tuple[Initializer, bool]:
                 raise ModelFormatError(
                     f"{what}: {len(raw)} bytes of raw data for {count} {dtype} values of shape {dims}"
                 )
-            payload = bytes(raw)
-        elif typed:
+            payload = raw
+        elif typed and count <= MAX_TYPED_VALUES:  # larger ones stay unread (no sparsity figure)
             payload = _typed_payload(typed, dtype, count, what)
     return Initializer(name, dtype, tuple(dims), payload), external
 
