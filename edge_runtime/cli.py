@@ -73,6 +73,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from edge_runtime.optimize.cli import run_optimize
+
+    return run_optimize(args)
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from edge_runtime.config import load_config
 
@@ -89,8 +95,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edge_runtime.config import DEMO_CONFIG, load_config
+    from edge_runtime.daemon.service import Service
     from edge_runtime.reporting.stdout import StdoutSink
-    from edge_runtime.service import Service
 
     path = Path(args.config) if args.config else DEMO_CONFIG
     config = load_config(path, args.set or (), profile=args.profile)
@@ -187,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_bench)
+
+    from edge_runtime.optimize.cli import add_arguments
+
+    p = sub.add_parser("optimize", help="quantize a float .tflite to int8, verify it side by side, write it")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_optimize)
     return parser
 
 

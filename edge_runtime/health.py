@@ -254,7 +254,7 @@ def _delta(now: int, before: int) -> int:
 class HealthReporter:
     """Builds the health document from live statistics; see the module docstring for its shape."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 (the live figures it reads, one callable each)
         self,
         version: str,
         device: str,

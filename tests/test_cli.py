@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BENCH_MODELS, MODELS, ROOT, missing_delegate_cause
+from conftest import missing_delegate_cause
+
+from devkit.paths import BENCH_MODELS, MODELS, ROOT
 
 pytestmark = pytest.mark.backend
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import BENCH_MODELS, MODELS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_run import DIGITS, heldout, run_cli
 
+from devkit.paths import BENCH_MODELS, MODELS
 from edge_runtime.demo import write_digits_video
 from edge_runtime.errors import EdgeRuntimeError, ModelFileError, ModelFormatError, ModelLoadError
 from edge_runtime.runtime.model import Model

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.config import Config
+from edge_runtime.redaction import redact_text, redact_tree
 from edge_runtime.reporting.commands import CommandDispatcher
 from edge_runtime.reporting.outbox import Outbox, OutboxError, open_outbox
 from edge_runtime.reporting.topics import Topics, dumps, event_payload, status_payload
@@ -33,7 +34,6 @@ class Reporter:
         self.outbox: Outbox | None = None
         self.link: Any = None
         self.store_errors = 0
-        self.events_sent = 0
         self._final_outbox: dict[str, Any] | None = None
         self._last_store_log = float("-inf")
         self._logged_errors = 0
@@ -139,9 +139,6 @@ class Reporter:
                 self.store_errors += 1
             self._store_error(f"result {pipeline}/{result['seq']}", exc)
 
-    def close(self) -> None:
-        """Sinks are closed by :meth:`stop`."""
-
     def _store_error(self, what: str, exc: Exception) -> None:
         """Log the first store failure, then one line per 10 s with the count (a full disk would
         otherwise log every result)."""
@@ -155,11 +152,12 @@ class Reporter:
 
     def event(self, kind: str, message: str, fields: dict[str, Any]) -> None:
         """An event on ``{prefix}/{device}/events`` (through the outbox) and in the log."""
+        message = redact_text(message)  # every event passes here: no credentials in any of them
         log.info("event %s: %s", kind, message)
         if self.outbox is None:
             return
         qos = self.config.mqtt.events.qos
-        payload = dumps(event_payload(self.topics.device, kind, message, **fields))
+        payload = dumps(redact_tree(event_payload(self.topics.device, kind, message, **fields)))
         try:
             self.outbox.put(
                 self.topics.events,
@@ -167,7 +165,6 @@ class Reporter:
                 qos=self.config.mqtt.qos if qos is None else qos,
                 retain=self.config.mqtt.events.retain,
             )
-            self.events_sent += 1
         except OutboxError as exc:
             with self._lock:
                 self.store_errors += 1
@@ -180,7 +177,7 @@ class Reporter:
         return bool(
             self.link.publish_now(
                 self.topics.health,
-                dumps(report),
+                dumps(redact_tree(report)),
                 qos=self.config.mqtt.qos if qos is None else qos,
                 retain=self.config.mqtt.health.retain,
             )
