@@ -15,7 +15,8 @@ from typing import Any
 
 from edge_runtime.errors import BackendUnavailableError
 from edge_runtime.runtime.backend import ONNXRUNTIME, get_backend
-from edge_runtime.runtime.onnxfile import ValueInfo, read_onnx_file
+from edge_runtime.runtime.onnxfile import read_onnx_file
+from edge_runtime.runtime.onnxproto import ValueInfo
 from edge_runtime.runtime.quant import quant_fields
 
 ONNX_PROBE = ("xnnpack", "acl", "cpu")

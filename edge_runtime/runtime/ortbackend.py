@@ -34,7 +34,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from edge_runtime.runtime.delegates import ProviderRequest
-from edge_runtime.runtime.onnxfile import OnnxInfo, ValueInfo, parse_onnx
+from edge_runtime.runtime.onnxfile import OnnxInfo, parse_onnx
+from edge_runtime.runtime.onnxproto import ValueInfo
 from edge_runtime.runtime.quant import QuantParams, dequantize, quantize
 
 log = logging.getLogger(__name__)
