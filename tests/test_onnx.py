@@ -480,3 +480,14 @@ def test_initializers_in_typed_fields_are_read_and_checked(tmp_path: Path) -> No
     assert info.initializer_count == 1 and info.inputs[0].name == "x"
     with pytest.raises(ModelFormatError, match="initializer 'w': 3 values for 4 elements"):
         parse_onnx(identity_model(["N", 4], tensor([0.0, 1.0, 2.0])))
+
+
+def test_optimize_refuses_an_onnx_model_and_names_the_tool_that_does_it(tmp_path: Path) -> None:
+    proc = cli(
+        "optimize", str(DIGITS_FLOAT_ONNX), "--calibration", str(MODELS / "digits_heldout.npz"),
+        "--out", str(tmp_path / "out.onnx"),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "onnxruntime.quantization.quantize_static" in lines[0], proc.stderr
+    assert not (tmp_path / "out.onnx").exists()
