@@ -22,12 +22,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_run import DIGITS, heldout, run_cli
 
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config
+from devkit.mqtt_client import Subscriber
 from devkit.paths import BENCH_MODELS, MODELS
 from edge_runtime.demo import write_digits_video
 from edge_runtime.errors import EdgeRuntimeError, ModelFileError, ModelFormatError, ModelLoadError
 from edge_runtime.runtime.model import Model
 from edge_runtime.runtime.onnxfile import parse_onnx, read_onnx_file
 from edge_runtime.runtime.quant import quantize
+from edge_runtime.updates.signing import generate_keypair
 
 pytestmark = pytest.mark.backend
 
@@ -491,3 +495,29 @@ def test_optimize_refuses_an_onnx_model_and_names_the_tool_that_does_it(tmp_path
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "onnxruntime.quantization.quantize_static" in lines[0], proc.stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_model_update_can_move_a_pipeline_to_the_onnx_twin(tmp_path: Path, broker: Mosquitto) -> None:
+    # the store keeps every model as {sha256}.tflite: the ONNX content is recognised as such
+    from test_update_daemon import request, serving, update_body
+
+    private, public = generate_keypair()
+    extra = f'[updates]\npublic_keys = ["{public}"]\nprobation_s = 5\nprobation_results = 10\n'
+    config = digits_config(tmp_path, port=broker.port, extra=extra)
+    data = DIGITS_ONNX.read_bytes()
+    with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
+        assert sub.wait_for(lambda ms: any(m.topic.endswith("/health") for m in ms), 30), daemon.log()
+        replies = request(sub, "to-onnx", update_body(DIGITS_ONNX, data, "onnx-1", private))
+        assert replies[-1]["ok"] and replies[-1]["step"] == "commit", replies[-1].get("error")
+        sha = onnx_manifest()["digits_int8"]["sha256"]
+        assert sub.wait_for(lambda ms: serving(sub) == (sha, "onnx-1"), 30)
+
+        def onnx_results(ms: list[Any]) -> list[dict[str, Any]]:
+            return [
+                m.json() for m in ms if m.topic.endswith("/results") and m.json()["model"]["sha256"] == sha
+            ]
+
+        # results of the ONNX content, which only onnxruntime can run
+        assert sub.wait_for(lambda ms: len(onnx_results(ms)) >= 5, 30), daemon.log()[-2000:]
+        assert all(r["result"]["top"] for r in onnx_results(sub.messages("edge/dev1/pipelines/+/results")))
+        assert daemon.stop() == 0

@@ -11,7 +11,7 @@ from edge_runtime.runtime.backend import get_backend
 from edge_runtime.runtime.model import Model
 from edge_runtime.runtime.modelfile import TensorInfo, read_model_file
 from edge_runtime.runtime.onnx_inspect import build_onnx_report, format_onnx_report
-from edge_runtime.runtime.onnxfile import is_onnx_path, onnx_twin
+from edge_runtime.runtime.onnxfile import is_onnx_file, onnx_twin
 from edge_runtime.runtime.quant import quant_fields
 
 DEFAULT_PROBE = ("edgetpu", "gpu", "vx", "armnn", "cpu")
@@ -50,8 +50,8 @@ def build_report(
 ) -> dict[str, Any]:
     """The full inspect report as a JSON-ready dict. Raises on a file that is not a model."""
     p = Path(path)
-    if is_onnx_path(p) or backend == "onnxruntime":  # onnxruntime inspects a .tflite model's twin
-        onnx_file = p if is_onnx_path(p) else onnx_twin(p)
+    if is_onnx_file(p) or backend == "onnxruntime":  # onnxruntime inspects a .tflite model's twin
+        onnx_file = p if is_onnx_file(p) else onnx_twin(p)
         return build_onnx_report(onnx_file, None if delegates == DEFAULT_PROBE else delegates)
     info, _ = read_model_file(p)
     report: dict[str, Any] = {

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from edge_runtime.errors import DelegateError, InputError, InvokeError, ModelLoadError
 from edge_runtime.runtime.backend import ONNXRUNTIME, Backend, get_backend
 from edge_runtime.runtime.delegates import Delegate, DelegateFailure, parse_chain
-from edge_runtime.runtime.onnxfile import OnnxInfo, is_onnx_path, onnx_twin, read_any_model_file
+from edge_runtime.runtime.onnxfile import OnnxInfo, is_onnx_file, onnx_twin, read_any_model_file
 from edge_runtime.runtime.quant import QuantParams, quant_fields
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class Model:
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.stem
-        if backend == ONNXRUNTIME and not is_onnx_path(self.path):
+        if backend == ONNXRUNTIME and not is_onnx_file(self.path):
             self.path = onnx_twin(self.path)
         started = time.perf_counter()
         self.info, self._content = read_any_model_file(self.path)

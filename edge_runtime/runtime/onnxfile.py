@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import ModelFileError, ModelFormatError
-from edge_runtime.runtime.modelfile import ModelInfo, read_model_file
+from edge_runtime.runtime.modelfile import TFLITE_IDENTIFIER, ModelInfo, read_model_file
 from edge_runtime.runtime.onnxproto import ITEMSIZE, Graph, Initializer, Node, ValueInfo, array, parse_graph
 from edge_runtime.runtime.protobuf import fields, signed64
 from edge_runtime.runtime.quant import QuantParams
@@ -28,6 +28,7 @@ from edge_runtime.runtime.quant import QuantParams
 log = logging.getLogger(__name__)
 
 ONNX_SUFFIX = ".onnx"
+IR_VERSION_TAG = 0x08  # field 1 (ir_version), varint: the first byte of a serialized ModelProto
 MAX_OPSET_DOMAINS = 64
 WEIGHT_INPUTS = {
     "Conv": 1,
@@ -311,8 +312,23 @@ def onnx_twin(path: Path) -> Path:
     return twin
 
 
-def read_any_model_file(path: str | Path) -> tuple[ModelInfo | OnnxInfo, bytes]:
-    """An .onnx file through :func:`read_onnx_file`, anything else as a .tflite flatbuffer."""
+def is_onnx_file(path: str | Path) -> bool:
+    """An .onnx name; or, for a file kept under another name (the OTA store keeps every model as
+    ``{sha256}.tflite``), content that is not a TFLite flatbuffer and starts as a serialized ONNX
+    ModelProto does (field 1, ``ir_version``)."""
     if is_onnx_path(path):
+        return True
+    try:
+        with Path(path).open("rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False  # the TFLite reader reports it
+    return len(head) == 8 and head[4:8] != TFLITE_IDENTIFIER and head[0] == IR_VERSION_TAG
+
+
+def read_any_model_file(path: str | Path) -> tuple[ModelInfo | OnnxInfo, bytes]:
+    """An ONNX file (:func:`is_onnx_file`) through :func:`read_onnx_file`, anything else as a
+    .tflite flatbuffer."""
+    if is_onnx_file(path):
         return read_onnx_file(path)
     return read_model_file(path)

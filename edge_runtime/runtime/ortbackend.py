@@ -145,7 +145,6 @@ class Interpreter:
         self.providers = used
         self._inputs = self.info.inputs
         self._outputs = self.info.outputs
-        self._set = [False] * len(self._inputs)
         in_shapes = []
         for v in self._inputs:
             shape = _static_shape(v)
@@ -156,7 +155,8 @@ class Interpreter:
                 )
             in_shapes.append(shape)
         self._in_shapes = tuple(in_shapes)
-        # set_tensor copies into these (as a TFLite interpreter does): the caller may reuse its array
+        # set_tensor copies into these (as a TFLite interpreter does): the caller may reuse its array;
+        # like a TFLite interpreter's tensors they start as zeros, so a smoke run needs no input
         self._in_arrays = [
             np.zeros(s, dtype=v.dtype) for v, s in zip(self._inputs, self._in_shapes, strict=True)
         ]
@@ -219,12 +219,8 @@ class Interpreter:
             target[...] = dequantize(value, v.quant).reshape(target.shape)
         else:
             target[...] = value.reshape(target.shape)
-        self._set[index] = True
 
     def invoke(self) -> None:
-        missing = [v.name for v, done in zip(self._inputs, self._set, strict=True) if not done]
-        if missing:
-            raise ValueError(f"inputs not set: {missing}")
         try:
             if self._binding is not None:
                 self.session.run_with_iobinding(self._binding)
