@@ -521,3 +521,12 @@ def test_a_model_update_can_move_a_pipeline_to_the_onnx_twin(tmp_path: Path, bro
         assert sub.wait_for(lambda ms: len(onnx_results(ms)) >= 5, 30), daemon.log()[-2000:]
         assert all(r["result"]["top"] for r in onnx_results(sub.messages("edge/dev1/pipelines/+/results")))
         assert daemon.stop() == 0
+
+
+def test_a_model_with_huge_tensors_is_refused_before_anything_is_allocated(tmp_path: Path) -> None:
+    path = tmp_path / "huge.onnx"
+    path.write_bytes(identity_model(["N", 100_000, 100_000]))  # 40 GB of float32 per input
+    with pytest.raises(
+        ModelLoadError, match=r"tensor 'x' \[1, 100000, 100000\] takes 38147 MiB, over the bound"
+    ):
+        Model(path, backend=backend())

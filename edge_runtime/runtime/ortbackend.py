@@ -41,6 +41,7 @@ from edge_runtime.runtime.quant import QuantParams, dequantize, quantize
 log = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
+MAX_TENSOR_BYTES = 256 << 20  # one input or output; the arrays are allocated once, at load
 ORT_ERROR_LEVEL = 3  # onnxruntime's own log: errors only (its warnings reach us as causes)
 # "1" restores onnxruntime's spinning pool threads (for measurements; docs/performance.md)
 SPIN = "1" if os.environ.get("EDGE_RUNTIME_ORT_SPIN") == "1" else "0"
@@ -84,6 +85,15 @@ def _static_shape(v: ValueInfo) -> tuple[int, ...] | None:
     if any(isinstance(d, str) for d in dims):
         return None
     return tuple(int(d) for d in dims)
+
+
+def _check_size(v: ValueInfo, shape: tuple[int, ...]) -> None:
+    size = float(np.prod(shape, dtype=np.float64)) * np.dtype(v.dtype).itemsize
+    if size > MAX_TENSOR_BYTES:
+        raise ValueError(
+            f"tensor {v.name!r} {list(shape)} takes {size / 2**20:.0f} MiB, over the bound of "
+            f"{MAX_TENSOR_BYTES >> 20} MiB per input or output"
+        )
 
 
 def _quant_details(q: QuantParams | None) -> dict[str, Any]:
@@ -153,6 +163,7 @@ class Interpreter:
                     f"input {v.name!r} has symbolic dimensions {list(v.dims)}: export the model with a fixed "
                     "input size (only the batch dimension may be symbolic)"
                 )
+            _check_size(v, shape)
             in_shapes.append(shape)
         self._in_shapes = tuple(in_shapes)
         # set_tensor copies into these (as a TFLite interpreter does): the caller may reuse its array;
@@ -168,6 +179,8 @@ class Interpreter:
             results = self.session.run([v.name for v in self._outputs], zeros)
             out_shapes = [tuple(np.asarray(r).shape) for r in results]
         self._out_shapes: tuple[tuple[int, ...], ...] = tuple(s for s in out_shapes if s is not None)
+        for v, shape in zip(self._outputs, self._out_shapes, strict=True):
+            _check_size(v, shape)
         self._out_arrays = [
             np.empty(s, dtype=v.dtype) for v, s in zip(self._outputs, self._out_shapes, strict=True)
         ]
