@@ -312,6 +312,8 @@ def test_threads_set_the_intra_op_pool_and_one_session_serves_every_invoke() -> 
     session = model._interpreter.session
     options = session.get_session_options()
     assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    default = Model(DIGITS_ONNX, backend=backend())._interpreter.session.get_session_options()
+    assert default.intra_op_num_threads == 1  # one core unless asked, as LiteRT
     rng = np.random.default_rng(1)
     x = rng.integers(-128, 127, (1, 8, 8, 1), dtype=np.int8)
     first = model.invoke([x])[0]
@@ -504,6 +506,8 @@ def test_a_model_update_can_move_a_pipeline_to_the_onnx_twin(tmp_path: Path, bro
     private, public = generate_keypair()
     extra = f'[updates]\npublic_keys = ["{public}"]\nprobation_s = 5\nprobation_results = 10\n'
     config = digits_config(tmp_path, port=broker.port, extra=extra)
+    # the pipeline starts on the TFLite model (under onnxruntime it would already serve the twin)
+    config.write_text(config.read_text().replace('backend = "onnxruntime"', 'backend = "auto"'))
     data = DIGITS_ONNX.read_bytes()
     with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
         assert sub.wait_for(lambda ms: any(m.topic.endswith("/health") for m in ms), 30), daemon.log()

@@ -9,8 +9,8 @@ model with the calls :class:`edge_runtime.runtime.model.Model` makes on a TFLite
 - the delegate chain's entries arrive as :class:`ProviderRequest` (``cpu`` sends none): each is
   checked against the providers this build has, then against the providers the session really
   uses, and refused with the reason otherwise;
-- session options for a small board: one intra-op pool of ``threads`` (default: onnxruntime's,
-  the physical cores), no inter-op pool, sequential execution, every graph optimisation;
+- session options for a small board: one intra-op pool of ``threads`` (default 1, as LiteRT's
+  default: measured), no inter-op pool, sequential execution, every graph optimisation;
 - inputs and outputs: symbolic batch dimensions are fixed to 1 (a free-dimension override, so
   the optimiser plans for it) and other symbolic dimensions are read from one run on zeros; an
   int8 QDQ model whose graph edges are float (QuantizeLinear after the input, DequantizeLinear
@@ -63,7 +63,7 @@ def available_providers() -> list[str]:
 
 def session_options(threads: int | None, info: OnnxInfo) -> Any:
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or 0
+    so.intra_op_num_threads = threads or 1  # as the TFLite backends: one thread unless asked
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
