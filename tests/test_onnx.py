@@ -504,17 +504,17 @@ def test_a_model_update_can_move_a_pipeline_to_the_onnx_twin(tmp_path: Path, bro
     from test_update_daemon import request, serving, update_body
 
     private, public = generate_keypair()
-    extra = f'[updates]\npublic_keys = ["{public}"]\nprobation_s = 5\nprobation_results = 10\n'
+    extra = f'[updates]\npublic_keys = ["{public}"]\nprobation_s = 5\nprobation_results = 10\nallow_file_urls = true\n'
     config = digits_config(tmp_path, port=broker.port, extra=extra)
     # the pipeline starts on the TFLite model (under onnxruntime it would already serve the twin)
     config.write_text(config.read_text().replace('backend = "onnxruntime"', 'backend = "auto"'))
     data = DIGITS_ONNX.read_bytes()
     with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
         assert sub.wait_for(lambda ms: any(m.topic.endswith("/health") for m in ms), 30), daemon.log()
-        replies = request(sub, "to-onnx", update_body(DIGITS_ONNX, data, "onnx-1", private))
+        replies = request(sub, "to-onnx", update_body(DIGITS_ONNX, data, "2", private))
         assert replies[-1]["ok"] and replies[-1]["step"] == "commit", replies[-1].get("error")
         sha = onnx_manifest()["digits_int8"]["sha256"]
-        assert sub.wait_for(lambda ms: serving(sub) == (sha, "onnx-1"), 30)
+        assert sub.wait_for(lambda ms: serving(sub) == (sha, "2"), 30)
 
         def onnx_results(ms: list[Any]) -> list[dict[str, Any]]:
             return [
