@@ -504,7 +504,10 @@ def test_a_model_update_can_move_a_pipeline_to_the_onnx_twin(tmp_path: Path, bro
     from test_update_daemon import request, serving, update_body
 
     private, public = generate_keypair()
-    extra = f'[updates]\npublic_keys = ["{public}"]\nprobation_s = 5\nprobation_results = 10\nallow_file_urls = true\n'
+    extra = (
+        f'[updates]\npublic_keys = ["{public}"]\nprobation_s = 5\nprobation_results = 10\n'
+        "allow_file_urls = true\n"
+    )
     config = digits_config(tmp_path, port=broker.port, extra=extra)
     # the pipeline starts on the TFLite model (under onnxruntime it would already serve the twin)
     config.write_text(config.read_text().replace('backend = "onnxruntime"', 'backend = "auto"'))
