@@ -537,3 +537,16 @@ def test_a_model_with_huge_tensors_is_refused_before_anything_is_allocated(tmp_p
         ModelLoadError, match=r"tensor 'x' \[1, 100000, 100000\] takes 38147 MiB, over the bound"
     ):
         Model(path, backend=backend())
+
+
+def test_validate_config_checks_an_onnx_model_like_a_tflite_one(tmp_path: Path) -> None:
+    config, _, head = _video_config(tmp_path, 5)
+    body = DIGITS.replace(f"{MODELS}/digits_int8.tflite", str(DIGITS_ONNX))
+    config.write_text(f'{head}\n[[pipelines]]\nname = "digits"\ntrigger = "camera"\n{body}')
+    proc = cli("validate-config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    # the ONNX input's shape (read without onnxruntime) is checked against the binding
+    config.write_text(config.read_text().replace('color = "gray"', 'color = "rgb"'))
+    proc = cli("validate-config", str(config))
+    assert proc.returncode == 1, proc.stdout
+    assert "input 'image' has 1 channels but color = 'rgb' gives 3" in proc.stderr, proc.stderr
