@@ -6,7 +6,7 @@
 #   ./dev.sh test [PYTEST ARGS...]
 #                            set up .venv, .venv-tflite and the Debian packages the tests use
 #                            (mosquitto, socat, ffmpeg, curl, chromium), then run the suite under LiteRT and the
-#                            runtime/model tests again under tflite-runtime
+#                            runtime/model tests again under tflite-runtime and under ONNX Runtime
 #   ./dev.sh lint            ruff check, ruff format --check, mypy --strict
 #   ./dev.sh setup           only the set-up steps
 #
@@ -98,7 +98,9 @@ case "$cmd" in
     if [ -x .venv-tflite/bin/python ]; then
       log "runtime and model tests under tflite-runtime (.venv-tflite)"
       EDGE_RUNTIME_TEST_BACKEND=tflite-runtime .venv-tflite/bin/python -m pytest -m backend "$@"
-    fi ;;
+    fi
+    log "runtime and model tests under ONNX Runtime (.venv; the .onnx twins of the bundled models)"
+    EDGE_RUNTIME_TEST_BACKEND=onnxruntime .venv/bin/python -m pytest -m "backend and not tflite" "$@" ;;
   lint)
     setup_base
     .venv/bin/ruff check .

@@ -84,8 +84,10 @@ class DeviceConfig(Strict):
 
 
 class RuntimeConfig(Strict):
-    backend: Literal["auto", "litert", "tflite-runtime"] = Field(
-        "auto", description="Inference backend; auto prefers LiteRT, then tflite-runtime."
+    backend: Literal["auto", "litert", "tflite-runtime", "onnxruntime"] = Field(
+        "auto",
+        description="Inference backend: auto prefers LiteRT, then tflite-runtime, for .tflite models; "
+        ".onnx models always run on onnxruntime; onnxruntime runs a .tflite model's .onnx twin (same name).",
     )
 
 
@@ -252,7 +254,7 @@ Postprocess = Annotated[
 
 
 class ModelConfig(Strict):
-    path: str = Field(description="The .tflite file: a path, or bundled:NAME for a packaged model.")
+    path: str = Field(description="The .tflite or .onnx file: a path, or bundled:NAME for a packaged model.")
     name: str | None = Field(None, description="Name in results (default: the file's stem).")
     version: str = Field("", description="Version reported with results.")
     delegates: list[ChainEntry] | None = Field(
