@@ -8,8 +8,10 @@ parameters so tests can point them at a tree of real files.
 and builds the JSON-ready document::
 
     {"v": 1, "device": str, "ts": float (epoch s, 3 decimals), "version": str, "uptime_s": float,
-     "state": "ok" | "degraded",
-     "problems": [str, ...],                  # empty when "ok"
+     "state": "ok" | "degraded" | "failing",  # derived by edge_runtime.healthstate
+     "problems": [str, ...],                  # every reason, failing ones first; empty when "ok"
+     "components": {"pipeline/NAME" | "source/NAME" | "outbox" | "mqtt" | "system" | ...:
+                    {"state", "reasons": [str, ...]}},
      "pipelines": {name: {"fps_in", "fps_out", "results", "triggers", "dropped_frames",
                           "skipped_stale", "rate_limited", "paused_skips", "errors", "last_error",
                           "paused",
@@ -26,15 +28,17 @@ and builds the JSON-ready document::
                 "disk_free_bytes", "open_fds", "threads"},
      ...}                                                                   # keys from ``extra``
 
-The state is ``degraded`` when a source is ``down``, a pipeline counted errors since the previous
-report, the outbox dropped messages since the previous report, or MQTT is disconnected; each cause
-is one line of ``problems``. Counters are totals since start; "since the previous report" is
+The state and its reasons are derived by :func:`edge_runtime.healthstate.assess` (see
+``docs/health.md``); each cause is one line of ``problems``. The document is bounded: past
+``max_bytes`` its longest per-source lists are cut and ``truncated`` is set (counted in
+:attr:`HealthReporter.truncations`). Counters are totals since start; "since the previous report" is
 measured against the last :meth:`HealthReporter.report` call with ``mark=True`` (the periodic
 report), so Prometheus scrapes (``mark=False``) do not move that window.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -43,6 +47,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.healthstate import DeviceHealth, HealthLimits, assess, counters
+
 __all__ = [
     "CpuMeter",
     "HealthReporter",
@@ -50,6 +56,7 @@ __all__ = [
     "cpu_seconds",
     "disk_free_bytes",
     "load_average",
+    "memory_bytes",
     "open_fds",
     "peak_rss_bytes",
     "process_rss_bytes",
@@ -151,6 +158,20 @@ def disk_free_bytes(path: str | os.PathLike[str]) -> int | None:
         current = current.parent
 
 
+def memory_bytes(proc: str = "/proc") -> tuple[int | None, int | None]:
+    """(MemAvailable, MemTotal) of the machine in bytes from ``{proc}/meminfo``."""
+    found: dict[str, int] = {}
+    try:
+        with open(Path(proc) / "meminfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in ("MemAvailable", "MemTotal"):
+                    found[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None, None
+    return found.get("MemAvailable"), found.get("MemTotal")
+
+
 def open_fds(proc: str = "/proc") -> int | None:
     """Open file descriptors of this process."""
     try:
@@ -246,9 +267,27 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _delta(now: int, before: int) -> int:
-    """Growth of a counter; a counter that went backwards (restarted) counts from zero."""
-    return now - before if now >= before else now
+MAX_HEALTH_BYTES = 64 * 1024
+"""Default bound of one serialised health document."""
+_KEEP_ITEMS = 16
+
+
+def _bound_size(doc: Stats, max_bytes: int) -> bool:
+    """Cut the per-source lists and tallies (channel names, parse-error reasons) of a document
+    over ``max_bytes``; returns whether anything was cut."""
+    if len(json.dumps(doc, default=str)) <= max_bytes:
+        return False
+    for s in (doc.get("sources") or {}).values():
+        channels = s.get("channels")
+        if isinstance(channels, list) and len(channels) > _KEEP_ITEMS:
+            s["channels"] = channels[:_KEEP_ITEMS]
+            s["channels_count"] = len(channels)
+        errors = s.get("parse_errors")
+        if isinstance(errors, dict) and len(errors) > _KEEP_ITEMS:
+            top = sorted(errors.items(), key=lambda kv: -int(kv[1]))[:_KEEP_ITEMS]
+            s["parse_errors"] = dict(top)
+    doc["truncated"] = True
+    return True
 
 
 class HealthReporter:
@@ -269,6 +308,8 @@ class HealthReporter:
         proc_root: str = "/proc",
         started: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        limits: HealthLimits | None = None,
+        max_bytes: int = MAX_HEALTH_BYTES,
     ) -> None:
         """``started`` is the ``clock()`` reading uptime counts from (default: now)."""
         self.version = version
@@ -285,12 +326,18 @@ class HealthReporter:
         self.started = clock() if started is None else started
         self.cpu = CpuMeter()
         self._lock = threading.Lock()
-        self._errors_marked: dict[str, int] = {}
-        self._dropped_marked = 0
+        self.limits = limits or HealthLimits()
+        self.max_bytes = max_bytes
+        self.truncations = 0
+        """Documents cut to ``max_bytes`` (the health document's refusal counter)."""
+        self.last: DeviceHealth | None = None
+        """The device health of the last report."""
+        self._marked: dict[str, int] | None = None
 
     def system(self, advance: bool = True) -> Stats:
         """The ``system`` section: process CPU/memory/fds/threads, load, temperatures, disk."""
         load = load_average()
+        available, total = memory_bytes(self.proc_root)
         return {
             "cpu_percent": self.cpu.percent(advance),
             "cpu_seconds": round(cpu_seconds(), 3),
@@ -300,6 +347,8 @@ class HealthReporter:
             "load_avg": None if load is None else list(load),
             "temperature_c": temperatures_c(self.sys_root),
             "disk_free_bytes": disk_free_bytes(self.state_dir),
+            "mem_available_bytes": available,
+            "mem_total_bytes": total,
             "open_fds": open_fds(self.proc_root),
             "threads": thread_count(self.proc_root),
         }
@@ -310,41 +359,17 @@ class HealthReporter:
         sources = {name: _normalise_source(s) for name, s in self.sources().items()}
         outbox = self.outbox()
         mqtt = self.mqtt()
-        problems: list[str] = []
-        for name, s in sources.items():
-            if s["state"] == "down":
-                cause = s.get("last_error") or "no data"
-                problems.append(f"source {name} is down: {cause}")
         with self._lock:
-            for name, p in pipelines.items():
-                errors = int(p["errors"])
-                new = _delta(errors, self._errors_marked.get(name, 0))
-                if new > 0:
-                    last = p.get("last_error") or "unknown error"
-                    problems.append(
-                        f"pipeline {name}: {_count(new, 'error')} since the last report (last: {last})"
-                    )
-                if mark:
-                    self._errors_marked[name] = errors
-            if outbox is not None:
-                dropped = int(outbox.get("dropped") or 0)
-                new = _delta(dropped, self._dropped_marked)
-                if new > 0:
-                    problems.append(f"outbox dropped {_count(new, 'message')} since the last report")
-                if mark:
-                    self._dropped_marked = dropped
             system = self.system(advance=mark)
-        if mqtt is not None and not mqtt.get("connected", False):
-            cause = mqtt.get("last_error") or "not connected"
-            problems.append(f"mqtt disconnected: {cause}")
         doc: Stats = {
             "v": 1,
             "device": self.device,
             "ts": round(time.time(), 3),
             "version": self.version,
             "uptime_s": round(self.clock() - self.started, 3),
-            "state": "degraded" if problems else "ok",
-            "problems": problems,
+            "state": "ok",
+            "problems": [],
+            "components": {},
             "pipelines": pipelines,
             "sources": sources,
             "outbox": outbox,
@@ -357,6 +382,15 @@ class HealthReporter:
             if clash:
                 raise ValueError(f"health extra keys clash with built-in keys: {', '.join(clash)}")
             doc.update(extra)
+        with self._lock:
+            health = assess(doc, self._marked, self.limits)
+            if mark:
+                self._marked = counters(doc)
+            self.last = health
+        doc["state"], doc["problems"], doc["components"] = health.state, list(health.reasons), health.as_dict()
+        if _bound_size(doc, self.max_bytes):
+            self.truncations += 1
+        doc["truncations"] = self.truncations
         return doc
 
     def summary(self, doc: Mapping[str, Any] | None = None) -> str:
@@ -380,7 +414,7 @@ class HealthReporter:
         line = ", ".join(parts)
         problems = doc.get("problems") or []
         if problems:
-            line += f"; degraded: {problems[0]}"
+            line += f"; {doc.get('state', 'degraded')}: {problems[0]}"
             if len(problems) > 1:
                 line += f" (+{len(problems) - 1} more)"
         return line
