@@ -149,7 +149,18 @@ class MqttConfig(Strict):
 
 
 class OutboxConfig(Strict):
-    max_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="Outbox size bound; the oldest go first.")
+    max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=4096,
+        description="Outbox size bound on disk (database and its journal); the oldest go first.",
+    )
+    reserve_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        le=1 << 30,
+        description="Free disk kept for the daemon's own state: below it nothing new is stored "
+        "(counted as store errors, health failing) until space returns.",
+    )
     max_count: int = Field(200_000, ge=10, description="Outbox message bound; the oldest go first.")
 
 
@@ -184,6 +195,25 @@ class UpdatesConfig(Strict):
 
 class HealthConfig(Strict):
     interval_s: float = Field(30.0, gt=0, description="Seconds between health reports.")
+    start_grace_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="READY=1 waits until every pipeline gave a result or this long; a pipeline "
+        "with no result by then makes the health degraded.",
+    )
+    stale_s: float = Field(
+        10.0, gt=0, le=3600, description="A source silent, or a triggered pipeline without result, this long."
+    )
+    parse_error_share: float = Field(
+        0.5, gt=0, le=1, description="A line source with a larger share of unparsable lines is degraded."
+    )
+    min_memory_available: float = Field(
+        0.05, ge=0, le=1, description="Less available memory than this share of the total is degraded."
+    )
+    max_bytes: int = Field(
+        65536, ge=4096, le=16 * 1024 * 1024, description="Bound of one health document; longer lists are cut."
+    )
 
 
 def _model_entry(value: Any) -> Any:

@@ -387,7 +387,11 @@ class HealthReporter:
             if mark:
                 self._marked = counters(doc)
             self.last = health
-        doc["state"], doc["problems"], doc["components"] = health.state, list(health.reasons), health.as_dict()
+        doc["state"], doc["problems"], doc["components"] = (
+            health.state,
+            list(health.reasons),
+            health.as_dict(),
+        )
         if _bound_size(doc, self.max_bytes):
             self.truncations += 1
         doc["truncations"] = self.truncations

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
-    "OK",
     "DEGRADED",
     "FAILING",
+    "OK",
     "Component",
     "DeviceHealth",
     "HealthLimits",
@@ -176,7 +176,8 @@ def _source(
     if errors >= lim.min_parse_errors and errors > lim.parse_error_share * (errors + lines):
         share = 100.0 * errors / (errors + lines)
         reasons.append(
-            f"source {name}: {errors} of {errors + lines} lines unparsable ({share:.0f}%) since the last report"
+            f"source {name}: {errors} of {errors + lines} lines unparsable ({share:.0f}%)"
+            " since the last report"
         )
     refused = d.get("channels_refused", 0)
     if refused > 0:
@@ -188,7 +189,9 @@ def _source(
     return Component("source", name, DEGRADED if reasons else OK, tuple(reasons))
 
 
-def _outbox(outbox: Mapping[str, Any], free: int | None, d: Mapping[str, int], lim: HealthLimits) -> Component:
+def _outbox(
+    outbox: Mapping[str, Any], free: int | None, d: Mapping[str, int], lim: HealthLimits
+) -> Component:
     failing: list[str] = []
     degraded: list[str] = []
     store_errors = d.get("store_errors", 0)
@@ -232,9 +235,7 @@ def assess(
     uptime = _float(doc.get("uptime_s")) or 0.0
 
     def window(prefix: str) -> dict[str, int]:
-        return {
-            key.removeprefix(prefix): _delta(now, prior, key) for key in now if key.startswith(prefix)
-        }
+        return {key.removeprefix(prefix): _delta(now, prior, key) for key in now if key.startswith(prefix)}
 
     components: list[Component] = []
     for name, s in (doc.get("sources") or {}).items():
@@ -246,8 +247,13 @@ def assess(
     if outbox is not None:
         components.append(_outbox(outbox, system.get("disk_free_bytes"), window("outbox/"), limits))
     mqtt = doc.get("mqtt")
+    reasons: tuple[str, ...]
     if mqtt is not None:
-        reasons = () if mqtt.get("connected") else (f"mqtt disconnected: {mqtt.get('last_error') or 'not connected'}",)
+        reasons = (
+            ()
+            if mqtt.get("connected")
+            else (f"mqtt disconnected: {mqtt.get('last_error') or 'not connected'}",)
+        )
         components.append(Component("mqtt", "", DEGRADED if reasons else OK, reasons))
     store = doc.get("model_store")
     if isinstance(store, Mapping):
@@ -262,5 +268,5 @@ def assess(
     components.append(_system(system, limits))
     state = worst([c.state for c in components])
     ranked = sorted(components, key=lambda c: -_RANK[c.state])  # failing reasons first
-    reasons = tuple(r for c in ranked for r in c.reasons)
-    return DeviceHealth(state, reasons, tuple(components))
+    listed = tuple(r for c in ranked for r in c.reasons)
+    return DeviceHealth(state, listed, tuple(components))

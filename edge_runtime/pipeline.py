@@ -306,6 +306,8 @@ class Pipeline:
         self.latency = {k: LatencyWindow() for k in ("pre", "invoke", "post", "total")}
         self.fps_in = RateMeter()
         self.fps_out = RateMeter()
+        self.last_trigger_mono: float | None = None  # for the health state (edge_runtime.healthstate)
+        self.last_result_mono: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._invoker: Stage[Prepared] | None = None
@@ -447,6 +449,7 @@ class Pipeline:
                 return True  # the run's --max-results is reached: produce nothing more
             self.triggers += 1
             self.fps_in.tick()
+            self.last_trigger_mono = time.monotonic()
             self.busy_since = time.monotonic()
             try:
                 self._infer(trig)
@@ -571,6 +574,7 @@ class Pipeline:
         self.seq += 1
         self.results += 1
         self.fps_out.tick()
+        self.last_result_mono = time.monotonic()
         self.last_result = result
         trig = job.trig
         self.emit(
@@ -637,9 +641,16 @@ class Pipeline:
             "last_error": self.last_error,
             "fps_in": self.fps_in.rate(),
             "fps_out": self.fps_out.rate(),
+            "last_trigger_age_s": _age(self.last_trigger_mono),
+            "last_result_age_s": _age(self.last_result_mono),
+            "finished": self.finished,
             "paused": self.paused,
             "latency_ms": {k: v.percentiles() for k, v in self.latency.items()},
             "models": [
                 {**r.info, "delegate": r.model.delegate, "placement": r.model.placement} for r in self.runners
             ],
         }
+
+
+def _age(t_mono: float | None) -> float | None:
+    return None if t_mono is None else round(time.monotonic() - t_mono, 3)

@@ -22,6 +22,8 @@ from edge_runtime import __version__
 from edge_runtime.config import Config, load_config
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
+from edge_runtime.healthstate import HealthLimits
+from edge_runtime.healthwatch import PauseDetector, StateChanges, ready_to_announce
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.reporting.reporter import Reporter
 from edge_runtime.sources import SourceConfig, build_source
@@ -110,6 +112,10 @@ class Service:
         self.watchdog_pings = 0
         self._reload_requested = threading.Event()
         self._unhealthy = ""
+        self.reload_outcome: dict[str, Any] | None = None  # the last reload's, for the health state
+        self.ready_note = ""  # why READY=1 was sent ("" before)
+        self._pause = PauseDetector(0.1)
+        self._changes: StateChanges | None = None
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -120,6 +126,7 @@ class Service:
         from edge_runtime.updater import Updater, store_config
 
         self.updater = Updater(self)
+        self.updater.store.on_problem = self._store_problem
         register_commands(self)
         self.config = store_config(self.config, self.updater.store, startup=True)
         self.sources, self.pipelines = self._build_runtime(self.config)
@@ -131,7 +138,33 @@ class Service:
             sources=lambda: {name: s.stats() for name, s in self.sources.items()},
             outbox=self.reporter.outbox_stats,
             mqtt=self.reporter.stats,
+            extra=self._health_extra,
+            limits=self._health_limits(self.config),
+            max_bytes=self.config.health.max_bytes,
         )
+        self._changes = StateChanges(self.reporter.event)
+
+    @staticmethod
+    def _health_limits(config: Config) -> HealthLimits:
+        h = config.health
+        return HealthLimits(
+            start_grace_s=h.start_grace_s,
+            stale_s=h.stale_s,
+            parse_error_share=h.parse_error_share,
+            disk_reserve_bytes=config.outbox.reserve_bytes,
+            min_memory_available=h.min_memory_available,
+        )
+
+    def _health_extra(self) -> dict[str, Any]:
+        store = getattr(self.updater, "store", None)
+        problems = dict(getattr(store, "problems", {}))
+        return {"model_store": {"problems": problems}, "reload": self.reload_outcome}
+
+    def _store_problem(self, pipeline: str, text: str) -> None:
+        if self.reporter is not None:
+            self.reporter.event(
+                "model.store_broken", f"model store {pipeline}: {text}", {"pipeline": pipeline}
+            )
 
     def _build_runtime(self, config: Config) -> tuple[dict[str, Source], list[Pipeline]]:
         if any(p.startswith("demo:") for p in config.paths()):
@@ -215,7 +248,7 @@ class Service:
         return self.health.summary(self.health.report(mark=False))
 
     def _watchdog_tick(self) -> None:
-        problems = self.problems()
+        problems = [] if self._pause.settling() else self.problems()
         if problems:
             if problems[0] != self._unhealthy:
                 log.error("watchdog: not pinging systemd: %s", "; ".join(problems))
@@ -278,6 +311,8 @@ class Service:
         report = self.health.report()
         report["reloads"] = self.reloads
         self.last_health = report
+        if self._changes is not None:
+            self._changes.update_doc(report)
         self.reporter.publish_health(report)
         return report
 
@@ -305,13 +340,16 @@ class Service:
                 self.reporter.stop(flush_timeout=1.0)
             raise
         self.start()
-        self.notifier.ready(self._status_line())
+        self._announce_ready()
         ping_every = self.watchdog_s / 2 if self.watchdog_s else None
         next_ping = time.monotonic()
         next_status = time.monotonic() + 5.0
         try:
             while not self.stop_event.wait(0.1):
                 now = time.monotonic()
+                self._pause.tick(settle_s=max((self.watchdog_s or 30.0) / 2, 1.0))
+                if not self.ready_note:
+                    self._announce_ready()
                 if self._reload_requested.is_set():
                     self._reload_requested.clear()
                     self._do_reload()
@@ -329,6 +367,18 @@ class Service:
             self.notifier.stopping()
             self.shutdown(self.config.device.stop_timeout_s)
         return 0
+
+    def _announce_ready(self) -> None:
+        """READY=1 once every pipeline produced a result or the start grace passed."""
+        with self._swap_lock:
+            stats = {p.name: {"results": p.results, "finished": p.finished} for p in self.pipelines}
+        note = ready_to_announce(
+            stats, time.monotonic() - self.started_mono, self.config.health.start_grace_s
+        )
+        if note:
+            self.ready_note = note
+            log.info("ready: %s", note)
+            self.notifier.ready(self._status_line())
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop within ``timeout`` s: pipelines (the inference in flight ends), sources, then
@@ -357,7 +407,21 @@ class Service:
 
     def reload(self) -> str:
         """Re-read the config file; restart sources and pipelines on it. The MQTT connection
-        stays unless its section changed. A config that does not build leaves the old one running."""
+        stays unless its section changed. A config that does not load (bad TOML, a schema error,
+        a missing model) or does not build leaves the old one running, with a
+        ``config.reload_failed`` event and the health degraded until a reload succeeds."""
+        try:
+            summary = self._reload()
+        except EdgeRuntimeError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.reload_outcome = {"ok": False, "error": first, "ts": round(time.time(), 3)}
+            if self.reporter is not None:
+                self.reporter.event("config.reload_failed", f"reload failed: {exc}", {"error": first})
+            raise
+        self.reload_outcome = {"ok": True, "error": "", "ts": round(time.time(), 3)}
+        return summary
+
+    def _reload(self) -> str:
         if self.config_path is None:
             raise EdgeRuntimeError(
                 "reload: this daemon runs the embedded default; there is no file to re-read"
@@ -376,7 +440,6 @@ class Service:
                 sources, pipelines = self._build_runtime(new)
             except EdgeRuntimeError as exc:
                 log.error("reload failed, the running config goes on: %s", exc)
-                self.reporter.event("config.reload_failed", f"reload failed: {exc}", {})
                 raise
             self._stop_runtime()
             for pipeline in pipelines:  # results the old pipelines made meanwhile keep their seq

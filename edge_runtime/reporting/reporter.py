@@ -33,6 +33,7 @@ class Reporter:
         self.outbox: Outbox | None = None
         self.link: Any = None
         self.store_errors = 0
+        self.last_store_error = ""
         self.events_sent = 0
         self._final_outbox: dict[str, Any] | None = None
         self._last_store_log = float("-inf")
@@ -137,6 +138,7 @@ class Reporter:
         except OutboxError as exc:
             with self._lock:
                 self.store_errors += 1
+                self.last_store_error = str(exc)
             self._store_error(f"result {pipeline}/{result['seq']}", exc)
 
     def close(self) -> None:
@@ -171,6 +173,7 @@ class Reporter:
         except OutboxError as exc:
             with self._lock:
                 self.store_errors += 1
+                self.last_store_error = str(exc)
             self._store_error(f"event {kind}", exc)
 
     def publish_health(self, report: dict[str, Any]) -> bool:
@@ -208,4 +211,8 @@ class Reporter:
             return self._final_outbox
         if self.outbox is None:
             return None
-        return {**self.outbox.stats(), "store_errors": self.store_errors}
+        return {
+            **self.outbox.stats(),
+            "store_errors": self.store_errors,
+            "last_store_error": self.last_store_error,
+        }

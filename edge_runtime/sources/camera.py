@@ -135,6 +135,7 @@ class CameraSource(Source):
         self._index = 0
         self._last_frame_at = 0.0
         self._recent: collections.deque[float] = collections.deque()
+        self._fps_since = clock()
 
     # -- consumers -----------------------------------------------------------------------------------
 
@@ -337,10 +338,9 @@ class CameraSource(Source):
     def measured_fps(self) -> float:
         """Frames released per second over the last few seconds."""
         now = self.clock()
-        times = [t for t in list(self._recent) if t >= now - FPS_WINDOW_S]
-        if len(times) < 2:
-            return 0.0
-        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
+        count = sum(1 for t in list(self._recent) if t > now - FPS_WINDOW_S)
+        span = min(FPS_WINDOW_S, now - self._fps_since)  # decays to 0 within the window when frames stop
+        return count / span if count and span > 0 else 0.0
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()

@@ -1,0 +1,108 @@
+"""The daemon's side of the derived health: events on every state change, the READY=1 gate, and
+recognising a process that was stopped (SIGSTOP, a suspended machine).
+
+Small, clock-injected classes the service calls from its loops; the derivation itself is
+:mod:`edge_runtime.healthstate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from edge_runtime.healthstate import OK, DeviceHealth
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[str, str, dict[str, Any]], None]
+
+
+class StateChanges:
+    """Emits a ``health.state`` event for the device and for each component whose state changed
+    (a new component counts when it is not ok; a component that went away is not reported)."""
+
+    def __init__(self, event: EventSink) -> None:
+        self.event = event
+        self.device: str | None = None
+        self._components: dict[str, str] = {}
+        self.changes = 0
+
+    def update(self, health: DeviceHealth) -> None:
+        self.update_doc(
+            {"state": health.state, "problems": list(health.reasons), "components": health.as_dict()}
+        )
+
+    def update_doc(self, doc: Mapping[str, Any]) -> None:
+        """From a health document's ``state``, ``problems`` and ``components``."""
+        seen: dict[str, str] = {}
+        components: Mapping[str, Mapping[str, Any]] = doc.get("components") or {}
+        for key, c in components.items():
+            state = str(c.get("state", OK))
+            seen[key] = state
+            before = self._components.get(key, OK)
+            if state != before:
+                self._emit(key, before, state, c.get("reasons") or ())
+        self._components = seen
+        before_device = self.device or OK
+        state = str(doc.get("state", OK))
+        if state != before_device:
+            self._emit("device", before_device, state, doc.get("problems") or ())
+        self.device = state
+
+    def _emit(self, key: str, before: str, after: str, reasons: Iterable[str]) -> None:
+        listed = list(reasons)
+        self.changes += 1
+        why = f": {listed[0]}" + (f" (+{len(listed) - 1} more)" if len(listed) > 1 else "") if listed else ""
+        message = f"{key} is {after} (was {before}){why}"
+        level = logging.INFO if after == OK else logging.WARNING
+        log.log(level, "health: %s", message)
+        self.event(
+            "health.state", message, {"component": key, "state": after, "previous": before, "reasons": listed}
+        )
+
+
+def ready_to_announce(pipelines: Mapping[str, Mapping[str, Any]], elapsed_s: float, grace_s: float) -> str:
+    """Why READY=1 may be sent now ("" while not yet): every pipeline produced a result, or the
+    start grace passed (the health then says which pipeline has none)."""
+    waiting = [name for name, p in pipelines.items() if not p.get("results") and not p.get("finished")]
+    if not waiting:
+        return "every pipeline produced a result"
+    if elapsed_s >= grace_s:
+        return f"start grace of {grace_s:g} s passed; no result yet from {', '.join(sorted(waiting))}"
+    return ""
+
+
+class PauseDetector:
+    """Sees a gap in a loop that runs every ``period_s``: the whole process was stopped (SIGSTOP)
+    or the machine suspended. For ``settle_s`` after such a gap, progress checks (the watchdog's
+    "stuck") are not judged: every thread's last heartbeat is as old as the pause."""
+
+    def __init__(self, period_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period_s = period_s
+        self.clock = clock
+        self.pauses = 0
+        self.last_pause_s = 0.0
+        self._last = clock()
+        self._settle_until = float("-inf")
+
+    def tick(self, settle_s: float) -> float:
+        """Call once per loop turn; returns the gap seen when it was a pause, else 0."""
+        now = self.clock()
+        gap = now - self._last
+        self._last = now
+        if gap > max(1.0, 5 * self.period_s):
+            self.pauses += 1
+            self.last_pause_s = gap
+            self._settle_until = now + settle_s
+            log.warning(
+                "the process did not run for %.1f s (stopped or suspended); progress checks wait %.1f s",
+                gap,
+                settle_s,
+            )
+            return gap
+        return 0.0
+
+    def settling(self) -> bool:
+        return self.clock() < self._settle_until
