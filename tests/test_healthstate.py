@@ -74,7 +74,7 @@ def test_a_triggered_pipeline_without_results_is_failing() -> None:
 
 
 def test_no_result_within_the_start_grace() -> None:
-    p = {"results": 0, "triggers": 0, "last_result_age_s": None, "last_trigger_age_s": None}
+    p: dict[str, Any] = {"results": 0, "triggers": 0, "last_result_age_s": None, "last_trigger_age_s": None}
     early = _doc(uptime_s=29.9, pipelines={"digits": p})
     assert assess(early, None, LIMITS).state == OK
     late = _doc(uptime_s=30.0, pipelines={"digits": p})
