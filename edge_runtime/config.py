@@ -155,7 +155,7 @@ class OutboxConfig(Strict):
         description="Outbox size bound on disk (database and its journal); the oldest go first.",
     )
     reserve_bytes: int = Field(
-        256 * 1024,
+        512 * 1024,
         ge=0,
         le=1 << 30,
         description="Free disk kept for the daemon's own state: below it nothing new is stored "

@@ -15,7 +15,8 @@ from typing import Any
 
 from edge_runtime.config import Config
 from edge_runtime.reporting.commands import CommandDispatcher
-from edge_runtime.reporting.outbox import Outbox, OutboxError, open_outbox
+from edge_runtime.reporting.outbox import Outbox, OutboxError, open_outbox, payload_bound
+from edge_runtime.reporting.seqstate import SeqReservations, salvage
 from edge_runtime.reporting.topics import Topics, dumps, event_payload, status_payload
 
 log = logging.getLogger(__name__)
@@ -46,16 +47,55 @@ class Reporter:
             return
         state = config.device.state_dir
         self.outbox = open_outbox(
-            state / "outbox.sqlite", max_bytes=config.outbox.max_bytes, max_count=config.outbox.max_count
+            state / "outbox.sqlite",
+            max_bytes=payload_bound(config.outbox.max_bytes),
+            max_count=config.outbox.max_count,
+            reserve_bytes=config.outbox.reserve_bytes,
         )
+        self.seq_file = SeqReservations(state / "seq.json")
+        self._seq_floor: dict[str, int] = {}
         self.link = self._make_link(config)
         moved = getattr(self.outbox, "corrupt_moved_to", None)
         if moved is not None:
-            self.event(
-                "outbox.corrupt",
-                f"the outbox was unreadable and was moved to {moved}; a new one was started",
-                {},
-            )
+            self._recover(moved)
+
+    def _recover(self, moved: Path) -> None:
+        """After a corrupt outbox was moved aside: store its intact messages again (they are
+        delivered like any other) and continue each pipeline's ``seq`` above everything it or the
+        reservation file knew."""
+        assert self.outbox is not None
+        found = salvage(moved)
+        stored = 0
+        for start in range(0, len(found.rows), 500):
+            batch = found.rows[start : start + 500]
+            try:
+                self.outbox.put_many([(t, p, q, r, None) for t, p, q, r in batch])
+                stored += len(batch)
+            except OutboxError as exc:
+                log.error("salvaged messages from %s not stored: %s", moved, exc)
+                break
+        names = set(found.seqs) | set(self.pipelines)
+        for name in names:
+            self._seq_floor[name] = max(found.seqs.get(name, 0), self.seq_file.reserved(name))
+        if found.unreadable is None:
+            lost = f"the file is not a readable database ({found.error}): how many it held is unknown"
+        else:
+            lost = f"{found.unreadable} unreadable"
+        message = (
+            f"the outbox was unreadable and was moved to {moved}; a new one was started; "
+            f"{stored} intact messages salvaged and queued again, {lost}; seq continues above "
+            + (", ".join(f"{k}={v}" for k, v in sorted(self._seq_floor.items())) or "0")
+        )
+        self.event(
+            "outbox.corrupt",
+            message,
+            {
+                "moved_to": str(moved),
+                "salvaged": stored,
+                "lost": found.unreadable,
+                "seq_floor": self._seq_floor,
+            },
+        )
 
     def _make_link(self, config: Config) -> Any:
         from edge_runtime.reporting.mqtt import MqttLink
@@ -119,7 +159,14 @@ class Reporter:
     # -- what the daemon reports ----------------------------------------------------------------
 
     def last_seq(self, pipeline: str) -> int:
-        return self.outbox.last_seq(pipeline) if self.outbox is not None else 0
+        """The last ``seq`` of ``pipeline``: from the outbox, or after the outbox was lost (moved
+        aside, deleted) from the salvaged file and the reservation file, so none is reused."""
+        if self.outbox is None:
+            return 0
+        stored = self.outbox.last_seq(pipeline)
+        if stored == 0:
+            stored = self.seq_file.reserved(pipeline)
+        return max(stored, self._seq_floor.get(pipeline, 0))
 
     def publish(self, result: dict[str, Any]) -> None:
         """A result (a sink): stored in the outbox with its seq, then forwarded."""
@@ -127,6 +174,7 @@ class Reporter:
             return
         pipeline = result["pipeline"]
         qos = self.config.mqtt.results.qos
+        self.seq_file.ensure(pipeline, int(result["seq"]))
         try:
             self.outbox.put(
                 self.topics.results(pipeline),
@@ -215,4 +263,7 @@ class Reporter:
             **self.outbox.stats(),
             "store_errors": self.store_errors,
             "last_store_error": self.last_store_error,
+            "disk_bytes": self.outbox.disk_bytes(),
+            "refused_reserve": self.outbox.refused_reserve,
+            "seq_file_errors": self.seq_file.write_errors,
         }
