@@ -77,10 +77,12 @@ class Reporter:
         names = set(found.seqs) | set(self.pipelines)
         for name in names:
             self._seq_floor[name] = max(found.seqs.get(name, 0), self.seq_file.reserved(name))
-        if found.unreadable is None:
+        if not found.is_database:
             lost = f"the file is not a readable database ({found.error}): how many it held is unknown"
-        else:
+        elif found.unreadable is not None:
             lost = f"{found.unreadable} unreadable"
+        else:
+            lost = f"at most {found.lost_at_most} unreadable ({found.error})"
         message = (
             f"the outbox was unreadable and was moved to {moved}; a new one was started; "
             f"{stored} intact messages salvaged and queued again, {lost}; seq continues above "

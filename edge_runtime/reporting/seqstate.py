@@ -102,8 +102,10 @@ class Salvage:
 
     rows: tuple[tuple[str, bytes, int, bool], ...]  # (topic, payload, qos, retain), oldest first
     seqs: dict[str, int]
-    unreadable: int | None  # rows known to exist but unreadable; None: the file is no database at all
+    unreadable: int | None  # rows known to exist but unreadable; None: the file cannot say
     error: str = ""
+    lost_at_most: int | None = None  # when the count is unreadable: ids up to the highest never read
+    is_database: bool = True
 
 
 def salvage(path: Path, max_rows: int = MAX_SALVAGE_ROWS) -> Salvage:
@@ -111,12 +113,22 @@ def salvage(path: Path, max_rows: int = MAX_SALVAGE_ROWS) -> Salvage:
 
     A plain scan is tried first; when it stops at a damaged page, each remaining id up to the
     highest one that SQLite still knows is probed by itself, so one bad page loses only its rows.
+    A truncated file's header still counts the pages it lost, which makes SQLite refuse all of
+    it: the header's page count is set to the pages the (moved-aside) file still has.
     """
-    uri = f"file:{path}?mode=ro&immutable=1"  # never touch the file, its -wal is not replayed
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        return Salvage((), {}, None, str(exc), is_database=False)
+    if head != b"SQLite format 3\x00":
+        return Salvage((), {}, None, "file is not a database", is_database=False)
+    _fit_header(path)
+    uri = f"file:{path}?mode=ro&immutable=1"  # its -wal is not replayed
     try:
         conn = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as exc:
-        return Salvage((), {}, None, str(exc))
+        return Salvage((), {}, None, str(exc), is_database=False)
     rows: dict[int, tuple[str, bytes, int, bool]] = {}
     seqs: dict[str, int] = {}
     error = ""
@@ -136,8 +148,8 @@ def salvage(path: Path, max_rows: int = MAX_SALVAGE_ROWS) -> Salvage:
         except sqlite3.Error as exc:
             error = error or str(exc)
             scanned = False
+        top = _highest_id(conn)
         if not scanned:
-            top = _highest_id(conn)
             low = max(rows, default=0)
             probed = 0
             for msg_id in range(low + 1, top + 1):
@@ -155,11 +167,31 @@ def salvage(path: Path, max_rows: int = MAX_SALVAGE_ROWS) -> Salvage:
         unreadable = _unreadable(conn, len(rows))
     except sqlite3.DatabaseError as exc:  # not a database at all
         conn.close()
-        return Salvage((), {}, None, str(exc))
+        return Salvage((), {}, None, str(exc), is_database=False)
     conn.close()
     for _, payload, _, _ in rows.values():  # results carry their own seq: a lost seqs table is rebuilt
         _seq_of(payload, seqs)
-    return Salvage(tuple(rows[i] for i in sorted(rows)), seqs, unreadable, error)
+    at_most = None if unreadable is not None else max(0, max(top, max(rows, default=0)) - len(rows))
+    return Salvage(tuple(rows[i] for i in sorted(rows)), seqs, unreadable, error, at_most)
+
+
+def _fit_header(path: Path) -> None:
+    """Set a SQLite header's page count (bytes 28-31) to the pages the file holds, if larger."""
+    try:
+        with open(path, "r+b") as fh:
+            head = fh.read(100)
+            if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+                return
+            page = int.from_bytes(head[16:18], "big")
+            page = 65536 if page == 1 else page
+            if page < 512:
+                return
+            pages = os.fstat(fh.fileno()).st_size // page
+            if int.from_bytes(head[28:32], "big") > pages:
+                fh.seek(28)
+                fh.write(pages.to_bytes(4, "big"))
+    except OSError as exc:
+        log.warning("cannot prepare %s for salvage: %s", path, exc)
 
 
 def _highest_id(conn: sqlite3.Connection) -> int:
