@@ -198,6 +198,8 @@ def _outbox(
     if store_errors > 0:
         last = outbox.get("last_store_error") or "store failed"
         failing.append(f"outbox: {_count(store_errors, 'message')} not stored since the last report ({last})")
+    if free is not None:  # pages the outbox frees inside its file are room for it too
+        free += _int(outbox.get("reusable_bytes"))
     if free is not None and free < lim.disk_reserve_bytes:
         failing.append(f"disk: {free} bytes free, below the reserve of {lim.disk_reserve_bytes}")
     elif free is not None and free < 2 * lim.disk_reserve_bytes:

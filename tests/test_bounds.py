@@ -16,7 +16,7 @@ from typing import Any
 from broker import Mosquitto
 from daemon import Daemon, digits_config
 from mqtt_client import Subscriber
-from realparts import socat_pair, wait_until
+from realparts import socat_pair
 
 from edge_runtime.health import HealthReporter, _bound_size
 from edge_runtime.sources.buffer import SensorBuffers

@@ -257,7 +257,7 @@ def _run_until(config: Path, n: int) -> int:
     with Daemon(config) as daemon:
         assert wait_until(lambda: daemon.count() >= n, 60), daemon.log()[-3000:]
         assert daemon.stop() == 0
-    return max(r["seq"] for r in daemon.results)
+    return max(int(r["seq"]) for r in daemon.results)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random"])

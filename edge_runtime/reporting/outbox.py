@@ -292,12 +292,10 @@ class Outbox:
             return
         try:
             st = os.statvfs(self.path.parent)
-            # pages freed inside the database (acknowledged messages) are reused before the file grows
-            page = self._conn.execute("PRAGMA page_size").fetchone()[0]
-            reusable = self._conn.execute("PRAGMA freelist_count").fetchone()[0] * page
-        except (OSError, sqlite3.Error):
+        except OSError:
             return
-        free = st.f_bavail * st.f_frsize + reusable
+        # pages freed inside the database (acknowledged messages) are reused before the file grows
+        free = st.f_bavail * st.f_frsize + self._reusable()
         if free < self.reserve_bytes:
             self.refused_reserve += 1
             raise OutboxError(
@@ -307,6 +305,18 @@ class Outbox:
                 f"{self.reserve_bytes}",
                 str(self.path),
             )
+
+    def _reusable(self) -> int:
+        try:
+            page = self._conn.execute("PRAGMA page_size").fetchone()[0]
+            return int(self._conn.execute("PRAGMA freelist_count").fetchone()[0] * page)
+        except sqlite3.Error:
+            return 0
+
+    def reusable_bytes(self) -> int:
+        """Free pages inside the database file: room for new messages without growing it."""
+        with self._lock:
+            return 0 if self._closed else self._reusable()
 
     def disk_bytes(self) -> int:
         """Bytes the outbox takes on disk: the database, its write-ahead log and shared memory file."""

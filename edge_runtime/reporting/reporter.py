@@ -225,6 +225,8 @@ class Reporter:
                 self.store_errors += 1
                 self.last_store_error = str(exc)
             self._store_error(f"event {kind}", exc)
+            if self.link is not None:  # not stored (a full disk): still sent while connected
+                self.link.publish_now(self.topics.events, payload, qos=1)
 
     def publish_health(self, report: dict[str, Any]) -> bool:
         if self.link is None:
@@ -266,6 +268,7 @@ class Reporter:
             "store_errors": self.store_errors,
             "last_store_error": self.last_store_error,
             "disk_bytes": self.outbox.disk_bytes(),
+            "reusable_bytes": self.outbox.reusable_bytes(),
             "refused_reserve": self.outbox.refused_reserve,
             "seq_file_errors": self.seq_file.write_errors,
         }
