@@ -292,7 +292,8 @@ def test_corrupt_outbox_seq_continues_and_intact_rows_are_delivered(
     event = events[0]
     old = sorted({r["seq"] for r in sub.json(f"edge/{device}/pipelines/+/results")} - set(new))
     print(
-        f"\n{damage}: {stored} results stored, {event['salvaged']} salvaged, {len(old)} delivered; {event['message']}"
+        f"\n{damage}: {stored} results stored, {event['salvaged']} salvaged, {len(old)} delivered;"
+        f" {event['message']}"
     )
     assert min(new) > last, (min(new), last)  # no seq reused with other content
     if damage == "truncated":
