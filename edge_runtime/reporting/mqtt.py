@@ -187,13 +187,28 @@ class MqttLink:
     def _network(self) -> None:
         from paho.mqtt.client import MQTT_ERR_SUCCESS
 
+        from edge_runtime.recovery import tcp_probe, wait_for_peer
+
+        probe = tcp_probe(self.cfg.host, self.cfg.port)
         first = True
         while not self._stop.is_set() and not self._closing:
             if not first:
                 self.reconnects += 1
-                if self._stop.wait(self._backoff.next_delay()):
+                if wait_for_peer(self._stop, self._backoff.next_delay(), probe):
+                    log.info(
+                        "mqtt: %s:%d accepts connections again; connecting now", self.cfg.host, self.cfg.port
+                    )
+                    self._backoff.reset()
+                if self._stop.is_set():
                     break
             first = False
+            # the last will carries the time of this connection (the will is fixed at CONNECT)
+            self.client.will_set(
+                self.topics.status,
+                status_payload("offline", self.version, self.pipelines, reason="lost"),
+                qos=1,
+                retain=True,
+            )
             try:
                 self.client.connect(
                     self.cfg.host,
@@ -316,20 +331,21 @@ class MqttLink:
         """Publish the final status (retained) when connected and disconnect cleanly, so the
         broker does not send the last will."""
         self._closing = True
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # the whole stop, whatever the broker does
         if state_payload is not None and self.connected.is_set():
             info = self.client.publish(self.topics.status, state_payload, qos=1, retain=True)
-            while not info.is_published() and self.connected.is_set() and time.monotonic() < deadline:
+            half = time.monotonic() + timeout / 2  # a frozen broker never acknowledges it
+            while not info.is_published() and self.connected.is_set() and time.monotonic() < half:
                 time.sleep(0.01)
         if self.connected.is_set():
             self.client.disconnect()
-            while self.connected.is_set() and time.monotonic() < deadline + 1.0:
+            while self.connected.is_set() and time.monotonic() < deadline - 0.1:
                 time.sleep(0.01)
         self._stop.set()
         self._wake.set()
         for thread in (self._fwd, self._net):
             if thread is not None:
-                thread.join(timeout)
+                thread.join(max(0.05, deadline - time.monotonic()))
         self.outbox.unwatch(self._wake)
         try:
             self._collect_acks()

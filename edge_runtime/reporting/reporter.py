@@ -146,14 +146,17 @@ class Reporter:
                 retain=True,
             )
 
-    def stop(self, flush_timeout: float = 5.0) -> None:
-        """Flush what the outbox holds while the broker is there, then ``offline`` and disconnect."""
+    def stop(self, flush_timeout: float = 5.0, disconnect_timeout: float = 1.0) -> None:
+        """Flush what the outbox holds while the broker is there (up to ``flush_timeout``), then
+        ``offline`` and disconnect (up to ``disconnect_timeout``, even from a frozen broker)."""
         self.dispatcher.stop()
         if self.link is not None:
             flushed = self.link.flush(flush_timeout)
             if not flushed and self.outbox is not None:
                 log.info("outbox keeps %d messages for the next start", self.outbox.stats()["depth"])
-            self.link.stop(status_payload("offline", self.version, self.pipelines))
+            self.link.stop(
+                status_payload("offline", self.version, self.pipelines), timeout=disconnect_timeout
+            )
         if self.outbox is not None:
             self._final_outbox = self.outbox_stats()
             self.outbox.close()

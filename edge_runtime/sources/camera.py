@@ -204,7 +204,9 @@ class CameraSource(Source):
         cap = cv2.VideoCapture(target, backends[api], params)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot open camera {self.label} (backend {api})")
+            from edge_runtime.recovery import why_unopenable
+
+            raise SourceError(f"cannot open camera {self.label} (backend {api}): {why_unopenable(target)}")
         if kind == "device":
             if self.cfg.width is not None:
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)
@@ -229,6 +231,14 @@ class CameraSource(Source):
         cap, self._cap = self._cap, None
         if cap is not None:
             cap.release()
+
+    def _peer_probe(self) -> Callable[[], bool] | None:
+        from edge_runtime.recovery import path_probe
+
+        uri = self.cfg.uri
+        if self.uri_kind in ("file", "device") and isinstance(uri, str) and uri.startswith("/"):
+            return path_probe(uri)
+        return None
 
     def _close(self) -> None:
         self._release()

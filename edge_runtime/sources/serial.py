@@ -205,6 +205,11 @@ class SerialSource(CountsParseErrors, Source):
             self.feed(data, self.clock())
         return True
 
+    def _peer_probe(self) -> Callable[[], bool] | None:
+        from edge_runtime.recovery import path_probe
+
+        return path_probe(self.cfg.port) if self.cfg.port.startswith("/") else None
+
     def _close(self) -> None:
         port, self._port = self._port, None
         if port is not None:
