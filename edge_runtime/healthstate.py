@@ -163,7 +163,11 @@ def _source(
     state = str(s.get("state", "unknown"))
     age = _float(s.get("last_sample_age_s"))
     if state == "down":
-        reasons.append(f"source {name} is down: {s.get('last_error') or 'no data'}")
+        first, latest = s.get("down_cause") or "", s.get("last_error") or ""
+        if first and latest and latest != first:
+            reasons.append(f"source {name} is down: {first} (now: {latest})")
+        else:
+            reasons.append(f"source {name} is down: {first or latest or 'no data'}")
     elif state in ("finished", "stopped"):
         pass
     elif age is None:

@@ -117,6 +117,11 @@ def test_silent_and_never_answering_sources() -> None:
     assert assess(_doc(sources={"cam": down}), None, LIMITS).reasons == (
         "source cam is down: cannot open camera x: connection refused",
     )
+    down["down_cause"] = "camera stream x ended or stalled"  # how the outage began, and the latest failure
+    assert assess(_doc(sources={"cam": down}), None, LIMITS).reasons == (
+        "source cam is down: camera stream x ended or stalled"
+        " (now: cannot open camera x: connection refused)",
+    )
 
 
 def test_model_store_reload_memory_and_mqtt() -> None:

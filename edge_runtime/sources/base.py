@@ -103,6 +103,7 @@ class Source(abc.ABC):
         self.clock = clock
         self.state = "stopped"
         self.last_error = ""
+        self.down_cause = ""  # why the current outage began (last_error: the latest failure)
         self.reconnects = 0
         self.samples = 0
         self.last_sample_mono: float | None = None
@@ -130,6 +131,8 @@ class Source(abc.ABC):
         self.state = state
         if detail:
             self.last_error = detail if state == "down" else self.last_error
+        if state == "down":
+            self.down_cause = detail or "no data"
         level = logging.WARNING if state == "down" else logging.INFO
         log.log(level, "source %s is %s%s", self.name, state, f": {detail}" if detail else "")
         for listener in self._listeners:
@@ -261,4 +264,5 @@ class Source(abc.ABC):
             "reconnects": self.reconnects,
             "last_sample_age_s": None if age is None else round(age, 3),
             "last_error": self.last_error,
+            "down_cause": self.down_cause if self.state == "down" else "",
         }
