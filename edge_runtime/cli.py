@@ -89,8 +89,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edge_runtime.config import DEMO_CONFIG, load_config
+    from edge_runtime.daemon.service import Service
     from edge_runtime.reporting.stdout import StdoutSink
-    from edge_runtime.service import Service
 
     path = Path(args.config) if args.config else DEMO_CONFIG
     config = load_config(path, args.set or (), profile=args.profile)

@@ -281,6 +281,7 @@ class SensorBuilder:
         channels: list[str],
         stale: str,
         max_age_s: float,
+        *,
         method: SampleMethod = "linear",
         window: tuple[float, int] | None = None,
     ) -> None:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from edge_runtime.supervision import spawn
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STOP = object()
@@ -27,16 +29,22 @@ class StageDiedError(RuntimeError):
 class Stage(Generic[T]):
     """``handle(job)`` for each job given to :meth:`put`, in order, on one thread."""
 
-    def __init__(self, name: str, handle: Callable[[T], object], depth: int = 2) -> None:
+    def __init__(
+        self, name: str, handle: Callable[[T], object], depth: int = 2, *, restart: bool = True
+    ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be at least 1, not {depth}")
         self.name = name
         self._handle = handle
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._closed = threading.Event()
         self.busy_since: float | None = None  # monotonic time the job in hand started, or None
-        self.error: BaseException | None = None  # what killed the thread
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self.error: BaseException | None = None  # the last exception a job raised
+        # a job that raises is dropped and reported by the supervisor; the thread takes the next
+        # one (restart) or ends, and then put() raises instead of blocking (restart=False)
+        self._thread = spawn(
+            name, self._run, restart=restart, should_restart=lambda: not self._closed.is_set()
+        )
 
     @property
     def alive(self) -> bool:
@@ -57,6 +65,7 @@ class Stage(Generic[T]):
     def close(self, timeout: float | None = None) -> bool:
         """Finish every job handed over, then end the thread; whether it ended within ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._closed.set()
         while self._thread.is_alive():
             try:
                 self._queue.put(_STOP, timeout=0.1)
@@ -78,7 +87,6 @@ class Stage(Generic[T]):
                 self._handle(job)  # type: ignore[arg-type]
             except BaseException as exc:
                 self.error = exc
-                log.exception("%s: thread died", self.name)
-                return
+                raise  # to the supervisor: logged, reported, and the thread restarted
             finally:
                 self.busy_since = None

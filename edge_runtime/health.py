@@ -293,7 +293,7 @@ def _bound_size(doc: Stats, max_bytes: int) -> bool:
 class HealthReporter:
     """Builds the health document from live statistics; see the module docstring for its shape."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, PLR0917 (the live figures it reads, one callable each; bounds)
         self,
         version: str,
         device: str,

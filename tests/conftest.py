@@ -1,4 +1,4 @@
-"""Shared fixtures: paths of the bundled models and the backend under test.
+"""The suite's fixtures: the backend under test, the bundled models, real brokers and a test PKI.
 
 ``EDGE_RUNTIME_TEST_BACKEND`` picks the backend for tests marked ``backend`` (``./dev.sh test``
 runs them a second time in ``.venv-tflite`` with ``tflite-runtime``).
@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-pytest_plugins = ["broker"]  # real-broker fixtures: broker, make_broker, pki
-
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "edge_runtime" / "models"
-BENCH_MODELS = ROOT / "models"
-DATA = Path(__file__).resolve().parent / "data"
+from devkit.broker import Mosquitto
+from devkit.paths import MODELS
+from devkit.pki import TestPki
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,3 +42,33 @@ def digits_path() -> Path:
 @pytest.fixture(scope="session")
 def fused_path() -> Path:
     return MODELS / "fused_int8.tflite"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A running anonymous mosquitto with persistence, stopped after the test."""
+    with Mosquitto(tmp_path, persistence=True) as running:
+        yield running
+
+
+@pytest.fixture
+def make_broker(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    """A factory ``make_broker(**Mosquitto options) -> started Mosquitto``; all stopped afterwards."""
+    brokers: list[Mosquitto] = []
+
+    def make(**options: Any) -> Mosquitto:
+        options.setdefault("name", f"mosquitto{len(brokers)}" if brokers else "mosquitto")
+        started = Mosquitto(tmp_path, **options)
+        brokers.append(started)
+        started.start()
+        return started
+
+    yield make
+    for started in reversed(brokers):
+        started.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """One :class:`TestPki` for the session (read-only: do not modify its files)."""
+    return TestPki(tmp_path_factory.mktemp("pki"))

@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker import Mosquitto
-from daemon import Daemon, digits_config
-from mqtt_client import Subscriber
-from realparts import socat_pair
-
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config
+from devkit.mqtt_client import Subscriber
+from devkit.processes import socat_pair
 from edge_runtime.health import HealthReporter, _bound_size
 from edge_runtime.sources.buffer import SensorBuffers
 from edge_runtime.sources.parsers import MAX_REASONS, ErrorTally

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
-from mqtt_client import Subscriber, publish
-from mqtt_types import BrokerRefusedError, MQTTv5, MQTTv311
 from paho.mqtt.enums import MQTTProtocolVersion
-from pki import TestPki, TlsFiles
+
+from devkit.broker import Mosquitto
+from devkit.mqtt_client import Subscriber, publish
+from devkit.mqtt_types import BrokerRefusedError, MQTTv5, MQTTv311
+from devkit.pki import TestPki, TlsFiles
 
 NOT_AUTHORIZED = 0x87
 PROTOCOLS = [pytest.param(MQTTv5, id="mqtt5"), pytest.param(MQTTv311, id="mqtt311")]

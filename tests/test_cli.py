@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BENCH_MODELS, MODELS, ROOT
+
+from devkit.paths import BENCH_MODELS, MODELS, ROOT
 
 pytestmark = pytest.mark.backend
 

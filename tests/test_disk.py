@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Mosquitto
-from daemon import Daemon, digits_config, stats_line
-from mqtt_client import Subscriber
-from realparts import wait_until
 
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config, stats_line
+from devkit.mqtt_client import Subscriber
+from devkit.processes import wait_until
 from edge_runtime.reporting.outbox import Outbox, OutboxError, default_wal_bytes, payload_bound
 from edge_runtime.reporting.seqstate import SeqReservations, salvage
 

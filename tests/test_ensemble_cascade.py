@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import MODELS
 
+from devkit.paths import MODELS
 from edge_runtime.config import validate
+from edge_runtime.daemon.service import Service
 from edge_runtime.demo import write_digits_video, write_vibration_csv
-from edge_runtime.service import Service
 
 pytestmark = pytest.mark.backend
 

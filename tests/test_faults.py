@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Mosquitto
-from conftest import MODELS
-from daemon import Daemon, digits_config, stats_line
-from mqtt_client import Subscriber
-from mqtt_types import Received
-from realparts import free_port, mjpeg_server, require_tool, socat_pair, wait_until
 from test_run import VibrationWriter, fused_config, heldout
 
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config, stats_line
+from devkit.media import mjpeg_server
+from devkit.mqtt_client import Subscriber
+from devkit.mqtt_types import Received
+from devkit.paths import MODELS
+from devkit.processes import free_port, require_tool, socat_pair, wait_until
 from edge_runtime.demo import write_digits_video
 
 pytestmark = pytest.mark.fault

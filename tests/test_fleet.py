@@ -3,7 +3,7 @@
 Most tests drive the tool against fake devices: small paho clients in this file that publish a
 retained status and health and answer ``model.update`` step by step as the daemon's protocol
 says (downloading the served URL or reassembling MQTT chunks and checking the sha256, checking
-the signature with :mod:`edge_runtime.signing`). They test the orchestration: canary order,
+the signature with :mod:`edge_runtime.updates.signing`). They test the orchestration: canary order,
 halting after a failed canary, concurrency, timeouts, transfers. The last three tests run real
 daemons (the acceptance of the fleet-update issue).
 """
@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -28,21 +29,16 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import Mosquitto
-from conftest import DATA, MODELS, ROOT
-from daemon import Daemon, digits_config
-from mqtt_client import Subscriber
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from realparts import wait_until
 
-from edge_runtime import signing
-from edge_runtime.updates import SignatureError
-
-sys.path.insert(0, str(ROOT / "tools" / "fleet"))
-
-from edge_fleet import (
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config
+from devkit.mqtt_client import Subscriber
+from devkit.paths import DATA, MODELS, ROOT
+from devkit.processes import wait_until
+from edge_runtime.fleet import (
     STEPS,
     BrokerOptions,
     FleetError,
@@ -55,9 +51,11 @@ from edge_fleet import (
     collect_devices,
     describe_model,
 )
-from edge_fleet.cli import main
+from edge_runtime.fleet.cli import main
+from edge_runtime.updates import signing
+from edge_runtime.updates.protocol import SignatureError
 
-FLEET = ROOT / "tools" / "fleet.py"
+FLEET = Path(sys.executable).with_name("edge-fleet")  # the console script of the fleet extra
 OLD_SHA = "0" * 64
 
 
@@ -449,7 +447,7 @@ def test_status_shows_devices_from_retained_status_and_health(
 def test_status_through_the_script_entry_point(broker: Mosquitto, fleet: Any) -> None:
     fleet(1)
     result = subprocess.run(
-        [sys.executable, str(FLEET), "status", "--broker", f"{broker.host}:{broker.port}", "--json"],
+        [str(FLEET), "status", "--broker", f"{broker.host}:{broker.port}", "--json"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -701,7 +699,7 @@ def test_rollback_reports_each_device(
 
 
 def test_an_unreachable_broker_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
-    from realparts import free_port
+    from devkit.processes import free_port
 
     code, _, err = run(capsys, "status", "--broker", f"127.0.0.1:{free_port()}")
     assert code == 1
@@ -843,3 +841,47 @@ def test_real_daemon_update_over_mqtt_chunks(
         assert code == 0, (err, report, daemon.log()[-3000:])
         assert report["summary"] == "1 updated" and report["devices"][0]["sha256"] == sha
         assert wait_until(lambda: _health_sha(sub, "dev0") == sha, 15)
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_a_working_edge_fleet(tmp_path: Path) -> None:
+    """``pip install '.[fleet]'`` gives an ``edge-fleet`` command: the project's wheel, installed in
+    a new venv (the dependencies come from the test venv through a .pth file, so no download)."""
+    import sysconfig
+    import zipfile
+
+    src = tmp_path / "src"  # a clean copy: setuptools leaves build/ behind in the tree it builds
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+        ),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(src)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("edge_runtime-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        assert "edge-fleet = edge_runtime.fleet.cli:main" in zf.read(entry_points).decode()
+    assert "edge_runtime/fleet/cli.py" in names
+    assert not any(n.startswith(("tests/", "tools/", "devkit/")) for n in names)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    (site / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
+         str(wheel)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    proc = subprocess.run(
+        [str(venv / "bin" / "edge-fleet"), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "rollback" in proc.stdout and "status" in proc.stdout

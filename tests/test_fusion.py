@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import MODELS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devkit.paths import MODELS
 from edge_runtime.fusion import (
     ImageBuilder,
     SensorBuilder,
@@ -80,7 +80,7 @@ def test_vector_input_quantizes_and_follows_the_stale_policy() -> None:
     buffers = SensorBuffers(64)
     for i in range(10):
         buffers.append(float(i), {"a": i * 0.1, "b": -i * 0.1})
-    builder = SensorBuilder(_spec((1, 2), quant=q), buffers, ["a", "b"], "skip", 0.5, "linear")
+    builder = SensorBuilder(_spec((1, 2), quant=q), buffers, ["a", "b"], "skip", 0.5, method="linear")
     out = builder.build(4.5)
     assert out.dtype == np.int8 and out.tolist() == [[45, -45]]
     with pytest.raises(StaleInput):

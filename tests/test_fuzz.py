@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MODELS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devkit.paths import MODELS
 from edge_runtime.config import validate
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.reporting.commands import CommandError, parse_command

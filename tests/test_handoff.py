@@ -8,6 +8,7 @@ import time
 import pytest
 
 from edge_runtime.handoff import Stage, StageDiedError
+from edge_runtime.supervision import SUPERVISOR
 
 
 def test_jobs_are_handled_in_order_on_another_thread() -> None:
@@ -59,11 +60,28 @@ def test_close_gives_up_after_its_timeout_when_a_job_hangs() -> None:
     assert stage.close(5.0)
 
 
+def test_a_job_that_raises_is_dropped_and_the_next_one_handled() -> None:
+    done: list[int] = []
+
+    def sometimes(n: int) -> None:
+        if n == 1:
+            raise ValueError("bad job 1")
+        done.append(n)
+
+    stage: Stage[int] = Stage("sometimes", sometimes)
+    for n in range(4):
+        stage.put(n)
+    assert stage.close(10.0)
+    assert done == [0, 2, 3]
+    assert isinstance(stage.error, ValueError)
+    assert SUPERVISOR.stats()["sometimes"]["crashes"] == 1
+
+
 def test_a_dead_thread_is_reported_and_put_raises_instead_of_blocking() -> None:
     def boom(n: int) -> None:
         raise ValueError(f"bad job {n}")
 
-    stage: Stage[int] = Stage("boom", boom)
+    stage: Stage[int] = Stage("boom", boom, restart=False)
     stage.put(7)
     deadline = time.monotonic() + 5
     while stage.alive and time.monotonic() < deadline:

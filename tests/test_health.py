@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from realparts import free_port
 
+from devkit.processes import free_port
 from edge_runtime.health import (
     CpuMeter,
     HealthReporter,

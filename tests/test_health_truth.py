@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Mosquitto
-from conftest import MODELS
-from daemon import Daemon, digits_config
-from mqtt_client import Subscriber
-from realparts import free_port, socat_pair, wait_until
 from test_systemd import NotifyListener, notified_daemon
 
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config
+from devkit.mqtt_client import Subscriber
+from devkit.paths import MODELS
+from devkit.processes import free_port, socat_pair, wait_until
 from edge_runtime.health import HealthReporter
 from edge_runtime.reporting.metrics import MetricsServer
 

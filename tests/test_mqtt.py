@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from broker import Mosquitto
-from daemon import Daemon, digits_config, stats_line
-from mqtt_client import Subscriber
-from pki import TestPki
-from realparts import free_port, wait_until
 
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config, stats_line
+from devkit.mqtt_client import Subscriber
+from devkit.pki import TestPki
+from devkit.processes import free_port, wait_until
 from edge_runtime.config import PACKAGE_DIR
 
 SCHEMA = json.loads((PACKAGE_DIR / "reporting" / "result.schema.json").read_text())

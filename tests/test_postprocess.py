@@ -11,21 +11,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from edge_runtime.detection import Detection, box_iou, decode_ssd, decode_yolo, nms
 from edge_runtime.errors import PipelineError
 from edge_runtime.geometry import plan
 from edge_runtime.postprocess import (
     ClassificationConfig,
+    ClassificationHead,
+    Detection,
     DetectionConfig,
     EventRule,
+    Head,
     Label,
     PostprocessConfig,
-    Postprocessor,
     RawConfig,
     SsdOutputs,
+    box_iou,
     classify,
     combine_mean,
     combine_vote,
+    decode_ssd,
+    decode_yolo,
+    make_head,
+    nms,
     parse_labels,
     read_labels,
     softmax,
@@ -105,7 +111,7 @@ def test_labels_file_plain_and_with_ids(tmp_path: Path) -> None:
 def test_postprocessor_reads_a_labels_path(tmp_path: Path) -> None:
     path = tmp_path / "l.txt"
     path.write_text("a\nb\nc\n")
-    post = Postprocessor(ClassificationConfig(labels=str(path)), [spec(0, "p", (1, 3))])
+    post = make_head(ClassificationConfig(labels=str(path)), [spec(0, "p", (1, 3))])
     assert post.labels == ("a", "b", "c")
 
 
@@ -142,7 +148,7 @@ def test_classification_result_with_softmax_and_event() -> None:
         top_k=2,
         event=EventRule(labels=["fault"], min_score=0.6),
     )
-    post = Postprocessor(cfg, [spec(0, "logits", (1, 3))])
+    post = make_head(cfg, [spec(0, "logits", (1, 3))])
     result = post.process([np.array([[0.0, 1.0, 3.0]], dtype=np.float32)])
     e = np.exp([0.0, 1.0, 3.0])
     p = e / e.sum()
@@ -163,9 +169,7 @@ def test_classification_result_with_softmax_and_event() -> None:
 
 def test_int8_classification_is_dequantized_with_the_spec_params() -> None:
     q = QuantParams((1 / 256,), (-128,), "int8")
-    post = Postprocessor(
-        ClassificationConfig(labels=["a", "b", "c", "d"]), [spec(0, "probs", (1, 4), "int8", q)]
-    )
+    post = make_head(ClassificationConfig(labels=["a", "b", "c", "d"]), [spec(0, "probs", (1, 4), "int8", q)])
     raw = np.array([[-128, 64, -64, -96]], dtype=np.int8)
     probs = post.probabilities([raw])
     assert probs.dtype == np.float64
@@ -175,12 +179,12 @@ def test_int8_classification_is_dequantized_with_the_spec_params() -> None:
     assert result["top"][0]["score"] == 0.75
     # a uint8 output with its own zero point
     qu = QuantParams((0.5,), (10,), "uint8")
-    post_u = Postprocessor(ClassificationConfig(), [spec(0, "u", (3,), "uint8", qu)])
+    post_u = make_head(ClassificationConfig(), [spec(0, "u", (3,), "uint8", qu)])
     assert post_u.probabilities([np.array([10, 12, 30], dtype=np.uint8)]).tolist() == [0.0, 1.0, 10.0]
 
 
 def test_classification_scores_are_rounded_to_4_decimals() -> None:
-    post = Postprocessor(ClassificationConfig(top_k=1), [spec(0, "p", (1, 2))])
+    post = make_head(ClassificationConfig(top_k=1), [spec(0, "p", (1, 2))])
     assert post.classification_result([0.123456789, 0.0])["top"] == [
         {"index": 0, "label": "0", "score": 0.1235}
     ]
@@ -194,47 +198,47 @@ def test_classification_scores_are_rounded_to_4_decimals() -> None:
 def test_missing_output_is_a_clear_error() -> None:
     specs = [spec(0, "probs", (1, 4))]
     with pytest.raises(PipelineError, match=r"digits: class scores output 'logits' not found.*0 'probs'"):
-        Postprocessor(ClassificationConfig(output="logits"), specs, model="digits")
+        make_head(ClassificationConfig(output="logits"), specs, model="digits")
     with pytest.raises(PipelineError, match="output 2 not found"):
-        Postprocessor(ClassificationConfig(output=2), specs)
+        make_head(ClassificationConfig(output=2), specs)
     with pytest.raises(PipelineError, match="count output 3 not found"):
-        Postprocessor(DetectionConfig(format="ssd"), [spec(i, f"o{i}", (1, 10, 4)) for i in range(3)])
+        make_head(DetectionConfig(format="ssd"), [spec(i, f"o{i}", (1, 10, 4)) for i in range(3)])
     with pytest.raises(PipelineError, match="raw output 'nope' not found"):
-        Postprocessor(RawConfig(outputs=["nope"]), specs)
+        make_head(RawConfig(outputs=["nope"]), specs)
 
 
 def test_label_count_mismatch_is_a_clear_error() -> None:
     with pytest.raises(PipelineError, match="'probs' has 4 classes but 3 labels are given"):
-        Postprocessor(ClassificationConfig(labels=["a", "b", "c"]), [spec(0, "probs", (1, 4))])
+        make_head(ClassificationConfig(labels=["a", "b", "c"]), [spec(0, "probs", (1, 4))])
     with pytest.raises(PipelineError, match="'det' has 3 classes but 10 labels"):
-        Postprocessor(DetectionConfig(format="yolo", labels=DIGITS), [spec(0, "det", (1, 64, 8))])
+        make_head(DetectionConfig(format="yolo", labels=DIGITS), [spec(0, "det", (1, 64, 8))])
 
 
 def test_implausible_shapes_are_refused() -> None:
     with pytest.raises(PipelineError, match="one non-batch dimension"):
-        Postprocessor(ClassificationConfig(), [spec(0, "map", (1, 8, 8, 3))])
+        make_head(ClassificationConfig(), [spec(0, "map", (1, 8, 8, 3))])
     with pytest.raises(PipelineError, match=r"yolo needs \[1, N, 5 \+ C\]"):
-        Postprocessor(DetectionConfig(format="yolo"), [spec(0, "det", (1, 64, 5))])
+        make_head(DetectionConfig(format="yolo"), [spec(0, "det", (1, 64, 5))])
     with pytest.raises(PipelineError, match="yolo needs"):
-        Postprocessor(DetectionConfig(format="yolo"), [spec(0, "det", (1, 8, 8, 15))])
+        make_head(DetectionConfig(format="yolo"), [spec(0, "det", (1, 8, 8, 15))])
     ssd = [spec(0, "b", (1, 10, 4)), spec(1, "c", (1, 10)), spec(2, "s", (1, 10)), spec(3, "n", (1,))]
-    Postprocessor(DetectionConfig(format="ssd"), ssd)
+    make_head(DetectionConfig(format="ssd"), ssd)
     with pytest.raises(PipelineError, match="ssd boxes must be"):
-        Postprocessor(DetectionConfig(format="ssd", outputs=SsdOutputs(boxes=1, classes=0)), ssd)
+        make_head(DetectionConfig(format="ssd", outputs=SsdOutputs(boxes=1, classes=0)), ssd)
     with pytest.raises(PipelineError, match="'n': expected \\[1, 10\\]"):
-        Postprocessor(DetectionConfig(format="ssd", outputs=SsdOutputs(scores=3, count=2)), ssd)
+        make_head(DetectionConfig(format="ssd", outputs=SsdOutputs(scores=3, count=2)), ssd)
 
 
 def test_unknown_event_labels_are_refused() -> None:
     cfg = ClassificationConfig(labels=["a", "b"], event=EventRule(labels=["c"]))
     with pytest.raises(PipelineError, match=r"event labels \['c'\]"):
-        Postprocessor(cfg, [spec(0, "p", (1, 2))])
+        make_head(cfg, [spec(0, "p", (1, 2))])
     no_labels = ClassificationConfig(event=EventRule(labels=["1"]))
-    Postprocessor(no_labels, [spec(0, "p", (1, 2))])
+    make_head(no_labels, [spec(0, "p", (1, 2))])
 
 
 def test_wrong_number_of_outputs_at_process_time() -> None:
-    post = Postprocessor(ClassificationConfig(), [spec(0, "p", (1, 2))])
+    post = make_head(ClassificationConfig(), [spec(0, "p", (1, 2))])
     with pytest.raises(PipelineError, match="expected 1 outputs, got 2"):
         post.process([np.zeros((1, 2)), np.zeros(1)])
 
@@ -376,7 +380,7 @@ def test_letterboxed_box_maps_back_to_source_pixels() -> None:
     (d,) = decode_yolo(out, input_w=64, input_h=64, min_score=0.5, iou=0.5, max_detections=5, transform=t)
     assert d.box == pytest.approx(source_box, abs=1e-3)
     assert d.box_norm == pytest.approx((100 / 640, 200 / 480, 300 / 640, 400 / 480), abs=1e-6)
-    post = Postprocessor(DetectionConfig(format="yolo", labels=["x", "y", "z"]), [spec(0, "det", (1, 1, 8))])
+    post = make_head(DetectionConfig(format="yolo", labels=["x", "y", "z"]), [spec(0, "det", (1, 1, 8))])
     result = post.process([out], t)
     assert result == {
         "type": "detection",
@@ -412,7 +416,7 @@ def test_int8_yolo_through_the_postprocessor_with_events() -> None:
     )
     quantized = quantize(rows[None], q)
     cfg = DetectionConfig(format="yolo", labels=DIGITS, event=EventRule(labels=["7", "9"], min_score=0.8))
-    post = Postprocessor(cfg, [spec(0, "detections", (1, 2, 15), "int8", q)], input_size=(64, 64))
+    post = make_head(cfg, [spec(0, "detections", (1, 2, 15), "int8", q)], input_size=(64, 64))
     result = post.process([quantized])
     assert result["count"] == 2
     assert [d["label"] for d in result["detections"]] == ["3", "7"]
@@ -421,7 +425,7 @@ def test_int8_yolo_through_the_postprocessor_with_events() -> None:
     assert result["event"] is True and result["event_labels"] == ["7"]
     json.dumps(result)
     with pytest.raises(PipelineError, match="input size or an image transform"):
-        Postprocessor(cfg, [spec(0, "detections", (1, 2, 15), "int8", q)]).process([quantized])
+        make_head(cfg, [spec(0, "detections", (1, 2, 15), "int8", q)]).process([quantized])
 
 
 # --------------------------------------------------------------------------- SSD
@@ -487,7 +491,7 @@ def test_ssd_through_the_postprocessor_by_output_name_with_a_transform() -> None
         min_score=0.5,
         event=EventRule(min_score=0.6),
     )
-    post = Postprocessor(cfg, specs)
+    post = make_head(cfg, specs)
     t = plan(640, 480, 300, 300, "stretch")
     outputs = [
         np.array([[0.7, 0.55, 0.2]], dtype=np.float32),
@@ -515,19 +519,17 @@ def test_ssd_through_the_postprocessor_by_output_name_with_a_transform() -> None
 def test_raw_outputs_are_dequantized_nested_lists() -> None:
     q = QuantParams((0.5,), (1,), "int8")
     specs = [spec(0, "a", (1, 2, 2), "int8", q), spec(1, "b", (3,))]
-    result = Postprocessor(RawConfig(), specs).process(
+    result = make_head(RawConfig(), specs).process(
         [np.array([[[1, 3], [5, -1]]], dtype=np.int8), np.array([0.1, 0.2, 1 / 3], dtype=np.float32)]
     )
     assert result == {"type": "raw", "outputs": {"a": [[[0.0, 1.0], [2.0, -1.0]]], "b": [0.1, 0.2, 0.333333]}}
-    only_b = Postprocessor(RawConfig(outputs=["b"]), specs).process(
-        [np.zeros((1, 2, 2), np.int8), np.ones(3)]
-    )
+    only_b = make_head(RawConfig(outputs=["b"]), specs).process([np.zeros((1, 2, 2), np.int8), np.ones(3)])
     assert only_b == {"type": "raw", "outputs": {"b": [1.0, 1.0, 1.0]}}
     json.dumps(result)
 
 
 def test_methods_for_another_task_are_refused() -> None:
-    post = Postprocessor(RawConfig(), [spec(0, "a", (2,))])
+    post = make_head(RawConfig(), [spec(0, "a", (2,))])
     with pytest.raises(PipelineError, match="classification"):
         post.probabilities([np.zeros(2)])
     with pytest.raises(PipelineError, match="detection"):
@@ -571,7 +573,7 @@ def test_combine_vote_breaks_a_tie_by_the_mean_probability() -> None:
     # with weights 2:1 the first member wins outright despite the lower mean
     assert int(np.argmax(combine_vote(members, [2, 1]))) == 0
     # and the classification shows the tie order
-    post = Postprocessor(ClassificationConfig(labels=["a", "b", "c"], top_k=3), [spec(0, "p", (1, 3))])
+    post = make_head(ClassificationConfig(labels=["a", "b", "c"], top_k=3), [spec(0, "p", (1, 3))])
     result = post.classification_result(votes)
     assert [t["label"] for t in result["top"]] == ["b", "a", "c"]
     assert [t["score"] for t in result["top"]] == [0.5, 0.5, 0.0]
@@ -579,8 +581,8 @@ def test_combine_vote_breaks_a_tie_by_the_mean_probability() -> None:
 
 def test_ensemble_of_two_postprocessors() -> None:
     q = QuantParams((1 / 256,), (-128,), "int8")
-    p1 = Postprocessor(ClassificationConfig(labels=["a", "b"]), [spec(0, "p", (1, 2), "int8", q)])
-    p2 = Postprocessor(ClassificationConfig(labels=["a", "b"], softmax=True), [spec(0, "logits", (1, 2))])
+    p1 = make_head(ClassificationConfig(labels=["a", "b"]), [spec(0, "p", (1, 2), "int8", q)])
+    p2 = make_head(ClassificationConfig(labels=["a", "b"], softmax=True), [spec(0, "logits", (1, 2))])
     probs = [p1.probabilities([np.array([[64, -64]], np.int8)]), p2.probabilities([np.array([[0.0, 0.0]])])]
     result = p1.classification_result(combine_mean(probs, [1.0, 1.0]))
     assert result["top"] == [
@@ -589,7 +591,7 @@ def test_ensemble_of_two_postprocessors() -> None:
     ]
 
 
-def _full_path(post: Postprocessor, outputs: list[npt.NDArray[Any]]) -> dict[str, Any]:
+def _full_path(post: Head[Any], outputs: list[npt.NDArray[Any]]) -> dict[str, Any]:
     """What process() does for classification without the code ranking: dequantize every score."""
     return post.classification_result(post.probabilities(outputs))
 
@@ -617,7 +619,7 @@ def test_top_k_of_raw_codes_gives_the_full_path_result(
     cfg = ClassificationConfig(
         labels=labels, top_k=min(top_k, classes + 2), min_score=min_score, event=EventRule(min_score=0.0)
     )
-    post = Postprocessor(cfg, [spec(0, "scores", (1, classes), dtype, q)])
+    post = ClassificationHead(cfg, [spec(0, "scores", (1, classes), dtype, q)])
     assert post._rank_codes
     assert post.process([codes]) == _full_path(post, [codes])
 
@@ -633,10 +635,10 @@ def test_top_k_order_is_a_stable_descending_sort_cut_at_k(values: list[int], k: 
 def test_classification_falls_back_to_the_full_path_when_codes_do_not_rank() -> None:
     q = QuantParams((1 / 256,), (-128,), "int8")
     raw = np.array([[-128, 64, 64, -96]], dtype=np.int8)
-    logits = Postprocessor(ClassificationConfig(softmax=True), [spec(0, "x", (1, 4), "int8", q)])
+    logits = ClassificationHead(ClassificationConfig(softmax=True), [spec(0, "x", (1, 4), "int8", q)])
     assert not logits._rank_codes  # softmax needs every score
     assert logits.process([raw]) == _full_path(logits, [raw])
-    post = Postprocessor(ClassificationConfig(top_k=2), [spec(0, "x", (1, 4), "int8", q)])
+    post = ClassificationHead(ClassificationConfig(top_k=2), [spec(0, "x", (1, 4), "int8", q)])
     assert post._rank_codes
     floats = raw.astype(np.float32)  # not the spec's dtype: read as real values, as before
     assert post.process([floats]) == _full_path(post, [floats])
@@ -656,7 +658,7 @@ def test_digits_model_results_are_the_same_through_the_code_ranking(backend_name
     assert inp.quant is not None
     with np.load(MODELS / "digits_heldout.npz") as data:
         images = data["images"]
-    post = Postprocessor(ClassificationConfig(labels=DIGITS, top_k=3), model.outputs)
+    post = ClassificationHead(ClassificationConfig(labels=DIGITS, top_k=3), model.outputs)
     assert post._rank_codes
     for image in images:
         outputs = model.invoke([quantize(image.astype(np.float64)[None, ..., None] / 255.0, inp.quant)])
@@ -719,7 +721,7 @@ def test_detector_finds_the_held_out_digits(backend_name: str) -> None:
     (inp,) = model.inputs
     assert inp.quant is not None
     labels = read_labels(MODELS / "digits_labels.txt") if (MODELS / "digits_labels.txt").exists() else None
-    post = Postprocessor(DetectionConfig(format="yolo", labels=labels), model.outputs, input_size=(64, 64))
+    post = make_head(DetectionConfig(format="yolo", labels=labels), model.outputs, input_size=(64, 64))
     data = np.load(data_path)
     images = quantize(data["images"].astype(np.float64)[..., None] / 255.0, inp.quant)
     found = [post.detections(model.invoke([x[None]])) for x in images]

@@ -14,12 +14,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto
-from daemon import Daemon, digits_config, stats_line
-from mqtt_client import Subscriber
-from realparts import free_port, mjpeg_server, socat_pair, wait_until
 from test_systemd import NotifyListener, notified_daemon
 
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config, stats_line
+from devkit.media import mjpeg_server
+from devkit.mqtt_client import Subscriber
+from devkit.processes import free_port, socat_pair, wait_until
 from edge_runtime.errors import SourceError
 from edge_runtime.nativelogs import configure_native_logging
 from edge_runtime.recovery import path_probe, tcp_probe, wait_for_peer, why_unopenable

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import MODELS
-from realparts import socat_pair, stop_process, wait_until
 
+from devkit.paths import MODELS
+from devkit.processes import socat_pair, stop_process, wait_until
 from edge_runtime.demo import write_digits_video
 from edge_runtime.synthetic import SAMPLE_RATE_HZ, vibration_samples
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import DATA, MODELS
 
+from devkit.paths import DATA, MODELS
 from edge_runtime.errors import InputError, ModelFormatError, ModelLoadError
 from edge_runtime.runtime.model import Model
 from edge_runtime.runtime.modelfile import parse_model, read_model_file

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Mosquitto
-from conftest import DATA, MODELS, ROOT
-from daemon import Daemon, digits_config
-from mqtt_client import Subscriber
-from realparts import wait_until
 
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config
+from devkit.mqtt_client import Subscriber
+from devkit.paths import DATA, MODELS, ROOT
+from devkit.processes import wait_until
 from edge_runtime.config import PACKAGE_DIR
-from edge_runtime.signing import sign
+from edge_runtime.updates.signing import sign
 
 NOT_AUTHORIZED = 0x87
 ADMIN_PASSWORD = "admin-Pw-4711"

@@ -20,10 +20,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import Mosquitto
-from daemon import Daemon, digits_config, stats_line
-from mqtt_client import Subscriber
-from realparts import wait_until
+
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config, stats_line
+from devkit.mqtt_client import Subscriber
+from devkit.processes import wait_until
 
 SOAK_S = float(os.environ.get("EDGE_RUNTIME_SOAK_S", "600"))
 MB = 1024 * 1024

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from realparts import frame_index, level_frames, mjpeg_server, wait_until, write_video
 
+from devkit.media import frame_index, level_frames, mjpeg_server, write_video
+from devkit.processes import wait_until
 from edge_runtime.sources.camera import CameraConfig, CameraSource, redact, uri_kind
 
 FAST_RECONNECT = {"initial_s": 0.1, "max_s": 0.5, "factor": 2.0, "jitter": 0.1}

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from realparts import wait_until
 
+from devkit.processes import wait_until
 from edge_runtime.sources import (
     SOURCE_TYPES,
     CameraConfig,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import serial
 from pydantic import ValidationError
-from realparts import SocatPair, socat_pair, wait_until
 
+from devkit.processes import SocatPair, socat_pair, wait_until
 from edge_runtime.sources.serial import TOO_LONG, LineSplitter, SerialConfig, SerialSource
 
 FAST_RECONNECT = {"initial_s": 0.1, "max_s": 0.5, "factor": 2.0, "jitter": 0.1}

@@ -16,11 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto
-from daemon import digits_config
-from mqtt_client import Subscriber
-from realparts import mjpeg_server, wait_until
 
+from devkit.broker import Mosquitto
+from devkit.daemon import digits_config
+from devkit.media import mjpeg_server
+from devkit.mqtt_client import Subscriber
+from devkit.processes import wait_until
 from edge_runtime.systemd import JournalFormatter, Notifier, watchdog_timeout
 
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge_runtime.daemon.commands import redact
 from edge_runtime.reporting.commands import ArgSpec, CommandDispatcher, CommandError, parse_command
-from edge_runtime.reporting.handlers import redact
 from edge_runtime.reporting.topics import Topics, safe_level
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Mosquitto
-from conftest import DATA, MODELS
-from daemon import Daemon, digits_config
-from mqtt_client import Subscriber
 
-from edge_runtime.signing import generate_keypair, sign
+from devkit.broker import Mosquitto
+from devkit.daemon import Daemon, digits_config
+from devkit.mqtt_client import Subscriber
+from devkit.paths import DATA, MODELS
+from edge_runtime.updates.signing import generate_keypair, sign
 
 DIGITS = MODELS / "digits_int8.tflite"
 CONSTANT = DATA / "constant_digits_int8.tflite"

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's devkit (dev-only)
+
+from devkit.broker import Mosquitto
+from devkit.mqtt_client import Subscriber
 from edge_runtime.reporting.outbox import Outbox, PutItem
 
 
@@ -65,59 +69,20 @@ def bench(directory: Path, n: int, size: int, batch: int) -> list[tuple[str, int
     return rows
 
 
-def _broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    import os
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    conf = directory / "mosquitto.conf"
-    user = "user root\n" if os.geteuid() == 0 else ""
-    limits = "max_queued_messages 0\nmax_inflight_messages 100\n"  # the subscriber must not lose any
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{limits}{user}")
-    proc = subprocess.Popen(
-        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, port
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("mosquitto did not start (apt-get install -y mosquitto)")
-
-
 def mqtt_bench(
     directory: Path, size: int, backlog: int = 10_000, live_s: float = 5.0
 ) -> list[tuple[str, int, float]]:
     """The drain of a backlog and the live rate of outbox -> MQTT link -> broker -> subscriber."""
-    import threading
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from edge_runtime.config import MqttConfig
     from edge_runtime.reporting.mqtt import MqttLink
     from edge_runtime.reporting.topics import Topics
 
     rows: list[tuple[str, int, float]] = []
-    proc, port = _broker(directory)
-    received = 0
-    lock = threading.Lock()
-
-    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        nonlocal received
-        with lock:
-            received += 1
-
-    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    sub.on_message = on_message
-    sub.connect("127.0.0.1", port)
-    sub.subscribe("edge/bench/#", qos=1)
-    sub.loop_start()
-    time.sleep(0.3)
+    limits = "max_queued_messages 0\nmax_inflight_messages 100"  # the subscriber must not lose any
+    broker = Mosquitto(directory, extra_config=limits)
+    broker.start()
+    port = broker.port
+    sub = Subscriber(broker.host, port, "edge/bench/pipelines/+/results", qos=1, keepalive=60)
     try:
         topics = Topics("edge", "bench")
         with Outbox(directory / "mqtt.db", max_count=backlog * 10) as box:
@@ -132,13 +97,11 @@ def mqtt_bench(
             while box.stats()["depth"] and time.perf_counter() - start < 120:
                 time.sleep(0.01)
             rows.append((f"drain of {backlog} to the broker (PUBACKs)", backlog, time.perf_counter() - start))
-            while received < backlog and time.perf_counter() - start < 120:
-                time.sleep(0.01)
+            sub.wait_for(lambda messages: len(messages) >= backlog, 120 - (time.perf_counter() - start))
+            received = len(sub.take())
             rows.append(
                 (f"... at a QoS 1 subscriber ({received} received)", received, time.perf_counter() - start)
             )
-            with lock:
-                received = 0
             stop = time.perf_counter() + live_s
             seq = backlog
             start = time.perf_counter()
@@ -147,13 +110,11 @@ def mqtt_bench(
                 box.put(topics.results("p"), _payload(size, seq), seq=("p", seq))
             while box.stats()["depth"] and time.perf_counter() - start < live_s + 60:
                 time.sleep(0.01)
-            rows.append(("live: put + forward + PUBACK + delete", received, time.perf_counter() - start))
+            rows.append(("live: put + forward + PUBACK + delete", seq - backlog, time.perf_counter() - start))
             link.stop()
     finally:
-        sub.loop_stop()
-        sub.disconnect()
-        proc.terminate()
-        proc.wait(10)
+        sub.close()
+        broker.stop()
     return rows
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.reporting.topics import SAFE, Topics, dumps
+from edge_runtime.supervision import spawn
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,7 @@ class CommandDispatcher:
         self.commands[name] = CommandDef(handler, ArgSpec(dict(args)))
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
-        self._thread.start()
+        self._thread = spawn("commands", self._run)
 
     def stop(self, timeout: float = 2.0) -> None:
         with contextlib.suppress(queue.Full):

@@ -23,6 +23,7 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.reporting.outbox import Outbox, OutboxError
 from edge_runtime.reporting.topics import Topics, status_payload
 from edge_runtime.sources.base import Backoff
+from edge_runtime.supervision import spawn
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +170,9 @@ class MqttLink:
 
     def start(self) -> None:
         self._stop.clear()
-        self._net = threading.Thread(target=self._network, name="mqtt-network", daemon=True)
-        self._fwd = threading.Thread(target=self._forward, name="mqtt-forwarder", daemon=True)
-        self._net.start()
-        self._fwd.start()
+        running = lambda: not self._stop.is_set()  # noqa: E731
+        self._net = spawn("mqtt-network", self._network, should_restart=running)
+        self._fwd = spawn("mqtt-forwarder", self._forward, should_restart=running)
 
     def _connect_properties(self) -> Any:
         if not self._v5:

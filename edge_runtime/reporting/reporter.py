@@ -35,7 +35,6 @@ class Reporter:
         self.link: Any = None
         self.store_errors = 0
         self.last_store_error = ""
-        self.events_sent = 0
         self._final_outbox: dict[str, Any] | None = None
         self._last_store_log = float("-inf")
         self._logged_errors = 0
@@ -194,9 +193,6 @@ class Reporter:
                 self.last_store_error = str(exc)
             self._store_error(f"result {pipeline}/{result['seq']}", exc)
 
-    def close(self) -> None:
-        """Sinks are closed by :meth:`stop`."""
-
     def _store_error(self, what: str, exc: Exception) -> None:
         """Log the first store failure, then one line per 10 s with the count (a full disk would
         otherwise log every result)."""
@@ -222,7 +218,6 @@ class Reporter:
                 qos=self.config.mqtt.qos if qos is None else qos,
                 retain=self.config.mqtt.events.retain,
             )
-            self.events_sent += 1
         except OutboxError as exc:
             with self._lock:
                 self.store_errors += 1

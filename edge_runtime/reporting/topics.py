@@ -8,12 +8,13 @@ checked so that nothing a user or a command sends can inject a wildcard or a lev
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
-SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+from edge_runtime.names import SAFE_LEVEL_RE
+
+SAFE = SAFE_LEVEL_RE
 
 
 def safe_level(value: str, what: str) -> str:

@@ -105,18 +105,6 @@ def pixel_lut(
     return table[:, 0] if table.shape[1] == 1 else table
 
 
-def apply_lut(image: npt.NDArray[np.uint8], lut: npt.NDArray[np.integer]) -> npt.NDArray[np.integer]:
-    """Apply a :func:`pixel_lut` table with numpy (the camera path uses ``cv2.LUT``)."""
-    if image.dtype != np.uint8:
-        raise ValueError(f"pixel lookup needs uint8 pixels, got {image.dtype}")
-    if lut.ndim == 1:
-        return lut[image]
-    channels = lut.shape[1]
-    if image.ndim < 1 or image.shape[-1] != channels:
-        raise ValueError(f"a {channels}-channel table needs an image with {channels} channels")
-    return np.take_along_axis(lut, image.reshape(-1, channels).astype(np.intp), axis=0).reshape(image.shape)
-
-
 def quant_fields(
     scale: tuple[float, ...] | None, zero_point: tuple[int, ...] | None, axis: int | None
 ) -> dict[str, Any]:

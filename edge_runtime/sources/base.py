@@ -16,11 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
+
+from edge_runtime.sources.buffer import SensorBuffers
+from edge_runtime.supervision import spawn
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,31 @@ class Frame:
     seq: int
     t_mono: float
     t_wall: float
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """A source of image frames (a camera): the latest frame, never a queue."""
+
+    def get(self, after_seq: int = 0, timeout: float = 1.0) -> Frame | None:
+        """The first frame newer than ``after_seq``, waiting up to ``timeout``."""
+        ...
+
+    def latest(self) -> Frame | None:
+        """The newest frame, taken (so the reader may replace it)."""
+        ...
+
+    def peek(self) -> Frame | None:
+        """The newest frame, left in place."""
+        ...
+
+
+@runtime_checkable
+class SensorSource(Protocol):
+    """A source of sensor samples: parsed channels in bounded ring buffers."""
+
+    @property
+    def buffers(self) -> SensorBuffers: ...
 
 
 class SourceConfigBase(BaseModel):
@@ -143,7 +171,9 @@ class Source(abc.ABC):
             return
         self._stop.clear()
         self._set_state("starting")
-        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
+        self._thread = spawn(
+            f"source-{self.name}", self._run, should_restart=lambda: not self._stop.is_set(), start=False
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:

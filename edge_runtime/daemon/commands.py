@@ -1,0 +1,205 @@
+"""The daemon's remote commands: ping, get_config, reload, pipeline.pause/resume, snapshot, health,
+config.update, and the model-update commands of :mod:`edge_runtime.updates.updater`.
+
+:class:`DaemonCommands` registers each on the transport's dispatcher and works against a
+:class:`CommandHost` (the daemon), so commands can be built and tested without a whole daemon.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge_runtime import __version__
+from edge_runtime.config import DEMO_CONFIG, Config, load_config
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.pipeline import Pipeline
+from edge_runtime.reporting.commands import Command, CommandDispatcher, CommandError
+from edge_runtime.sources.base import Source
+from edge_runtime.updates.updater import Updater
+
+SECRET_KEYS = ("password", "secret", "token", "key")
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """The config as JSON with anything secret-looking replaced by ``***`` (paths included)."""
+    if isinstance(value, dict):
+        return {k: redact(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if any(word in key.lower() for word in SECRET_KEYS) and value not in ("", None):
+        return "***"
+    return value
+
+
+class CommandHost(Protocol):
+    """The daemon, as its commands see it."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def config_path(self) -> Path | None: ...
+
+    @property
+    def overrides(self) -> Sequence[str]: ...
+
+    @property
+    def profile(self) -> str | None: ...
+
+    @property
+    def started_mono(self) -> float: ...
+
+    @property
+    def pipelines(self) -> Sequence[Pipeline]: ...
+
+    @property
+    def sources(self) -> Mapping[str, Source]: ...
+
+    def reload(self) -> str: ...
+
+    def publish_health(self) -> dict[str, Any]: ...
+
+
+class DaemonCommands:
+    """The remote commands of one daemon, registered on its command dispatcher."""
+
+    def __init__(self, host: CommandHost, updater: Updater | None = None) -> None:
+        self.host = host
+        self.updater = updater
+
+    def register(self, d: CommandDispatcher) -> None:
+        d.register("ping", self.ping)
+        d.register("config.update", self.config_update, config=(str, True))
+        d.register("get_config", self.get_config)
+        d.register("reload", self.reload)
+        d.register("pipeline.pause", self.pause, pipeline=(str, True))
+        d.register("pipeline.resume", self.resume, pipeline=(str, True))
+        d.register("health", self.health)
+        d.register("snapshot", self.snapshot, source=(str, True), quality=(int, False))
+        updater = self.updater
+        if updater is not None:
+            text = (str, True)
+            d.register(
+                "model.update", updater.update, pipeline=text, url=(str, False), transfer=(str, False),
+                sha256=text, size=(int, True), version=text, signature=(str, False),
+            )  # fmt: skip
+            d.register(
+                "model.chunk", updater.chunk, transfer=text, index=(int, True), total=(int, True), data=text
+            )
+            d.register("model.list", updater.list, pipeline=text)
+            d.register("model.rollback", updater.rollback, pipeline=text)
+
+    def pipeline(self, name: str) -> Pipeline:
+        for p in self.host.pipelines:
+            if p.name == name:
+                return p
+        names = ", ".join(p.name for p in self.host.pipelines)
+        raise CommandError(f"no pipeline {name!r}; pipelines: {names}")
+
+    def ping(self, cmd: Command) -> dict[str, Any]:
+        return {
+            "pong": True,
+            "ts": round(time.time(), 3),
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.host.started_mono, 3),
+        }
+
+    def get_config(self, cmd: Command) -> dict[str, Any]:
+        return {"config": redact(self.host.config.model_dump(mode="json"))}
+
+    def reload(self, cmd: Command) -> dict[str, Any]:
+        return {"reloaded": self.host.reload()}
+
+    def pause(self, cmd: Command) -> dict[str, Any]:
+        p = self.pipeline(cmd.args["pipeline"])
+        p.paused = True
+        return {"pipeline": p.name, "paused": True}
+
+    def resume(self, cmd: Command) -> dict[str, Any]:
+        p = self.pipeline(cmd.args["pipeline"])
+        p.paused = False
+        return {"pipeline": p.name, "paused": False}
+
+    def health(self, cmd: Command) -> dict[str, Any]:
+        return {"health": self.host.publish_health()}
+
+    def snapshot(self, cmd: Command) -> dict[str, Any]:
+        name = cmd.args["source"]
+        source = self.host.sources.get(name)
+        peek = getattr(source, "peek", None)
+        if source is None or peek is None:
+            cameras = [n for n, s in self.host.sources.items() if hasattr(s, "peek")]
+            raise CommandError(f"no camera source {name!r}; cameras: {', '.join(cameras) or 'none'}")
+        frame = peek()
+        if frame is None:
+            raise CommandError(f"source {name!r} has no frame yet")
+        quality = int(cmd.args.get("quality", 85))
+        if not 1 <= quality <= 100:
+            raise CommandError("quality must be between 1 and 100")
+        boxes = _detections_for(self.host.pipelines, name)
+        jpeg = _encode(frame.image, boxes, quality)
+        return {
+            "source": name,
+            "frame_seq": frame.seq,
+            "frame_ts": round(frame.t_wall, 3),
+            "detections": len(boxes),
+            "content_type": "image/jpeg",
+            "encoding": "base64",
+            "data": base64.b64encode(jpeg).decode("ascii"),
+        }
+
+    def config_update(self, cmd: Command) -> dict[str, Any]:
+        """Validate a new config, write it atomically, reload; put the old file back on failure."""
+        host = self.host
+        path = host.config_path
+        if path is None or path.resolve() == DEMO_CONFIG.resolve():
+            raise CommandError(
+                "this daemon runs the embedded default; start it with --config to update its config"
+            )
+        candidate = path.with_name(path.name + ".new")
+        backup = path.with_name(path.name + ".bak")
+        candidate.write_text(cmd.args["config"], encoding="utf-8")
+        try:
+            load_config(candidate, host.overrides, profile=host.profile)
+        except EdgeRuntimeError as exc:
+            candidate.unlink(missing_ok=True)
+            raise CommandError(f"refused: {exc}") from None
+        backup.write_bytes(path.read_bytes())
+        os.replace(candidate, path)
+        try:
+            summary = host.reload()
+        except EdgeRuntimeError as exc:
+            os.replace(backup, path)
+            raise CommandError(f"rolled back to the previous config: {exc}") from None
+        return {"reloaded": summary}
+
+
+def _detections_for(pipelines: Sequence[Pipeline], source: str) -> list[dict[str, Any]]:
+    """The latest detections of the pipelines that look at ``source``."""
+    found: list[dict[str, Any]] = []
+    for p in pipelines:
+        sources = {src for r in p.runners for _, _, src in r.images}
+        result = p.last_result
+        if source in sources and result is not None:
+            found += result.get("detections", [])
+    return found
+
+
+def _encode(image: Any, detections: list[dict[str, Any]], quality: int) -> bytes:
+    import cv2
+
+    canvas = image.copy() if detections else image
+    for det in detections:
+        x1, y1, x2, y2 = (round(v) for v in det["box"])
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 255, 0), 2)
+        label = f"{det.get('label', '')} {det.get('score', 0):.2f}"
+        cv2.putText(canvas, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 0), 1)
+    ok, data = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise CommandError("JPEG encoding failed")
+    return bytes(data.tobytes())

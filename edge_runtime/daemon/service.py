@@ -1,0 +1,489 @@
+"""The daemon: builds sources, pipelines and reporting from a Config and runs them until stopped.
+
+The main thread owns signals (SIGTERM and SIGINT stop it cleanly), the stop conditions
+(``--max-results``, ``--duration``, every pipeline finished) and shutdown: ``stopping`` is
+published, pipelines finish the inference in flight, sources close, the outbox is flushed while
+the broker is there, ``offline`` is published. A health timer publishes the retained health.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from edge_runtime import __version__
+from edge_runtime.config import Config, load_config
+from edge_runtime.daemon.commands import DaemonCommands
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.health import HealthReporter
+from edge_runtime.healthstate import HealthLimits
+from edge_runtime.healthwatch import PauseDetector, StateChanges, ready_to_announce
+from edge_runtime.pipeline import Pipeline
+from edge_runtime.reporting.commands import Command, CommandError
+from edge_runtime.reporting.reporter import Reporter
+from edge_runtime.sources import SourceConfig, build_source
+from edge_runtime.sources.base import Source
+from edge_runtime.sources.camera import CameraConfig, uri_kind
+from edge_runtime.sources.replay import ReplayConfig
+from edge_runtime.supervision import SUPERVISOR, spawn
+from edge_runtime.systemd import Notifier, watchdog_timeout
+from edge_runtime.updates.updater import Updater, store_config
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    def publish(self, result: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ResultBudget:
+    """At most ``limit`` results in total (None: unlimited); thread-safe."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.limit is not None and self.used >= self.limit:
+                return False
+            self.used += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.used = max(0, self.used - 1)
+
+
+def resolve_source_paths(config: Config, sc: SourceConfig) -> SourceConfig:
+    """A camera file or replay file path resolved against the config's folder (and demo:)."""
+    if isinstance(sc, CameraConfig) and isinstance(sc.uri, str) and uri_kind(sc.uri) == "file":
+        return sc.model_copy(update={"uri": str(config.resolve(sc.uri))})
+    if isinstance(sc, ReplayConfig):
+        return sc.model_copy(update={"path": str(config.resolve(sc.path))})
+    return sc
+
+
+class Service:
+    """One running daemon."""
+
+    def __init__(
+        self,
+        config: Config,
+        sinks: Sequence[Sink],
+        *,
+        config_path: Path | None = None,
+        overrides: Sequence[str] = (),
+        profile: str | None = None,
+        max_results: int | None = None,
+        duration_s: float | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = list(overrides)
+        self.profile = profile
+        self.sinks = list(sinks)
+        self.duration_s = duration_s
+        self.budget = ResultBudget(max_results)
+        self.stop_event = threading.Event()
+        self.stop_reason = ""
+        self.sources: dict[str, Source] = {}
+        self.pipelines: list[Pipeline] = []
+        self.reporter: Reporter | None = None
+        self.health: HealthReporter | None = None
+        self.updater: Updater | None = None
+        self.started_mono = time.monotonic()
+        self.reloads = 0
+        self._emit_lock = threading.Lock()
+        self.emitted = 0
+        self._seqs: dict[str, int] = {}
+        self._swap_lock = threading.RLock()
+        self._health_thread: threading.Thread | None = None
+        self._metrics: Any = None
+        self.notifier = Notifier()
+        self.watchdog_s = watchdog_timeout()
+        self._reload_requested = threading.Event()
+        self.exit_code = 0
+        self._unhealthy = ""
+        self.reload_outcome: dict[str, Any] | None = None  # the last reload's, for the health state
+        self.ready_note = ""  # why READY=1 was sent ("" before)
+        self._pause = PauseDetector(0.1)
+        self._changes: StateChanges | None = None
+
+    # -- building ----------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Reporting first (so that build problems are reported), then sources and pipelines."""
+        self.reporter = Reporter(self.config, __version__, [p.name for p in self.config.pipelines])
+        SUPERVISOR.forget()
+        SUPERVISOR.on_crash = self._thread_crashed
+        self.updater = Updater(self)
+        self.updater.store.on_problem = self._store_problem
+        DaemonCommands(self, self.updater).register(self.reporter.dispatcher)
+        self.config = store_config(self.config, self.updater.store, startup=True)
+        self.sources, self.pipelines = self._build_runtime(self.config)
+        self.health = HealthReporter(
+            version=__version__,
+            device=self.config.device.id,
+            state_dir=self.config.device.state_dir,
+            pipelines=lambda: {p.name: p.stats() for p in self.pipelines},
+            sources=lambda: {name: s.stats() for name, s in self.sources.items()},
+            outbox=self.reporter.outbox_stats,
+            mqtt=self.reporter.stats,
+            extra=self._health_extra,
+            limits=self._health_limits(self.config),
+            max_bytes=self.config.health.max_bytes,
+        )
+        self._changes = StateChanges(self.reporter.event)
+
+    @staticmethod
+    def _health_limits(config: Config) -> HealthLimits:
+        h = config.health
+        return HealthLimits(
+            start_grace_s=h.start_grace_s,
+            stale_s=h.stale_s,
+            parse_error_share=h.parse_error_share,
+            disk_reserve_bytes=config.outbox.reserve_bytes,
+            min_memory_available=h.min_memory_available,
+        )
+
+    def _health_extra(self) -> dict[str, Any]:
+        store = getattr(self.updater, "store", None)
+        problems = dict(getattr(store, "problems", {}))
+        return {"model_store": {"problems": problems}, "reload": self.reload_outcome}
+
+    def _store_problem(self, pipeline: str, text: str) -> None:
+        if self.reporter is not None:
+            self.reporter.event(
+                "model.store_broken", f"model store {pipeline}: {text}", {"pipeline": pipeline}
+            )
+
+    def _build_runtime(self, config: Config) -> tuple[dict[str, Source], list[Pipeline]]:
+        if any(p.startswith("demo:") for p in config.paths()):
+            from edge_runtime.demo import ensure_assets
+
+            ensure_assets(config.device.state_dir)
+        sources = {
+            name: build_source(name, resolve_source_paths(config, sc)) for name, sc in config.sources.items()
+        }
+        for source in sources.values():
+            source.add_listener(self._source_event)
+        pipelines: list[Pipeline] = []
+        assert self.reporter is not None
+        for pc in config.pipelines:
+            pipeline = Pipeline(
+                pc,
+                config,
+                sources,
+                self._emit,
+                device=config.device.id,
+                seq_start=max(self.reporter.last_seq(pc.name), self._seqs.get(pc.name, 0)),
+                event=self.reporter.event,
+                budget=self.budget if self.budget.limit is not None else None,
+            )
+            pipelines.append(pipeline)
+            for runner in pipeline.runners + ([pipeline.cascade] if pipeline.cascade else []):
+                model = runner.model
+                backend = f"{model.backend.name} {model.backend.version}"
+                log.info(
+                    "pipeline %s: model %s (%s) %s, backend %s",
+                    pc.name, model.name, model.sha256[:12], model.placement, backend,
+                )  # fmt: skip
+                if model.failures:
+                    self.reporter.event(
+                        "delegate.fallback",
+                        f"pipeline {pc.name}: model {model.name}: {model.placement}",
+                        {"pipeline": pc.name, "model": model.name, "delegate": model.delegate},
+                    )
+        return sources, pipelines
+
+    def _source_event(self, name: str, state: str, detail: str) -> None:
+        if self.reporter is not None and state in ("up", "down", "finished"):
+            message = f"source {name} is {state}" + (f": {detail}" if detail else "")
+            self.reporter.event(f"source.{state}", message, {"source": name})
+
+    def _emit(self, result: dict[str, Any]) -> None:
+        with self._emit_lock:
+            self.emitted += 1
+            self._seqs[result["pipeline"]] = result["seq"]
+            if self.reporter is not None:
+                self.reporter.publish(result)  # the outbox first: nothing is lost after this
+            for sink in self.sinks:
+                sink.publish(result)
+            if self.budget.limit is not None and self.emitted >= self.budget.limit:
+                self.stop("max results reached")
+
+    # -- the host of the updater (edge_runtime.updates.host.UpdateHost) ------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    def pipeline(self, name: str) -> Pipeline:
+        for p in self.pipelines:
+            if p.name == name:
+                return p
+        raise CommandError(f"no pipeline {name!r}")
+
+    def event(self, kind: str, message: str, fields: dict[str, Any]) -> None:
+        if self.reporter is not None:
+            self.reporter.event(kind, message, fields)
+
+    def reply(self, command: Command, body: dict[str, Any]) -> None:
+        if self.reporter is not None:
+            self.reporter.dispatcher.reply(command, body)
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        if not self.stop_event.is_set():
+            self.stop_reason = reason
+            self.stop_event.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload_requested.set()
+        else:
+            self.stop(signal.Signals(signum).name)
+
+    def problems(self) -> list[str]:
+        """What keeps the watchdog from being fed: stuck or dead pipelines, wedged sources,
+        threads the supervisor gave up."""
+        limit = max((self.watchdog_s or 30.0) / 2, 1.0)
+        with self._swap_lock:
+            found = [p.stuck(limit) for p in self.pipelines]
+            found += [s.wedged(limit) for s in self.sources.values()]
+        return SUPERVISOR.failed() + [f for f in found if f]
+
+    def _thread_crashed(self, component: str, error: str, crashes: int, gave_up: bool) -> None:
+        """The supervisor's report of a crashed thread: an event, and the daemon's end when the
+        thread cannot be restarted (exit status 1: the service manager starts it again)."""
+        what = "given up, the daemon stops" if gave_up else "restarted"
+        self.event(
+            "thread.crashed",
+            f"thread {component} crashed ({error}); {what}",
+            {"thread": component, "error": error, "crashes": crashes, "gave_up": gave_up},
+        )
+        if gave_up:
+            self.exit_code = 1
+            self.stop(f"thread {component} cannot be restarted: {error}")
+
+    def _status_line(self) -> str:
+        if self.health is None:
+            return "starting"
+        return self.health.summary(self.health.report(mark=False))
+
+    def _watchdog_tick(self) -> None:
+        problems = [] if self._pause.settling() else self.problems()
+        if problems:
+            if problems[0] != self._unhealthy:
+                log.error("watchdog: not pinging systemd: %s", "; ".join(problems))
+                if self.reporter is not None:
+                    self.reporter.event("watchdog.stuck", "; ".join(problems), {})
+            self._unhealthy = problems[0]
+            return
+        if self._unhealthy:
+            log.info("watchdog: every pipeline makes progress again")
+        self._unhealthy = ""
+        self.notifier.watchdog()
+
+    def _do_reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            summary = self.reload()
+        except EdgeRuntimeError as exc:
+            log.error("SIGHUP reload failed, still running the previous config: %s", exc)
+            self.notifier.ready(f"reload failed: {str(exc).splitlines()[0]}")
+            return
+        log.info("SIGHUP reload: %s", summary)
+        self.notifier.ready(self._status_line())
+
+    def start(self) -> None:
+        assert self.reporter is not None
+        self.reporter.start()
+        self._start_runtime()
+        self._health_thread = spawn(
+            "health", self._health_loop, should_restart=lambda: not self.stop_event.is_set()
+        )
+        if self.config.metrics.enabled:
+            from edge_runtime.reporting.metrics import MetricsServer
+
+            assert self.health is not None
+            self._metrics = MetricsServer(self.health, self.config.metrics.host, self.config.metrics.port)
+            self._metrics.start()
+        log.info(
+            "edge-runtime %s running: device %s, %d pipelines, %d sources, mqtt %s",
+            __version__, self.config.device.id, len(self.pipelines), len(self.sources),
+            f"{self.config.mqtt.host}:{self.config.mqtt.port}" if self.config.mqtt.enabled else "off",
+        )  # fmt: skip
+
+    def _start_runtime(self) -> None:
+        for source in self.sources.values():
+            source.start()
+        for pipeline in self.pipelines:
+            pipeline.start()
+
+    def _stop_runtime(self, timeout: float = 2.0) -> None:
+        for pipeline in self.pipelines:
+            pipeline.request_stop()
+        deadline = time.monotonic() + timeout
+        for pipeline in self.pipelines:
+            pipeline.stop(max(0.05, deadline - time.monotonic()))
+        for source in self.sources.values():
+            source.stop(max(0.05, deadline - time.monotonic()))
+
+    def publish_health(self) -> dict[str, Any]:
+        assert self.health is not None and self.reporter is not None
+        report = self.health.report()
+        report["reloads"] = self.reloads
+        report["threads"] = {"crashes": SUPERVISOR.total_crashes(), "crashed": SUPERVISOR.stats()}
+        if self._changes is not None:
+            self._changes.update_doc(report)
+        self.reporter.publish_health(report)
+        return report
+
+    def _health_loop(self) -> None:
+        interval = self.config.health.interval_s
+        next_t = time.monotonic() + min(interval, 2.0)
+        while not self.stop_event.wait(max(0.0, next_t - time.monotonic())):
+            try:
+                self.publish_health()
+            except (EdgeRuntimeError, OSError, ValueError) as exc:
+                log.error("health report failed: %s", exc)
+            next_t += self.config.health.interval_s
+            next_t = max(next_t, time.monotonic())
+
+    def run(self, install_signals: bool = True) -> int:
+        """Build, start, wait for a stop condition, shut down; returns the exit code."""
+        if install_signals and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGHUP, self._on_signal)
+        try:
+            self.build()
+        except BaseException:
+            if self.reporter is not None:
+                self.reporter.stop(flush_timeout=1.0)
+            raise
+        self.start()
+        self._announce_ready()
+        ping_every = self.watchdog_s / 2 if self.watchdog_s else None
+        next_ping = time.monotonic()
+        next_status = time.monotonic() + 5.0
+        try:
+            while not self.stop_event.wait(0.1):
+                now = time.monotonic()
+                self._pause.tick(settle_s=max((self.watchdog_s or 30.0) / 2, 1.0))
+                if not self.ready_note:
+                    self._announce_ready()
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self._do_reload()
+                if ping_every is not None and now >= next_ping:
+                    self._watchdog_tick()
+                    next_ping = now + ping_every
+                if self.notifier.enabled and now >= next_status:
+                    self.notifier.status(self._status_line())
+                    next_status = now + 5.0
+                if self.duration_s is not None and now - self.started_mono >= self.duration_s:
+                    self.stop("duration reached")
+                elif self.pipelines and all(p.finished for p in self.pipelines):
+                    self.stop("every pipeline finished")
+        finally:
+            self.notifier.stopping()
+            self.shutdown(self.config.device.stop_timeout_s)
+        return self.exit_code
+
+    def _announce_ready(self) -> None:
+        """READY=1 once every pipeline produced a result or the start grace passed."""
+        with self._swap_lock:
+            stats = {p.name: {"results": p.results, "finished": p.finished} for p in self.pipelines}
+        note = ready_to_announce(
+            stats, time.monotonic() - self.started_mono, self.config.health.start_grace_s
+        )
+        if note:
+            self.ready_note = note
+            log.info("ready: %s", note)
+            self.notifier.ready(self._status_line())
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop within ``timeout`` s: pipelines (the inference in flight ends), sources, then
+        the outbox is flushed while the broker is there and ``offline`` is published."""
+        deadline = time.monotonic() + timeout
+        log.info("stopping: %s", self.stop_reason or "shutdown")
+        self.stop_event.set()
+        if self.reporter is not None:
+            self.reporter.announce_stopping()
+        with self._swap_lock:
+            self._stop_runtime(min(2.0, timeout / 3))
+        for sink in self.sinks:
+            sink.close()
+        if self._metrics is not None:
+            self._metrics.stop()
+        if self.reporter is not None:
+            self.reporter.stop(flush_timeout=max(0.5, deadline - time.monotonic() - 1.5))
+            log.info("reporting mqtt stats: %s", json.dumps(self.reporter.stats()))
+            log.info("reporting outbox stats: %s", json.dumps(self.reporter.outbox_stats()))
+        for pipeline in self.pipelines:
+            log.info("pipeline %s stats: %s", pipeline.name, json.dumps(pipeline.stats()))
+        for name, source in self.sources.items():
+            log.info("source %s stats: %s", name, json.dumps(source.stats()))
+
+    # -- reload ------------------------------------------------------------------------------------
+
+    def reload(self) -> str:
+        """Re-read the config file; restart sources and pipelines on it. The MQTT connection
+        stays unless its section changed. A config that does not load (bad TOML, a schema error,
+        a missing model) or does not build leaves the old one running, with a
+        ``config.reload_failed`` event and the health degraded until a reload succeeds."""
+        try:
+            summary = self._reload()
+        except EdgeRuntimeError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.reload_outcome = {"ok": False, "error": first, "ts": round(time.time(), 3)}
+            if self.reporter is not None:
+                self.reporter.event("config.reload_failed", f"reload failed: {exc}", {"error": first})
+            raise
+        self.reload_outcome = {"ok": True, "error": "", "ts": round(time.time(), 3)}
+        return summary
+
+    def _reload(self) -> str:
+        if self.config_path is None:
+            raise EdgeRuntimeError(
+                "reload: this daemon runs the embedded default; there is no file to re-read"
+            )
+        new = load_config(self.config_path, self.overrides, profile=self.profile)
+        if self.updater is not None:
+            new = store_config(new, self.updater.store, startup=False)
+        assert self.reporter is not None
+        with self._swap_lock:
+            if self.stop_event.is_set():
+                raise EdgeRuntimeError("reload: the daemon is stopping")
+            old_config = self.config
+            try:  # build everything (models loaded) before touching what runs
+                sources, pipelines = self._build_runtime(new)
+            except EdgeRuntimeError as exc:
+                log.error("reload failed, the running config goes on: %s", exc)
+                raise
+            self._stop_runtime()
+            for pipeline in pipelines:  # results the old pipelines made meanwhile keep their seq
+                pipeline.seq = max(
+                    pipeline.seq, self._seqs.get(pipeline.name, 0), self.reporter.last_seq(pipeline.name)
+                )
+            self.sources, self.pipelines, self.config = sources, pipelines, new
+            self._start_runtime()
+            self.reloads += 1
+        if new.mqtt != old_config.mqtt or new.device != old_config.device:
+            self.reporter.replace_link(new)
+        self.reporter.event("config.reloaded", f"config reloaded from {self.config_path}", {})
+        return f"{len(self.pipelines)} pipelines, {len(self.sources)} sources"

@@ -1,0 +1,141 @@
+"""A model file as an update: its sha256, size and signature; the operator's signing key pair.
+
+Signatures are :mod:`edge_runtime.updates.signing`'s (Ed25519 over pipeline, version and sha256), so a
+device checks exactly what this tool signs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.fleet.common import FleetError, check_pipeline
+
+KEY_NAME = "fleet.key"
+PUB_NAME = "fleet.pub"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What a ``model.update`` announces about the file."""
+
+    path: Path
+    pipeline: str
+    version: str
+    sha256: str
+    size: int
+    signature: str | None = None
+
+    def manifest(self) -> dict[str, Any]:
+        """``{pipeline, version, sha256, size, signature}`` (what ``sign`` prints)."""
+        return {
+            "pipeline": self.pipeline,
+            "version": self.version,
+            "sha256": self.sha256,
+            "size": self.size,
+            "signature": self.signature,
+        }
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """(sha256 hex, size in bytes) of a file."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+    except OSError as exc:
+        raise FleetError(f"{path}: cannot read the model: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise FleetError(f"{path}: the model file is empty")
+    return digest.hexdigest(), size
+
+
+def check_version(version: str) -> str:
+    if not version or len(version) > 64 or any(c in version for c in "\r\n\x00"):
+        raise FleetError(f"--version {version!r}: one line of 1 to 64 characters")
+    return version
+
+
+def load_key(path: Path) -> bytes:
+    """The PEM private key at ``path``; refused unless only its owner can read it (0600)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from edge_runtime.updates.protocol import UpdateError
+    from edge_runtime.updates.signing import load_private_key
+
+    try:
+        key = load_private_key(path)
+    except UpdateError as exc:
+        raise FleetError(str(exc)) from exc
+
+    pem: bytes = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return pem
+
+
+def describe_model(path: Path, pipeline: str, version: str, key_pem: bytes | None = None) -> Artifact:
+    """Hash the model and, with a key, sign ``(pipeline, version, sha256)``."""
+    check_pipeline(pipeline)
+    check_version(version)
+    if not path.is_file():
+        raise FleetError(f"{path}: no such model file")
+    sha256, size = file_digest(path)
+    signature: str | None = None
+    if key_pem is not None:
+        from edge_runtime.updates.protocol import UpdateError
+        from edge_runtime.updates.signing import sign
+
+        try:
+            signature = sign(key_pem, pipeline, version, sha256)
+        except UpdateError as exc:
+            raise FleetError(f"signing {path} failed: {exc}") from exc
+    return Artifact(path, pipeline, version, sha256, size, signature)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_path: Path
+    public_path: Path
+    public_b64: str
+
+
+def keygen(out_dir: Path, *, force: bool = False) -> KeyPair:
+    """Write ``out_dir/fleet.key`` (mode 0600) and ``out_dir/fleet.pub`` (the base64 public key)."""
+    private_path, public_path = out_dir / KEY_NAME, out_dir / PUB_NAME
+    if not force:
+        existing = [str(p) for p in (private_path, public_path) if p.exists()]
+        if existing:
+            raise FleetError(f"{', '.join(existing)}: exists; refusing to overwrite (use --force)")
+    try:
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FleetError(f"{out_dir}: cannot create the directory: {exc.strerror or exc}") from exc
+    from edge_runtime.updates.protocol import UpdateError
+    from edge_runtime.updates.signing import generate_keypair, write_private_key
+
+    pem, public_b64 = generate_keypair()
+    try:
+        write_private_key(private_path, pem, overwrite=force)
+    except UpdateError as exc:
+        raise FleetError(str(exc)) from exc
+    tmp = public_path.with_name(f".{public_path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(public_b64 + "\n")
+        tmp.chmod(0o644)
+        os.replace(tmp, public_path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FleetError(f"{public_path}: cannot write the public key: {exc.strerror or exc}") from exc
+    return KeyPair(private_path, public_path, public_b64)
+
+
+def config_snippet(public_b64: str) -> str:
+    """The lines a device's config needs to accept updates signed with this key."""
+    return f'[updates]\npublic_keys = ["{public_b64}"]\n'

@@ -1,0 +1,104 @@
+"""What every part of the fleet tool shares: the error type, topic names, device globs, ids."""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import secrets
+import threading
+from collections.abc import Iterable, Sequence
+
+from edge_runtime.names import NAME_RE, SAFE_LEVEL_RE
+from edge_runtime.updates.protocol import STEPS
+
+__all__ = ["NAME_RE", "SAFE_LEVEL", "STEPS", "FleetError"]
+
+SAFE_LEVEL = SAFE_LEVEL_RE
+
+
+class FleetError(Exception):
+    """A failure the operator must act on; the CLI prints its one-line message and exits 1."""
+
+
+def check_level(value: str, what: str) -> str:
+    """``value`` when it is usable as one topic level (no wildcard, no ``/``), else FleetError."""
+    if not SAFE_LEVEL.match(value):
+        raise FleetError(f"{what} {value!r} is not a valid topic level (letters, digits, _ . : - only)")
+    return value
+
+
+def check_pipeline(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise FleetError(f"pipeline {name!r} is not a valid pipeline name")
+    return name
+
+
+def device_topic(prefix: str, device: str, *rest: str) -> str:
+    """``{prefix}/{device}/...``."""
+    return "/".join((prefix, device, *rest))
+
+
+def split_topic(prefix: str, topic: str) -> tuple[str, list[str]] | None:
+    """``(device, remaining levels)`` of a topic under ``prefix``, or None for another topic."""
+    head = prefix + "/"
+    if not topic.startswith(head):
+        return None
+    levels = topic[len(head) :].split("/")
+    if len(levels) < 2 or not SAFE_LEVEL.match(levels[0]):
+        return None
+    return levels[0], levels[1:]
+
+
+def parse_globs(text: str | None) -> list[str]:
+    """``--devices``: comma-separated shell patterns (``cam-*,dock-0[1-3]``); empty means all."""
+    if not text:
+        return []
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def matches(device: str, globs: Sequence[str]) -> bool:
+    """Whether ``device`` matches any pattern (case-sensitive); every device when there is none."""
+    return not globs or any(fnmatch.fnmatchcase(device, pattern) for pattern in globs)
+
+
+def select(devices: Iterable[str], globs: Sequence[str]) -> list[str]:
+    """The matching devices, sorted."""
+    return sorted(d for d in devices if matches(d, globs))
+
+
+class RequestIds:
+    """Unique command ids: ``fl{random}-{n}`` (usable as a topic level)."""
+
+    def __init__(self, prefix: str = "fl") -> None:
+        self.base = f"{prefix}{secrets.token_hex(5)}"
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            return f"{self.base}-{next(self._counter)}"
+
+
+def short_sha(sha256: str | None, length: int = 12) -> str:
+    return (sha256 or "")[:length]
+
+
+def parse_canary(spec: str) -> tuple[int, bool]:
+    """``--canary``: ``N`` devices or ``N%`` of them; returns (N, is_percent)."""
+    text = spec.strip()
+    percent = text.endswith("%")
+    number = text[:-1].strip() if percent else text
+    if not number.isdigit():
+        raise FleetError(f"--canary {spec!r}: expected a count (2) or a percentage (10%)")
+    value = int(number)
+    if percent and value > 100:
+        raise FleetError(f"--canary {spec!r}: a percentage must be 0..100")
+    return value, percent
+
+
+def canary_count(spec: str, devices: int) -> int:
+    """How many of ``devices`` are canaries: ``N`` (at most all of them) or ``N%`` rounded up."""
+    value, percent = parse_canary(spec)
+    if percent:
+        value = -(-value * devices // 100)  # ceiling without floats
+    return min(value, devices)

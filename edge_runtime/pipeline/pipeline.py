@@ -1,0 +1,414 @@
+"""A pipeline: trigger -> fuse -> invoke -> postprocess -> emit, in three stages.
+
+The worker thread waits for the trigger and builds the inputs into one of two staging slots; the
+invoke stage loads them and invokes (``invoke`` releases the GIL); the result stage post-processes,
+numbers and emits. The threads and hand-offs are :class:`~.stages.StageEngine`'s; this module is
+the domain: triggers, inputs, models, results.
+
+A pipeline runs one model, an ensemble (several models on the same inputs, their class scores
+combined by weighted mean or vote) or a cascade (a detector's boxes cropped from the frame and
+classified by a second model). Every result carries per-stage timings. The trigger time is the
+capture time of the frame (or sample) that triggered it, never the time the worker got to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy.typing as npt
+
+from edge_runtime.config import CascadeConfig, Config, EveryTrigger, ImageInput, ModelConfig, PipelineConfig
+from edge_runtime.errors import EdgeRuntimeError, PipelineError
+from edge_runtime.fusion import StaleInput
+from edge_runtime.geometry import ImageTransform
+from edge_runtime.pipeline.results import Triggered, classify_crops, combine, document
+from edge_runtime.pipeline.runner import CROP_SOURCE, ModelRunner, load_model
+from edge_runtime.pipeline.stages import StageEngine
+from edge_runtime.postprocess import ClassificationConfig
+from edge_runtime.runtime.model import Model
+from edge_runtime.sources.base import Frame, FrameSource, Source
+from edge_runtime.stats import LatencyWindow, RateMeter
+
+log = logging.getLogger(__name__)
+
+
+class Budget(Protocol):
+    """A shared limit on results: taken before an inference, given back when it yields none."""
+
+    def take(self) -> bool: ...
+
+    def give_back(self) -> None: ...
+
+
+STAGING_SLOTS = 2  # input sets: one built by the worker while the other is loaded for an invoke
+Emit = Callable[[dict[str, Any]], None]
+Observer = Callable[[list[npt.NDArray[Any]], float], None]
+
+
+@dataclass
+class Prepared:
+    """What the worker hands to the invoke stage: inputs built into staging ``slot``."""
+
+    trig: Triggered
+    frames: dict[str, Frame]
+    runners: list[ModelRunner]
+    transforms: list[ImageTransform | None]
+    slot: int
+    pre_ms: float
+    t0: float
+
+
+@dataclass
+class Invoked:
+    """What the invoke stage hands to the result stage: a prepared job's outputs."""
+
+    job: Prepared
+    outputs: list[list[npt.NDArray[Any]]]
+    invoke_ms: float
+
+
+class Pipeline:
+    """One configured pipeline and its worker thread."""
+
+    def __init__(
+        self,
+        pc: PipelineConfig,
+        config: Config,
+        sources: Mapping[str, Source],
+        emit: Emit,
+        *,
+        device: str,
+        seq_start: int = 0,
+        event: Callable[[str, str, dict[str, Any]], None] | None = None,
+        budget: Budget | None = None,
+    ) -> None:
+        where = f"pipeline {pc.name}"
+        self.config = pc
+        self.name = pc.name
+        self.device = device
+        self.emit = emit
+        self.sources = sources
+        self.runners = [
+            ModelRunner(m, config, sources, f"{where}: models[{i}]") for i, m in enumerate(pc.models)
+        ]
+        self.cascade: ModelRunner | None = None
+        if pc.cascade is not None:
+            self._check_cascade(pc.cascade, where)
+            self.cascade = ModelRunner(pc.cascade.classifier, config, sources, f"{where}: cascade.classifier")
+        if pc.ensemble is not None:
+            for r in self.runners:
+                if not isinstance(r.config.postprocess, ClassificationConfig):
+                    raise PipelineError(f"{where}: ensemble members must use classification post-processing")
+        trigger = pc.trigger
+        self.trigger_source = None if isinstance(trigger, EveryTrigger) else sources[trigger.source]
+        self.seq = seq_start
+        self.event = event
+        self.budget = budget
+        self.last_result: dict[str, Any] | None = None
+        self.results = 0
+        self.handed_over = 0  # inferences given to the invoke stage
+        self.triggers = 0
+        self.skipped = 0
+        self.errors = 0
+        self.dropped = 0
+        self.rate_limited = 0
+        self.paused_skips = 0
+        self.last_error = ""
+        self.paused = False
+        self.busy_since: float | None = None
+        self.latency = {k: LatencyWindow() for k in ("pre", "invoke", "post", "total")}
+        self.fps_in = RateMeter()
+        self.fps_out = RateMeter()
+        self.last_trigger_mono: float | None = None  # for the health state (edge_runtime.healthstate)
+        self.last_result_mono: float | None = None
+        self.engine: StageEngine[Prepared, Invoked] = StageEngine(
+            pc.name, self._invoke, self._finish, slots=STAGING_SLOTS
+        )
+        self._errors_lock = threading.Lock()
+        self._last_seq = 0
+        self._next_tick: float | None = None
+        self._infer_lock = threading.Lock()
+        self.monitor: Observer | None = None
+        self.config_root = config
+
+    def _check_cascade(self, cascade: CascadeConfig, where: str) -> None:
+        runner = self.runners[0]
+        if not runner.images or "" not in runner.heads:
+            raise PipelineError(f"{where}: a cascade's detector needs an image input and one detection head")
+        classifier_images = [b for b in cascade.classifier.inputs if isinstance(b, ImageInput)]
+        if len(classifier_images) != 1 or classifier_images[0].source != CROP_SOURCE:
+            raise PipelineError(f"{where}: the cascade classifier needs one image input with source = 'crop'")
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.engine.start(self._loop)
+
+    # -- hooks for updates (edge_runtime.updates.host.UpdatablePipeline) -----------------------------
+
+    def serving(self) -> ModelRunner:
+        """The runner of the first model: the one updates replace."""
+        return self.runners[0]
+
+    def _first_model_as(self, path: Path, version: str) -> ModelConfig:
+        current = self.config.models[0]
+        name = current.name or Path(current.path.removeprefix("bundled:")).stem
+        return current.model_copy(update={"path": str(path), "version": version, "name": name})
+
+    def load_candidate(self, path: Path, version: str) -> Model:
+        """Load ``path`` as the first model is loaded (its delegates, threads and backend)."""
+        return load_model(self._first_model_as(path, version), self.config_root)
+
+    def runner_for(self, path: Path, version: str, model: Model | None = None) -> ModelRunner:
+        """The first model's input bindings and post-processing on another model file."""
+        mc = self._first_model_as(path, version)
+        return ModelRunner(mc, self.config_root, self.sources, f"pipeline {self.name}: update", model=model)
+
+    def swap_model(self, runner: ModelRunner) -> ModelRunner:
+        """Replace the first model between two inferences; returns the one it replaces."""
+        with self._infer_lock:
+            old = self.runners[0]
+            self.runners[0] = runner
+        return old
+
+    def invoke_p95(self) -> float | None:
+        return self.latency["invoke"].percentiles((95,)).get("p95")
+
+    def watch(self, observer: Observer | None) -> None:
+        """Call ``observer`` with the outputs and invoke time of each inference of the first model."""
+        self.monitor = observer
+
+    def request_stop(self) -> None:
+        self.engine.request_stop()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the inference in flight (and the results handed over are emitted)."""
+        self.engine.stop(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.engine.alive
+
+    @property
+    def finished(self) -> bool:
+        return self.engine.finished
+
+    def stuck(self, limit_s: float) -> str:
+        """Why this pipeline makes no progress, or "" (see :meth:`StageEngine.stuck`)."""
+        return self.engine.stuck(limit_s)
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def _wait(self) -> Triggered | None:
+        trigger = self.config.trigger
+        if isinstance(trigger, EveryTrigger):
+            now = time.monotonic()
+            next_t = now if self._next_tick is None else self._next_tick
+            if next_t > now and self.engine.stopping.wait(next_t - now):
+                return None
+            self._next_tick = max(next_t + trigger.every_s, time.monotonic())
+            return Triggered(time.monotonic(), time.time(), "every", self.triggers + 1, None)
+        source = self.trigger_source
+        assert source is not None
+        if isinstance(source, FrameSource):  # a camera: each new frame, with its own capture time
+            frame = source.get(self._last_seq, 0.5)
+            if frame is None:
+                return None
+            if frame.seq > self._last_seq + 1:  # frames this pipeline never saw
+                self.dropped += frame.seq - self._last_seq - 1
+            self._last_seq = frame.seq
+            return Triggered(frame.t_mono, frame.t_wall, source.name, frame.seq, frame)
+        seq = source.wait_for(self._last_seq, 0.5)
+        if seq == self._last_seq or source.last_sample_mono is None:
+            return None
+        self._last_seq = seq
+        t_mono = source.last_sample_mono
+        return Triggered(t_mono, time.time() - (time.monotonic() - t_mono), source.name, seq, None)
+
+    def _loop(self) -> bool:
+        """Trigger, fill, invoke, hand over, until stopped (False) or finished (True)."""
+        trigger = self.config.trigger
+        min_gap = 0.0 if isinstance(trigger, EveryTrigger) else trigger.min_interval_s
+        last_t = float("-inf")
+        while not self.engine.stopping.is_set():
+            self.engine.last_progress = time.monotonic()
+            trig = self._wait()
+            if trig is None:
+                source = self.trigger_source
+                if source is not None and source.finished:
+                    if isinstance(source, FrameSource) and source.seq > self._last_seq:
+                        self.dropped += source.seq - self._last_seq  # released after our last frame
+                        self._last_seq = source.seq
+                    log.info("pipeline %s: source %s finished", self.name, source.name)
+                    return True
+                continue
+            if self.paused:
+                self.paused_skips += 1
+                continue
+            if trig.t_mono - last_t < min_gap:
+                self.rate_limited += 1
+                continue
+            last_t = trig.t_mono
+            if self.budget is not None and not self.budget.take():
+                return True  # the run's --max-results is reached: produce nothing more
+            self.triggers += 1
+            self.fps_in.tick()
+            self.last_trigger_mono = time.monotonic()
+            self.busy_since = time.monotonic()
+            try:
+                self._infer(trig)
+            except StaleInput as exc:
+                self._give_back()
+                self.skipped += 1
+                log.debug("pipeline %s: skipped: %s", self.name, exc)
+            except EdgeRuntimeError as exc:
+                self._failed(exc)
+            finally:
+                self.busy_since = None
+            max_results = self.config.max_results
+            if max_results is not None and self.handed_over >= max_results:
+                return True
+        return False
+
+    def _failed(self, exc: EdgeRuntimeError) -> None:
+        """An inference that gives no result (either stage): counted, reported once per new error."""
+        self._give_back()
+        with self._errors_lock:
+            self.errors += 1
+            new = str(exc) != self.last_error
+            self.last_error = str(exc)
+        if new:
+            log.error("pipeline %s: %s", self.name, exc)
+            if self.event is not None:
+                self.event("pipeline.error", f"pipeline {self.name}: {exc}", {"pipeline": self.name})
+
+    def _give_back(self) -> None:
+        if self.budget is not None:
+            self.budget.give_back()
+
+    def _frames(self, trig: Triggered) -> dict[str, Frame]:
+        frames: dict[str, Frame] = {}
+        if trig.frame is not None:
+            frames[trig.source] = trig.frame
+        for runner in self.runners:
+            for _, _, name in runner.images:
+                source = self.sources[name]
+                if name not in frames and isinstance(source, FrameSource):
+                    frame = source.latest()
+                    if frame is not None:
+                        frames[name] = frame
+        return frames
+
+    def _infer(self, trig: Triggered) -> None:
+        """On the worker: build the inputs into a free staging slot while the invoke stage runs
+        the previous inference; hand them over."""
+        t0 = time.perf_counter()
+        frames = self._frames(trig)
+        runners = list(self.runners)
+        slot = self.engine.take_slot()
+        try:
+            transforms = [r.fill(frames, trig.t_mono, slot) for r in runners]
+        except BaseException:
+            self.engine.release_slot(slot)
+            raise
+        pre_ms = (time.perf_counter() - t0) * 1000
+        self.engine.submit(Prepared(trig, frames, runners, transforms, slot, pre_ms, t0))
+        self.handed_over += 1
+
+    def _invoke(self, job: Prepared) -> Invoked | None:
+        """On the invoke stage: load the staged inputs, invoke, hand over to the result stage.
+        Inputs built just before a model swap run on the models they were built for (the
+        replaced one stays loaded); from the next trigger on, the new model serves."""
+        runners = job.runners
+        try:
+            with self._infer_lock:
+                try:
+                    for runner in runners:
+                        runner.load(job.slot)
+                finally:
+                    self.engine.release_slot(job.slot)
+                current = runners[0] is self.runners[0]
+                t1 = time.perf_counter()
+                outputs = [r.invoke() for r in runners]  # copies: the next invoke does not touch them
+                invoke_ms = (time.perf_counter() - t1) * 1000
+        except EdgeRuntimeError as exc:
+            self._failed(exc)
+            return None
+        monitor = self.monitor
+        if monitor is not None and current:
+            monitor(outputs[0], invoke_ms)
+        return Invoked(job, outputs, invoke_ms)
+
+    def _finish(self, done: Invoked) -> None:
+        """On the result stage: post-process, number and emit one result, in trigger order."""
+        t2 = time.perf_counter()
+        job = done.job
+        try:
+            if self.config.ensemble is not None:
+                result = combine(self.config.ensemble, job.runners, done.outputs)
+            else:
+                result = job.runners[0].post(done.outputs[0], job.transforms[0])
+            cascade_invoke_ms = 0.0
+            if self.cascade is not None and self.config.cascade is not None:
+                frame = job.frames.get(job.runners[0].images[0][2])
+                cascade_invoke_ms = classify_crops(self.config.cascade, self.cascade, result, frame)
+        except EdgeRuntimeError as exc:
+            self._failed(exc)
+            return
+        t4 = time.perf_counter()
+        latency = {
+            "pre": job.pre_ms,
+            "invoke": done.invoke_ms + cascade_invoke_ms,
+            "post": (t4 - t2) * 1000 - cascade_invoke_ms,
+            "total": (t4 - job.t0) * 1000,
+        }
+        for key, value in latency.items():
+            self.latency[key].add(value)
+        self.seq += 1
+        self.results += 1
+        self.fps_out.tick()
+        self.last_result_mono = time.monotonic()
+        self.last_result = result
+        self.emit(
+            document(
+                device=self.device,
+                pipeline=self.name,
+                seq=self.seq,
+                trig=job.trig,
+                model=job.runners[0].info,
+                latency=latency,
+                result=result,
+            )
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "results": self.results,
+            "triggers": self.triggers,
+            "skipped_stale": self.skipped,
+            "dropped_frames": self.dropped,
+            "rate_limited": self.rate_limited,
+            "paused_skips": self.paused_skips,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "fps_in": self.fps_in.rate(),
+            "fps_out": self.fps_out.rate(),
+            "last_trigger_age_s": _age(self.last_trigger_mono),
+            "last_result_age_s": _age(self.last_result_mono),
+            "finished": self.finished,
+            "paused": self.paused,
+            "latency_ms": {k: v.percentiles() for k, v in self.latency.items()},
+            "models": [
+                {**r.info, "delegate": r.model.delegate, "placement": r.model.placement} for r in self.runners
+            ],
+        }
+
+
+def _age(t_mono: float | None) -> float | None:
+    return None if t_mono is None else round(time.monotonic() - t_mono, 3)

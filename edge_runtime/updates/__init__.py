@@ -1,0 +1,1 @@
+"""Over-the-air model updates on the device; :mod:`.protocol` describes the package."""

@@ -1,0 +1,154 @@
+"""The model-update protocol: its steps, its request, its error family.
+
+``model.update`` walks a candidate model through these steps (:data:`STEPS`, in the order a device
+reports them); each one either passes or raises an :class:`UpdateError` whose ``step`` names it,
+so the event and the command reply say exactly which check refused the model:
+
+``request``    the command itself is malformed (:meth:`UpdateRequest.from_payload`)
+``download``   the transfer failed: HTTP error, timeout, refused connection, truncated body
+``size``       more bytes than the size limit or than the announced size
+``sha256``     the file is not the one announced
+``signature``  the signature is missing, malformed or matches no configured key (:mod:`.signing`)
+``load``       no delegate of the pipeline's chain loads it, or it crashes a runtime (:mod:`.checks`)
+``check``      its inputs or outputs differ from the model it replaces (:func:`.checks.check_compatible`)
+``smoke``      it fails or yields NaN on a real input (:func:`.checks.smoke_invoke`)
+``probation``  it misbehaved after the swap (:mod:`.probation`)
+``store``      the on-device store refused an operation (:mod:`.store`)
+
+The package: this module (names, steps, errors, the request), :mod:`.checks` (sha256, isolated
+load, compatibility, smoke), :mod:`.signing`, :mod:`.transfer` (download, chunked transfers),
+:mod:`.store` (the on-device store), :mod:`.probation` and :mod:`.updater` (the device side of the
+commands, against a small host interface). The fleet tool imports this module for the step names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.names import NAME_RE, SHA256_RE, TRANSFER_ID_RE
+
+STEPS = (
+    "accepted",
+    "download",
+    "sha256",
+    "signature",
+    "load",
+    "check",
+    "smoke",
+    "swap",
+    "probation",
+    "commit",
+)
+"""The steps of a ``model.update``, in the order a device reports them in its replies."""
+
+
+class UpdateError(EdgeRuntimeError, ValueError):
+    """A model update was refused; ``step`` names the step that refused it."""
+
+    step = "update"
+
+    def __init__(self, message: str, *, step: str | None = None) -> None:
+        super().__init__(message)
+        if step is not None:
+            self.step = step
+
+
+class RequestError(UpdateError):
+    step = "request"
+
+
+class DownloadError(UpdateError):
+    step = "download"
+
+
+class SizeLimitError(UpdateError):
+    step = "size"
+
+
+class ChecksumError(UpdateError):
+    step = "sha256"
+
+
+class SignatureError(UpdateError):
+    step = "signature"
+
+
+class CandidateLoadError(UpdateError):
+    step = "load"
+
+
+class IncompatibleModelError(UpdateError):
+    step = "check"
+
+
+class SmokeTestError(UpdateError):
+    step = "smoke"
+
+
+class ProbationError(UpdateError):
+    step = "probation"
+
+
+class StoreError(UpdateError):
+    step = "store"
+
+
+# --- the request --------------------------------------------------------------------------------
+
+
+def _text(payload: Mapping[str, Any], key: str, *, required: bool = True, limit: int = 256) -> str | None:
+    value = payload.get(key)
+    if value is None or value == "":
+        if required:
+            raise RequestError(f"model.update: {key!r} is required")
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"model.update: {key!r} must be a string, got {type(value).__name__}")
+    if len(value) > limit or any(c in value for c in "\r\n\x00"):
+        raise RequestError(f"model.update: {key!r} must be one line of at most {limit} characters")
+    return value
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    """A validated ``model.update`` command: a ``url`` or a chunked ``transfer`` id, never both."""
+
+    id: str
+    pipeline: str
+    sha256: str
+    size: int
+    version: str
+    url: str | None = None
+    transfer: str | None = None
+    signature: str | None = None
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> UpdateRequest:
+        pipeline = _text(payload, "pipeline") or ""
+        if not NAME_RE.match(pipeline):
+            raise RequestError(f"model.update: pipeline {pipeline!r} is not a valid pipeline name")
+        sha = (_text(payload, "sha256") or "").lower()
+        if not SHA256_RE.match(sha):
+            raise RequestError(f"model.update: sha256 {sha!r} is not 64 hexadecimal digits")
+        size = payload.get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise RequestError(f"model.update: size must be a positive integer, got {size!r}")
+        url = _text(payload, "url", required=False, limit=4096)
+        transfer = _text(payload, "transfer", required=False)
+        if (url is None) == (transfer is None):
+            raise RequestError("model.update: give exactly one of 'url' or 'transfer'")
+        if transfer is not None and not TRANSFER_ID_RE.match(transfer):
+            raise RequestError(f"model.update: transfer id {transfer!r} must be 1-64 of [A-Za-z0-9_-]")
+        return cls(
+            id=_text(payload, "id") or "",
+            pipeline=pipeline,
+            sha256=sha,
+            size=size,
+            version=_text(payload, "version", limit=64) or "",
+            url=url,
+            transfer=transfer,
+            signature=_text(payload, "signature", required=False, limit=1024),
+        )
