@@ -38,7 +38,6 @@ report), so Prometheus scrapes (``mark=False``) do not move that window.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -47,7 +46,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.healthstate import DeviceHealth, HealthLimits, assess, counters
+from edge_runtime import healthstate
+from edge_runtime.healthstate import MAX_HEALTH_BYTES, HealthLimits
 
 __all__ = [
     "CpuMeter",
@@ -160,16 +160,12 @@ def disk_free_bytes(path: str | os.PathLike[str]) -> int | None:
 
 def memory_bytes(proc: str = "/proc") -> tuple[int | None, int | None]:
     """(MemAvailable, MemTotal) of the machine in bytes from ``{proc}/meminfo``."""
-    found: dict[str, int] = {}
     try:
-        with open(Path(proc) / "meminfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                key, _, rest = line.partition(":")
-                if key in ("MemAvailable", "MemTotal"):
-                    found[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
+        text = (Path(proc) / "meminfo").read_text(encoding="ascii", errors="replace")
+        fields = {k: v.split()[0] for k, _, v in (line.partition(":") for line in text.splitlines()) if v}
+        return int(fields["MemAvailable"]) * 1024, int(fields["MemTotal"]) * 1024
+    except (OSError, ValueError, KeyError, IndexError):
         return None, None
-    return found.get("MemAvailable"), found.get("MemTotal")
 
 
 def open_fds(proc: str = "/proc") -> int | None:
@@ -267,29 +263,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-MAX_HEALTH_BYTES = 64 * 1024
-"""Default bound of one serialised health document."""
-_KEEP_ITEMS = 16
-
-
-def _bound_size(doc: Stats, max_bytes: int) -> bool:
-    """Cut the per-source lists and tallies (channel names, parse-error reasons) of a document
-    over ``max_bytes``; returns whether anything was cut."""
-    if len(json.dumps(doc, default=str)) <= max_bytes:
-        return False
-    for s in (doc.get("sources") or {}).values():
-        channels = s.get("channels")
-        if isinstance(channels, list) and len(channels) > _KEEP_ITEMS:
-            s["channels"] = channels[:_KEEP_ITEMS]
-            s["channels_count"] = len(channels)
-        errors = s.get("parse_errors")
-        if isinstance(errors, dict) and len(errors) > _KEEP_ITEMS:
-            top = sorted(errors.items(), key=lambda kv: -int(kv[1]))[:_KEEP_ITEMS]
-            s["parse_errors"] = dict(top)
-    doc["truncated"] = True
-    return True
-
-
 class HealthReporter:
     """Builds the health document from live statistics; see the module docstring for its shape."""
 
@@ -330,8 +303,6 @@ class HealthReporter:
         self.max_bytes = max_bytes
         self.truncations = 0
         """Documents cut to ``max_bytes`` (the health document's refusal counter)."""
-        self.last: DeviceHealth | None = None
-        """The device health of the last report."""
         self._marked: dict[str, int] | None = None
 
     def system(self, advance: bool = True) -> Stats:
@@ -383,16 +354,15 @@ class HealthReporter:
                 raise ValueError(f"health extra keys clash with built-in keys: {', '.join(clash)}")
             doc.update(extra)
         with self._lock:
-            health = assess(doc, self._marked, self.limits)
+            health = healthstate.assess(doc, self._marked, self.limits)
             if mark:
-                self._marked = counters(doc)
-            self.last = health
+                self._marked = healthstate.counters(doc)
         doc["state"], doc["problems"], doc["components"] = (
             health.state,
             list(health.reasons),
             health.as_dict(),
         )
-        if _bound_size(doc, self.max_bytes):
+        if healthstate.bound_document(doc, self.max_bytes):
             self.truncations += 1
         doc["truncations"] = self.truncations
         return doc

@@ -15,6 +15,7 @@ pipeline that gave no result within the start grace. See ``docs/health.md``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,11 +23,13 @@ from typing import Any, Literal
 __all__ = [
     "DEGRADED",
     "FAILING",
+    "MAX_HEALTH_BYTES",
     "OK",
     "Component",
     "DeviceHealth",
     "HealthLimits",
     "assess",
+    "bound_document",
     "counters",
     "worst",
 ]
@@ -276,3 +279,26 @@ def assess(
     ranked = sorted(components, key=lambda c: -_RANK[c.state])  # failing reasons first
     listed = tuple(r for c in ranked for r in c.reasons)
     return DeviceHealth(state, listed, tuple(components))
+
+
+MAX_HEALTH_BYTES = 64 * 1024
+"""Default bound of one serialised health document."""
+_KEEP_ITEMS = 16
+
+
+def bound_document(doc: dict[str, Any], max_bytes: int) -> bool:
+    """Cut the per-source lists and tallies (channel names, parse-error reasons) of a document
+    over ``max_bytes``; returns whether anything was cut."""
+    if len(json.dumps(doc, default=str)) <= max_bytes:
+        return False
+    for s in (doc.get("sources") or {}).values():
+        channels = s.get("channels")
+        if isinstance(channels, list) and len(channels) > _KEEP_ITEMS:
+            s["channels"] = channels[:_KEEP_ITEMS]
+            s["channels_count"] = len(channels)
+        errors = s.get("parse_errors")
+        if isinstance(errors, dict) and len(errors) > _KEEP_ITEMS:
+            top = sorted(errors.items(), key=lambda kv: -int(kv[1]))[:_KEEP_ITEMS]
+            s["parse_errors"] = dict(top)
+    doc["truncated"] = True
+    return True

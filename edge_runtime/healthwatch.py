@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_runtime.healthstate import OK, DeviceHealth
+from edge_runtime.healthstate import OK, DeviceHealth, HealthLimits
+
+if TYPE_CHECKING:
+    from edge_runtime.config.schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +109,52 @@ class PauseDetector:
 
     def settling(self) -> bool:
         return self.clock() < self._settle_until
+
+
+class DaemonHealth:
+    """What the daemon adds to its health: the model store's problems and the last reload's outcome
+    (for :func:`~edge_runtime.healthstate.assess`), their events, the state-change events, the
+    READY=1 gate and the pause detector. The service holds one and calls it from a few hooks."""
+
+    def __init__(self, event: EventSink, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        h = config.health
+        self.event = event
+        self.grace_s = h.start_grace_s
+        self.limits = HealthLimits(
+            start_grace_s=h.start_grace_s,
+            stale_s=h.stale_s,
+            parse_error_share=h.parse_error_share,
+            disk_reserve_bytes=config.outbox.reserve_bytes,
+            min_memory_available=h.min_memory_available,
+        )
+        self.changes = StateChanges(event)
+        self.pause = PauseDetector(0.1, clock)
+        self.reload: dict[str, Any] | None = None
+        self.store_problems: Callable[[], dict[str, str]] = dict
+        self.ready_note = ""
+        """Why READY=1 was sent ("" before)."""
+
+    def extra(self) -> dict[str, Any]:
+        """The health document's ``model_store`` and ``reload`` sections."""
+        return {"model_store": {"problems": self.store_problems()}, "reload": self.reload}
+
+    def store_problem(self, pipeline: str, text: str) -> None:
+        self.event("model.store_broken", f"model store {pipeline}: {text}", {"pipeline": pipeline})
+
+    def reloaded(self, error: Exception | None) -> None:
+        """Record a reload's outcome; a failure (whatever its stage) is a ``config.reload_failed`` event."""
+        if error is None:
+            self.reload = {"ok": True, "error": "", "ts": round(time.time(), 3)}
+            return
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self.reload = {"ok": False, "error": first, "ts": round(time.time(), 3)}
+        self.event("config.reload_failed", f"reload failed: {error}", {"error": first})
+
+    def ready(self, pipelines: Mapping[str, Mapping[str, Any]], elapsed_s: float) -> str:
+        """The reason to send READY=1 now, once ("" before it is time, and after it was sent)."""
+        if self.ready_note:
+            return ""
+        self.ready_note = ready_to_announce(pipelines, elapsed_s, self.grace_s)
+        if self.ready_note:
+            log.info("ready: %s", self.ready_note)
+        return self.ready_note

@@ -51,6 +51,7 @@ class RateMeter:
         self._times: deque[float] = deque()
         self._lock = threading.Lock()
         self._start = clock()
+        self._last: float | None = None
 
     def reset(self) -> None:
         """Forget every event; the window starts again now."""
@@ -62,7 +63,13 @@ class RateMeter:
         now = self.clock()
         with self._lock:
             self._times.append(now)
+            self._last = now
             self._trim(now)
+
+    def last_age(self) -> float | None:
+        """Seconds since the last event (None: no event yet), however long ago it was."""
+        last = self._last
+        return None if last is None else round(self.clock() - last, 3)
 
     def _trim(self, now: float) -> None:
         while self._times and self._times[0] <= now - self.window_s:

@@ -17,7 +17,8 @@ from devkit.broker import Mosquitto
 from devkit.daemon import Daemon, digits_config
 from devkit.mqtt_client import Subscriber
 from devkit.processes import socat_pair
-from edge_runtime.health import HealthReporter, _bound_size
+from edge_runtime.health import HealthReporter
+from edge_runtime.healthstate import bound_document
 from edge_runtime.sources.buffer import SensorBuffers
 from edge_runtime.sources.parsers import MAX_REASONS, ErrorTally
 from edge_runtime.sources.serial import SerialConfig, SerialSource
@@ -81,7 +82,7 @@ def test_health_document_is_cut_to_its_bound(tmp_path: Path) -> None:
     imu = doc["sources"]["imu"]
     assert len(imu["channels"]) == 16 and imu["channels_count"] == 5000 and len(imu["parse_errors"]) == 16
     small: dict[str, Any] = {"sources": {"imu": {"channels": ["a"]}}}
-    assert _bound_size(small, 8192) is False and "truncated" not in small
+    assert bound_document(small, 8192) is False and "truncated" not in small
 
 
 def test_a_40000_key_flood_on_a_real_serial_line_keeps_memory_flat(tmp_path: Path, broker: Mosquitto) -> None:

@@ -22,7 +22,8 @@ from devkit.broker import Mosquitto
 from devkit.daemon import Daemon, digits_config, stats_line
 from devkit.mqtt_client import Subscriber
 from devkit.processes import wait_until
-from edge_runtime.reporting.outbox import Outbox, OutboxError, default_wal_bytes, payload_bound
+from edge_runtime.reporting.diskbudget import default_wal_bytes, payload_bound
+from edge_runtime.reporting.outbox import Outbox, OutboxError
 from edge_runtime.reporting.seqstate import SeqReservations, salvage
 
 pytestmark = pytest.mark.fault

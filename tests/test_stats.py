@@ -79,6 +79,15 @@ def test_reset_starts_a_new_window() -> None:
     assert meter.rate() == 2.0  # 2 events in the 1 s since the reset
 
 
+def test_last_age_counts_from_the_last_event() -> None:
+    clock = Clock()
+    meter = RateMeter(10.0, clock)
+    assert meter.last_age() is None
+    _play(meter, clock, [1.0, 2.5])
+    clock.t = 60.0  # long after the window emptied
+    assert meter.last_age() == 57.5 and meter.rate() == 0.0
+
+
 def test_window_must_be_positive() -> None:
     with pytest.raises(ValueError, match="window_s must be positive"):
         RateMeter(0.0)

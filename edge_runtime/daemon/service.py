@@ -23,8 +23,7 @@ from edge_runtime.config import Config, load_config
 from edge_runtime.daemon.commands import DaemonCommands
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
-from edge_runtime.healthstate import HealthLimits
-from edge_runtime.healthwatch import PauseDetector, StateChanges, ready_to_announce
+from edge_runtime.healthwatch import DaemonHealth
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.reporting.reporter import Reporter
@@ -115,10 +114,7 @@ class Service:
         self._reload_requested = threading.Event()
         self.exit_code = 0
         self._unhealthy = ""
-        self.reload_outcome: dict[str, Any] | None = None  # the last reload's, for the health state
-        self.ready_note = ""  # why READY=1 was sent ("" before)
-        self._pause = PauseDetector(0.1)
-        self._changes: StateChanges | None = None
+        self.watch: DaemonHealth | None = None  # state-change events, READY gate, pauses, reloads
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -128,7 +124,11 @@ class Service:
         SUPERVISOR.forget()
         SUPERVISOR.on_crash = self._thread_crashed
         self.updater = Updater(self)
-        self.updater.store.on_problem = self._store_problem
+        self.watch = watch = DaemonHealth(self.reporter.event, self.config)
+        self.updater.store.on_problem, watch.store_problems = (
+            watch.store_problem,
+            self.updater.store.problems.copy,
+        )
         DaemonCommands(self, self.updater).register(self.reporter.dispatcher)
         self.config = store_config(self.config, self.updater.store, startup=True)
         self.sources, self.pipelines = self._build_runtime(self.config)
@@ -140,33 +140,10 @@ class Service:
             sources=lambda: {name: s.stats() for name, s in self.sources.items()},
             outbox=self.reporter.outbox_stats,
             mqtt=self.reporter.stats,
-            extra=self._health_extra,
-            limits=self._health_limits(self.config),
+            extra=watch.extra,
+            limits=watch.limits,
             max_bytes=self.config.health.max_bytes,
         )
-        self._changes = StateChanges(self.reporter.event)
-
-    @staticmethod
-    def _health_limits(config: Config) -> HealthLimits:
-        h = config.health
-        return HealthLimits(
-            start_grace_s=h.start_grace_s,
-            stale_s=h.stale_s,
-            parse_error_share=h.parse_error_share,
-            disk_reserve_bytes=config.outbox.reserve_bytes,
-            min_memory_available=h.min_memory_available,
-        )
-
-    def _health_extra(self) -> dict[str, Any]:
-        store = getattr(self.updater, "store", None)
-        problems = dict(getattr(store, "problems", {}))
-        return {"model_store": {"problems": problems}, "reload": self.reload_outcome}
-
-    def _store_problem(self, pipeline: str, text: str) -> None:
-        if self.reporter is not None:
-            self.reporter.event(
-                "model.store_broken", f"model store {pipeline}: {text}", {"pipeline": pipeline}
-            )
 
     def _build_runtime(self, config: Config) -> tuple[dict[str, Source], list[Pipeline]]:
         if any(p.startswith("demo:") for p in config.paths()):
@@ -284,7 +261,7 @@ class Service:
         return self.health.summary(self.health.report(mark=False))
 
     def _watchdog_tick(self) -> None:
-        problems = [] if self._pause.settling() else self.problems()
+        problems = [] if self.watch is not None and self.watch.pause.settling() else self.problems()
         if problems:
             if problems[0] != self._unhealthy:
                 log.error("watchdog: not pinging systemd: %s", "; ".join(problems))
@@ -347,8 +324,8 @@ class Service:
         report = self.health.report()
         report["reloads"] = self.reloads
         report["threads"] = {"crashes": SUPERVISOR.total_crashes(), "crashed": SUPERVISOR.stats()}
-        if self._changes is not None:
-            self._changes.update_doc(report)
+        if self.watch is not None:
+            self.watch.changes.update_doc(report)
         self.reporter.publish_health(report)
         return report
 
@@ -383,9 +360,7 @@ class Service:
         try:
             while not self.stop_event.wait(0.1):
                 now = time.monotonic()
-                self._pause.tick(settle_s=max((self.watchdog_s or 30.0) / 2, 1.0))
-                if not self.ready_note:
-                    self._announce_ready()
+                self._announce_ready()
                 if self._reload_requested.is_set():
                     self._reload_requested.clear()
                     self._do_reload()
@@ -405,15 +380,13 @@ class Service:
         return self.exit_code
 
     def _announce_ready(self) -> None:
-        """READY=1 once every pipeline produced a result or the start grace passed."""
+        """Each main-loop turn: pause detection, and READY=1 once every pipeline produced a result
+        or the start grace passed."""
+        assert self.watch is not None
+        self.watch.pause.tick(settle_s=max((self.watchdog_s or 30.0) / 2, 1.0))
         with self._swap_lock:
             stats = {p.name: {"results": p.results, "finished": p.finished} for p in self.pipelines}
-        note = ready_to_announce(
-            stats, time.monotonic() - self.started_mono, self.config.health.start_grace_s
-        )
-        if note:
-            self.ready_note = note
-            log.info("ready: %s", note)
+        if self.watch.ready(stats, time.monotonic() - self.started_mono):
             self.notifier.ready(self._status_line())
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -449,12 +422,11 @@ class Service:
         try:
             summary = self._reload()
         except EdgeRuntimeError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            self.reload_outcome = {"ok": False, "error": first, "ts": round(time.time(), 3)}
-            if self.reporter is not None:
-                self.reporter.event("config.reload_failed", f"reload failed: {exc}", {"error": first})
+            if self.watch is not None:
+                self.watch.reloaded(exc)
             raise
-        self.reload_outcome = {"ok": True, "error": "", "ts": round(time.time(), 3)}
+        if self.watch is not None:
+            self.watch.reloaded(None)
         return summary
 
     def _reload(self) -> str:

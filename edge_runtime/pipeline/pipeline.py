@@ -125,8 +125,6 @@ class Pipeline:
         self.latency = {k: LatencyWindow() for k in ("pre", "invoke", "post", "total")}
         self.fps_in = RateMeter()
         self.fps_out = RateMeter()
-        self.last_trigger_mono: float | None = None  # for the health state (edge_runtime.healthstate)
-        self.last_result_mono: float | None = None
         self.engine: StageEngine[Prepared, Invoked] = StageEngine(
             pc.name, self._invoke, self._finish, slots=STAGING_SLOTS
         )
@@ -259,7 +257,6 @@ class Pipeline:
                 return True  # the run's --max-results is reached: produce nothing more
             self.triggers += 1
             self.fps_in.tick()
-            self.last_trigger_mono = time.monotonic()
             self.busy_since = time.monotonic()
             try:
                 self._infer(trig)
@@ -373,7 +370,6 @@ class Pipeline:
         self.seq += 1
         self.results += 1
         self.fps_out.tick()
-        self.last_result_mono = time.monotonic()
         self.last_result = result
         self.emit(
             document(
@@ -399,8 +395,8 @@ class Pipeline:
             "last_error": self.last_error,
             "fps_in": self.fps_in.rate(),
             "fps_out": self.fps_out.rate(),
-            "last_trigger_age_s": _age(self.last_trigger_mono),
-            "last_result_age_s": _age(self.last_result_mono),
+            "last_trigger_age_s": self.fps_in.last_age(),
+            "last_result_age_s": self.fps_out.last_age(),
             "finished": self.finished,
             "paused": self.paused,
             "latency_ms": {k: v.percentiles() for k, v in self.latency.items()},
@@ -408,7 +404,3 @@ class Pipeline:
                 {**r.info, "delegate": r.model.delegate, "placement": r.model.placement} for r in self.runners
             ],
         }
-
-
-def _age(t_mono: float | None) -> float | None:
-    return None if t_mono is None else round(time.monotonic() - t_mono, 3)

@@ -7,12 +7,9 @@ before a checkpoint, never the database. Each pipeline's last ``seq`` is upserte
 transaction as its message, so a restart neither repeats nor skips a sequence number.
 
 The outbox is bounded (message count and payload bytes): when full, the oldest messages are dropped
-and counted in a persisted ``dropped`` counter. The write-ahead log is bounded too: a checkpoint
-every ``wal_bytes`` (default 1/8 of ``max_bytes``, at most 256 KiB) and the log truncated back to it
-(``journal_size_limit``); measured on a 2 MB tmpfs, the old 1000-page interval let the log alone
-fill the disk (see ``docs/health.md``). Below ``reserve_bytes`` of free disk nothing new is stored
-(:class:`OutboxError` with ``ENOSPC``), so the daemon can still write its own small state files;
-storing works again by itself when space returns. One connection serves every thread behind a lock;
+and counted in a persisted ``dropped`` counter. The write-ahead log is bounded by ``wal_bytes``,
+and below ``reserve_bytes`` of free disk nothing new is stored (:class:`OutboxError`, ``ENOSPC``)
+until space returns: see :mod:`.diskbudget`. One connection serves every thread behind a lock;
 a ``<name>.lock`` file (flock) keeps a second process or instance off the same database.
 """
 
@@ -32,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.reporting.diskbudget import default_wal_bytes, files_bytes, reserve_error
 
 log = logging.getLogger(__name__)
 
@@ -288,23 +286,14 @@ class Outbox:
         return ids
 
     def _check_reserve(self) -> None:
-        if self.reserve_bytes <= 0:
-            return
-        try:
-            st = os.statvfs(self.path.parent)
-        except OSError:
-            return
-        # pages freed inside the database (acknowledged messages) are reused before the file grows
-        free = st.f_bavail * st.f_frsize + self._reusable()
-        if free < self.reserve_bytes:
+        low = (
+            reserve_error(self.path.parent, self.reserve_bytes, self._reusable())
+            if self.reserve_bytes
+            else None
+        )
+        if low is not None:
             self.refused_reserve += 1
-            raise OutboxError(
-                errno.ENOSPC,
-                f"outbox put refused, disk full: {free} bytes free (with the outbox's free pages), "
-                f"below the reserve of "
-                f"{self.reserve_bytes}",
-                str(self.path),
-            )
+            raise OutboxError(low.errno, low.strerror, str(self.path))
 
     def _reusable(self) -> int:
         try:
@@ -320,11 +309,7 @@ class Outbox:
 
     def disk_bytes(self) -> int:
         """Bytes the outbox takes on disk: the database, its write-ahead log and shared memory file."""
-        total = 0
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            with contextlib.suppress(OSError):
-                total += os.stat(f"{self.path}{suffix}").st_size
-        return total
+        return files_bytes(self.path)
 
     def peek(self, limit: int = 100, after_id: int = 0) -> list[OutboxMessage]:
         """Up to ``limit`` messages with ``id > after_id``, oldest first."""
@@ -433,25 +418,6 @@ def _move_aside(path: Path) -> Path:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(f"{path}-shm")
     return target
-
-
-def default_wal_bytes(max_bytes: int) -> int:
-    """The write-ahead log bound for an outbox of ``max_bytes``: 1/8 of it, 64 KiB to 256 KiB."""
-    return max(64 * 1024, min(256 * 1024, max_bytes // 8))
-
-
-SHM_BYTES = 32 * 1024
-"""Size of SQLite's shared-memory file next to a WAL database."""
-PAYLOAD_SHARE = 0.6
-"""Share of the on-disk bound given to payloads: rows also hold their topic and a header, and
-b-tree pages are not full (measured: 1.25x to 1.5x the payload bytes for results and events)."""
-
-
-def payload_bound(disk_bytes: int) -> int:
-    """The payload bytes an outbox may hold so that database, log and shared memory together stay
-    within ``disk_bytes`` (``[outbox] max_bytes``)."""
-    room = disk_bytes - default_wal_bytes(disk_bytes) - SHM_BYTES
-    return max(4096, int(room * PAYLOAD_SHARE))
 
 
 def open_outbox(

@@ -15,7 +15,8 @@ from typing import Any
 
 from edge_runtime.config import Config
 from edge_runtime.reporting.commands import CommandDispatcher
-from edge_runtime.reporting.outbox import Outbox, OutboxError, open_outbox, payload_bound
+from edge_runtime.reporting.diskbudget import payload_bound
+from edge_runtime.reporting.outbox import Outbox, OutboxError, open_outbox
 from edge_runtime.reporting.seqstate import SeqReservations, salvage
 from edge_runtime.reporting.topics import Topics, dumps, event_payload, status_payload
 
