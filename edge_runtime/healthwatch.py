@@ -90,12 +90,14 @@ class PauseDetector:
         self._last = clock()
         self._settle_until = float("-inf")
 
-    def tick(self, settle_s: float) -> float:
-        """Call once per loop turn; returns the gap seen when it was a pause, else 0."""
+    def tick(self, settle_s: float, min_gap_s: float = 0.0) -> float:
+        """Call once per loop turn; returns the gap seen when it was a pause, else 0. A gap counts
+        from ``min_gap_s`` (at least 1 s and five periods): the watchdog passes half its stuck
+        limit, so that a loaded machine's scheduling delays do not hide a real wedge."""
         now = self.clock()
         gap = now - self._last
         self._last = now
-        if gap > max(1.0, 5 * self.period_s):
+        if gap > max(1.0, 5 * self.period_s, min_gap_s):
             self.pauses += 1
             self.last_pause_s = gap
             self._settle_until = now + settle_s

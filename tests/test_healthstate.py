@@ -199,6 +199,9 @@ def test_pause_detector_sees_a_stopped_process() -> None:
     assert detector.settling() and detector.pauses == 1
     now[0] += 5.1
     assert not detector.settling()
+    detector = PauseDetector(0.1, clock=lambda: now[0])
+    now[0] += 3.0  # a 3 s scheduling delay on a loaded board, with a 15 s stuck limit: no pause
+    assert detector.tick(settle_s=15.0, min_gap_s=7.5) == 0.0 and not detector.settling()
 
 
 def test_limits_are_frozen() -> None:

@@ -383,7 +383,8 @@ class Service:
         """Each main-loop turn: pause detection, and READY=1 once every pipeline produced a result
         or the start grace passed."""
         assert self.watch is not None
-        self.watch.pause.tick(settle_s=max((self.watchdog_s or 30.0) / 2, 1.0))
+        limit = max((self.watchdog_s or 30.0) / 2, 1.0)  # the stuck limit of problems()
+        self.watch.pause.tick(settle_s=limit, min_gap_s=limit / 2)
         with self._swap_lock:
             stats = {p.name: {"results": p.results, "finished": p.finished} for p in self.pipelines}
         if self.watch.ready(stats, time.monotonic() - self.started_mono):
