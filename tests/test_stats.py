@@ -100,3 +100,22 @@ def test_latency_window_keeps_the_last_values() -> None:
         window.add(ms)
     assert window.count == 5
     assert window.percentiles((0, 50, 100)) == {"p0": 1.0, "p50": 2.5, "p100": 4.0}
+
+
+def test_camera_fps_is_exact_and_decays_when_frames_stop() -> None:
+    """The camera's own fps (health ``sources.*.fps``) follows the same rule as RateMeter."""
+    import numpy as np
+
+    from edge_runtime.sources.camera import FPS_WINDOW_S, CameraConfig, CameraSource
+
+    clock = Clock()
+    camera = CameraSource("cam", CameraConfig(uri="http://127.0.0.1:9/cam.mjpg"), clock=clock)
+    image = np.zeros((4, 4, 3), np.uint8)
+    for i in range(1, 15 * 20 + 1):  # 15 fps for 20 s
+        clock.t = i / 15
+        camera._emit(image, clock.t)
+    assert camera.measured_fps() == pytest.approx(15.0)
+    clock.t = 20.0 + FPS_WINDOW_S / 2  # the stream died: half the window is empty
+    assert camera.measured_fps() == pytest.approx(7.5, abs=0.2)
+    clock.t = 20.0 + FPS_WINDOW_S + 0.01
+    assert camera.measured_fps() == 0.0  # before: 15.0 until a new frame came
