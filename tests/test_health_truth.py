@@ -231,6 +231,7 @@ def test_ok_gauges_are_0_while_results_are_not_stored(tmp_path: Path) -> None:
         lines = _scrape(server.port)
         assert "edge_runtime_health_ok 1.0" in lines and "edge_runtime_outbox_ok 1.0" in lines
         outbox.update(store_errors=120, last_store_error="disk full")
+        server.refresh()  # what the health timer does every metrics.refresh_s
         lines = _scrape(server.port)
         for line in (
             "edge_runtime_health_ok 0.0",
@@ -242,6 +243,7 @@ def test_ok_gauges_are_0_while_results_are_not_stored(tmp_path: Path) -> None:
         ):
             assert line in lines, line
         reporter.report()  # a window with no new store error
+        server.refresh()
         assert "edge_runtime_health_ok 1.0" in _scrape(server.port)
     finally:
         server.stop()

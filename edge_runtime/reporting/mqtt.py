@@ -87,9 +87,6 @@ class MqttLink:
         # paho keeps unacknowledged QoS 1 messages in memory: bounded, so a flood of commands
         # whose replies the broker is slow to take cannot grow it (the outbox holds the rest)
         self.client.max_queued_messages_set(cfg.max_inflight + MAX_QUEUED_DIRECT)
-        self.client.will_set(
-            topics.status, status_payload("offline", version, pipelines, reason="lost"), qos=1, retain=True
-        )
         if cfg.username:
             password = read_password(password_file) if password_file is not None else None
             self.client.username_pw_set(cfg.username, password)
@@ -233,26 +230,17 @@ class MqttLink:
 
         from edge_runtime.recovery import tcp_probe, wait_for_peer
 
-        probe = tcp_probe(self.cfg.host, self.cfg.port)
-        first = True
+        probe, first = tcp_probe(self.cfg.host, self.cfg.port), True
         while not self._stop.is_set() and not self._closing:
             if not first:
                 self.reconnects += 1
                 if wait_for_peer(self._stop, self._backoff.next_delay(), probe):
-                    log.info(
-                        "mqtt: %s:%d accepts connections again; connecting now", self.cfg.host, self.cfg.port
-                    )
-                    self._backoff.reset()
+                    self._backoff.reset()  # the broker's port accepts again: connect now
                 if self._stop.is_set():
                     break
             first = False
-            # the last will carries the time of this connection (the will is fixed at CONNECT)
-            self.client.will_set(
-                self.topics.status,
-                status_payload("offline", self.version, self.pipelines, reason="lost"),
-                qos=1,
-                retain=True,
-            )
+            lost = status_payload("offline", self.version, self.pipelines, reason="lost")
+            self.client.will_set(self.topics.status, lost, qos=1, retain=True)  # ts: this connection's
             try:
                 if self._v5:
                     self.client.connect(
