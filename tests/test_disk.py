@@ -302,6 +302,7 @@ def test_corrupt_outbox_seq_continues_and_intact_rows_are_delivered(
             json.loads(p)["seq"] for t, p, _, _ in salvage(Path(event["moved_to"])).rows if "/results" in t
         }
         assert 0 < len(intact) <= stored and old == sorted(intact)  # every intact result delivered
+        assert event["lost"] is None and event["lost_at_most"] > 0  # a damaged file cannot count its rows
     else:
-        assert event["salvaged"] == 0 and "unknown" in event["message"]
+        assert event["salvaged"] == 0 and "unknown" in event["message"] and event["lost_at_most"] is None
     assert "Traceback" not in daemon.log()

@@ -96,6 +96,7 @@ class Reporter:
                 "moved_to": str(moved),
                 "salvaged": stored,
                 "lost": found.unreadable,
+                "lost_at_most": found.lost_at_most,
                 "seq_floor": self._seq_floor,
             },
         )
