@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from edge_runtime import __version__
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.systemd import setup_logging
 
 log = logging.getLogger("edge_runtime")
@@ -81,8 +81,10 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from edge_runtime.config import load_config
+    from edge_runtime.daemon.preflight import preflight
 
     config = load_config(args.file, args.set or (), profile=args.profile)
+    preflight(config, str(args.file))
     models = sum(len(p.models) + (1 if p.cascade else 0) for p in config.pipelines)
     print(
         f"{args.file}: ok: device {config.device.id}, {len(config.sources)} sources, "
@@ -99,7 +101,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge_runtime.reporting.stdout import StdoutSink
 
     path = Path(args.config) if args.config else DEMO_CONFIG
+    from edge_runtime.daemon.preflight import preflight
+
     config = load_config(path, args.set or (), profile=args.profile)
+    preflight(config, str(path))
     if args.log_level is None:
         logging.getLogger().setLevel(config.device.log_level.upper())
     sinks = [] if args.quiet else [StdoutSink()]
@@ -212,6 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except ConfigError as exc:
+        if len(exc.problems) == 1:  # one problem, one line
+            problem = exc.problems[0]
+            line = problem if problem.startswith(exc.source) else f"{exc.source}: {problem}"
+            print(f"edge-runtime: error: {line}", file=sys.stderr)
+        else:
+            print(f"edge-runtime: error: {exc}", file=sys.stderr)
+        return 1
     except EdgeRuntimeError as exc:
         lines = str(exc).splitlines() or [type(exc).__name__]
         print(f"edge-runtime: error: {lines[0]}", file=sys.stderr)

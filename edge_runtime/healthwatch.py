@@ -150,7 +150,8 @@ class DaemonHealth:
             return
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         self.reload = {"ok": False, "error": first, "ts": round(time.time(), 3)}
-        self.event("config.reload_failed", f"reload failed: {error}", {"error": first})
+        message = " ".join(str(error).split()).removeprefix("reload failed: ")
+        self.event("config.reload_failed", f"reload failed: {message}", {"error": first})
 
     def ready(self, pipelines: Mapping[str, Mapping[str, Any]], elapsed_s: float) -> str:
         """The reason to send READY=1 now, once ("" before it is time, and after it was sent)."""

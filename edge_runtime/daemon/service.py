@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from edge_runtime import __version__
 from edge_runtime.config import Config, load_config
 from edge_runtime.daemon.commands import DaemonCommands
+from edge_runtime.daemon.preflight import preflight, resolve_source_paths
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
 from edge_runtime.healthwatch import DaemonHealth
@@ -28,10 +29,8 @@ from edge_runtime.pipeline import Pipeline
 from edge_runtime.redaction import redact_text
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.reporting.reporter import Reporter
-from edge_runtime.sources import SourceConfig, build_source
+from edge_runtime.sources import build_source
 from edge_runtime.sources.base import Source
-from edge_runtime.sources.camera import CameraConfig, uri_kind
-from edge_runtime.sources.replay import ReplayConfig
 from edge_runtime.supervision import SUPERVISOR, spawn
 from edge_runtime.systemd import Notifier, watchdog_timeout
 from edge_runtime.updates.updater import Updater, store_config
@@ -63,15 +62,6 @@ class ResultBudget:
     def give_back(self) -> None:
         with self._lock:
             self.used = max(0, self.used - 1)
-
-
-def resolve_source_paths(config: Config, sc: SourceConfig) -> SourceConfig:
-    """A camera file or replay file path resolved against the config's folder (and demo:)."""
-    if isinstance(sc, CameraConfig) and isinstance(sc.uri, str) and uri_kind(sc.uri) == "file":
-        return sc.model_copy(update={"uri": str(config.resolve(sc.uri))})
-    if isinstance(sc, ReplayConfig):
-        return sc.model_copy(update={"path": str(config.resolve(sc.path))})
-    return sc
 
 
 class Service:
@@ -279,9 +269,14 @@ class Service:
         self.notifier.reloading()
         try:
             summary = self.reload()
-        except EdgeRuntimeError as exc:
+        except EdgeRuntimeError as exc:  # reported by reload() as config.reload_failed
             log.error("SIGHUP reload failed, still running the previous config: %s", exc)
             self.notifier.ready(f"reload failed: {str(exc).splitlines()[0]}")
+            return
+        except Exception as exc:  # a bug must not end the main thread: the old config goes on
+            log.exception("SIGHUP reload failed unexpectedly, still running the previous config")
+            self.event("config.reload_failed", f"reload failed: {type(exc).__name__}: {exc}", {})
+            self.notifier.ready("reload failed")
             return
         log.info("SIGHUP reload: %s", summary)
         self.notifier.ready(self._status_line())
@@ -452,19 +447,26 @@ class Service:
             raise EdgeRuntimeError(
                 "reload: this daemon runs the embedded default; there is no file to re-read"
             )
-        new = load_config(self.config_path, self.overrides, profile=self.profile)
-        if self.updater is not None:
-            new = store_config(new, self.updater.store, startup=False)
         assert self.reporter is not None
         with self._swap_lock:
             if self.stop_event.is_set():
                 raise EdgeRuntimeError("reload: the daemon is stopping")
             old_config = self.config
-            try:  # build everything (models loaded) before touching what runs
+            try:  # check and build everything (models loaded, MQTT link made) before touching what runs
+                new = load_config(self.config_path, self.overrides, profile=self.profile)
+                preflight(new, str(self.config_path))
+                if self.updater is not None:
+                    new = store_config(new, self.updater.store, startup=False)
                 sources, pipelines = self._build_runtime(new)
-            except EdgeRuntimeError as exc:
-                log.error("reload failed, the running config goes on: %s", exc)
-                raise
+                if new.mqtt != old_config.mqtt or new.device != old_config.device:
+                    self.reporter.replace_link(new)
+            except (EdgeRuntimeError, OSError, ValueError) as exc:
+                message = " ".join(str(exc).split())
+                log.error("reload failed, the running config goes on: %s", message)
+                # the config.reload_failed event: reload() sends it, for this and every other stage
+                if isinstance(exc, EdgeRuntimeError):
+                    raise
+                raise EdgeRuntimeError(f"reload failed: {message}") from exc
             self._stop_runtime()
             for pipeline in pipelines:  # results the old pipelines made meanwhile keep their seq
                 pipeline.seq = max(
@@ -473,7 +475,5 @@ class Service:
             self.sources, self.pipelines, self.config = sources, pipelines, new
             self._start_runtime()
             self.reloads += 1
-        if new.mqtt != old_config.mqtt or new.device != old_config.device:
-            self.reporter.replace_link(new)
         self.reporter.event("config.reloaded", f"config reloaded from {self.config_path}", {})
         return f"{len(self.pipelines)} pipelines, {len(self.sources)} sources"

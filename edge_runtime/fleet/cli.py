@@ -26,6 +26,7 @@ from edge_runtime.fleet.common import (
     parse_canary,
     parse_globs,
 )
+from edge_runtime.fleet.configpush import add_config_parser, cmd_config
 from edge_runtime.fleet.delivery import (
     DEFAULT_CHUNK,
     ChunkDelivery,
@@ -170,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     update.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     update.add_argument("--json", action="store_true", help="the report as JSON on stdout")
+
+    add_config_parser(commands, mqtt)
 
     back = commands.add_parser("rollback", parents=[mqtt], help="return devices to their previous model")
     back.add_argument("--pipeline", required=True)
@@ -374,6 +377,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "config": lambda args: cmd_config(args, broker_options(args)),
     "status": cmd_status,
     "keygen": cmd_keygen,
     "sign": cmd_sign,

@@ -87,6 +87,7 @@ class Pipeline:
         seq_start: int = 0,
         event: Callable[[str, str, dict[str, Any]], None] | None = None,
         budget: Budget | None = None,
+        load: Callable[[ModelConfig, Config], Model] = load_model,
     ) -> None:
         where = f"pipeline {pc.name}"
         self.config = pc
@@ -95,12 +96,15 @@ class Pipeline:
         self.emit = emit
         self.sources = sources
         self.runners = [
-            ModelRunner(m, config, sources, f"{where}: models[{i}]") for i, m in enumerate(pc.models)
+            ModelRunner(m, config, sources, f"{where}: models[{i}]", load=load)
+            for i, m in enumerate(pc.models)
         ]
         self.cascade: ModelRunner | None = None
         if pc.cascade is not None:
             self._check_cascade(pc.cascade, where)
-            self.cascade = ModelRunner(pc.cascade.classifier, config, sources, f"{where}: cascade.classifier")
+            self.cascade = ModelRunner(
+                pc.cascade.classifier, config, sources, f"{where}: cascade.classifier", load=load
+            )
         if pc.ensemble is not None:
             for r in self.runners:
                 if not isinstance(r.config.postprocess, ClassificationConfig):

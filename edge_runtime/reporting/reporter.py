@@ -130,11 +130,13 @@ class Reporter:
             self.link.start()
 
     def replace_link(self, config: Config) -> None:
-        """A new MQTT section (reload): reconnect with it, keeping the outbox."""
+        """A new MQTT section (reload): reconnect with it, keeping the outbox. The new link is made
+        first: when it cannot be (a TLS file, a password file), the old one goes on and this raises."""
+        link = self._make_link(config) if config.mqtt.enabled and self.outbox is not None else None
         if self.link is not None:
             self.link.stop(status_payload("offline", self.version, self.pipelines, reason="reconfigured"))
         self.config = config
-        self.link = self._make_link(config) if config.mqtt.enabled and self.outbox is not None else None
+        self.link = link
         if self.link is not None:
             self.link.start()
 

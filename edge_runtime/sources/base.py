@@ -41,11 +41,11 @@ class BackoffConfig(BaseModel):
     max_s: float = Field(
         1.0,
         gt=0,
-        le=3600,
+        le=86400,
         description="Longest delay between attempts, in seconds: bounds how long recovery takes "
         "after the peer is back.",
     )
-    factor: float = Field(2.0, ge=1.0, description="Growth of the delay after each failure.")
+    factor: float = Field(2.0, ge=1.0, le=100, description="Growth of the delay after each failure.")
     jitter: float = Field(0.1, ge=0, le=1, description="Random spread, as a share of the delay.")
 
 
