@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 __all__ = [
     "DEGRADED",
     "FAILING",
@@ -27,6 +29,7 @@ __all__ = [
     "OK",
     "Component",
     "DeviceHealth",
+    "HealthConfig",
     "HealthLimits",
     "assess",
     "bound_document",
@@ -39,6 +42,33 @@ OK: State = "ok"
 DEGRADED: State = "degraded"
 FAILING: State = "failing"
 _RANK: dict[str, int] = {OK: 0, DEGRADED: 1, FAILING: 2}
+
+
+class HealthConfig(BaseModel):
+    """``[health]``: the report interval and the thresholds of the derived state."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval_s: float = Field(30.0, ge=0.1, le=86400, description="Seconds between health reports.")
+    start_grace_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="READY=1 waits until every pipeline gave a result or this long; a pipeline "
+        "with no result by then makes the health degraded.",
+    )
+    stale_s: float = Field(
+        10.0, gt=0, le=3600, description="A source silent, or a triggered pipeline without result, this long."
+    )
+    parse_error_share: float = Field(
+        0.5, gt=0, le=1, description="A line source with a larger share of unparsable lines is degraded."
+    )
+    min_memory_available: float = Field(
+        0.05, ge=0, le=1, description="Less available memory than this share of the total is degraded."
+    )
+    max_bytes: int = Field(
+        65536, ge=4096, le=16 * 1024 * 1024, description="Bound of one health document; longer lists are cut."
+    )
 
 
 @dataclass(frozen=True)

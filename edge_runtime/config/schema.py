@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from edge_runtime.healthstate import HealthConfig
 from edge_runtime.names import NAME_RE, NAME_RULE
 from edge_runtime.postprocess import PostprocessConfig
 from edge_runtime.runtime.delegates import CpuConfig, DelegateConfig
@@ -143,17 +144,10 @@ class MqttConfig(Strict):
 
 class OutboxConfig(Strict):
     max_bytes: int = Field(
-        64 * 1024 * 1024,
-        ge=4096,
-        le=1 << 40,
-        description="Outbox size bound on disk (database and its journal); the oldest go first.",
+        64 * 1024 * 1024, ge=4096, le=1 << 40, description="Outbox bound on disk (db + log); oldest go first."
     )
     reserve_bytes: int = Field(
-        512 * 1024,
-        ge=0,
-        le=1 << 30,
-        description="Free disk kept for the daemon's own state: below it nothing new is stored "
-        "(counted as store errors, health failing) until space returns.",
+        512 * 1024, ge=0, le=1 << 30, description="Free disk kept; below it nothing new is stored."
     )
     max_count: int = Field(
         200_000, ge=10, le=1_000_000_000, description="Outbox message bound; the oldest go first."
@@ -205,29 +199,6 @@ class UpdatesConfig(Strict):
         description="...and only when it is also this much slower (small models jitter).",
     )
     fail_on_constant: bool = Field(True, description="Outputs identical over the whole probation fail it.")
-
-
-class HealthConfig(Strict):
-    interval_s: float = Field(30.0, ge=0.1, le=86400, description="Seconds between health reports.")
-    start_grace_s: float = Field(
-        30.0,
-        ge=0,
-        le=3600,
-        description="READY=1 waits until every pipeline gave a result or this long; a pipeline "
-        "with no result by then makes the health degraded.",
-    )
-    stale_s: float = Field(
-        10.0, gt=0, le=3600, description="A source silent, or a triggered pipeline without result, this long."
-    )
-    parse_error_share: float = Field(
-        0.5, gt=0, le=1, description="A line source with a larger share of unparsable lines is degraded."
-    )
-    min_memory_available: float = Field(
-        0.05, ge=0, le=1, description="Less available memory than this share of the total is degraded."
-    )
-    max_bytes: int = Field(
-        65536, ge=4096, le=16 * 1024 * 1024, description="Bound of one health document; longer lists are cut."
-    )
 
 
 def _model_entry(value: Any) -> Any:
