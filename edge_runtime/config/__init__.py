@@ -33,11 +33,11 @@ from edge_runtime.config.schema import (
     RuntimeConfig,
     SourceTrigger,
     TlsConfig,
-    UpdatesConfig,
     VectorInput,
     WindowInput,
     default_state_dir,
 )
+from edge_runtime.config.updates import UpdatesConfig
 from edge_runtime.healthstate import HealthConfig  # [health] lives next to its rules
 
 __all__ = [

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from edge_runtime.config.updates import UpdatesConfig
 from edge_runtime.healthstate import HealthConfig
 from edge_runtime.names import NAME_RE, NAME_RULE
 from edge_runtime.postprocess import PostprocessConfig
@@ -171,34 +172,6 @@ class MetricsConfig(Strict):
         description="Wall-clock seconds a connection has to send its request and read the answer.",
     )
     backlog: int = Field(128, ge=1, le=4096, description="Listen backlog (capped by net.core.somaxconn).")
-
-
-class UpdatesConfig(Strict):
-    public_keys: list[str] = Field(
-        default_factory=list,
-        description="Base64 ed25519 public keys of the fleet; once one is set, unsigned updates are refused.",
-    )
-    max_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, le=1 << 34, description="Largest model an update may download."
-    )
-    download_timeout_s: float = Field(120.0, gt=0, le=86400, description="Bound on a whole download.")
-    keep: int = Field(
-        3, ge=2, le=20, description="Model versions kept per pipeline (current and previous at least)."
-    )
-    probation_s: float = Field(30.0, gt=0, le=86400, description="Longest probation of a new model.")
-    probation_results: int = Field(
-        20, ge=1, le=1_000_000, description="Results that end a probation early when all is well."
-    )
-    max_latency_factor: float = Field(
-        3.0, gt=1, le=1000, description="Invoke p95 over this factor of the old one fails."
-    )
-    latency_floor_ms: float = Field(
-        5.0,
-        ge=0,
-        le=60_000,
-        description="...and only when it is also this much slower (small models jitter).",
-    )
-    fail_on_constant: bool = Field(True, description="Outputs identical over the whole probation fail it.")
 
 
 def _model_entry(value: Any) -> Any:

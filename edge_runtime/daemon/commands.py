@@ -82,12 +82,16 @@ class DaemonCommands:
             d.register(
                 "model.update", updater.update, pipeline=text, url=(str, False), transfer=(str, False),
                 sha256=text, size=(int, True), version=text, signature=(str, False),
+                rollback_from=(str, False),
             )  # fmt: skip
             d.register(
                 "model.chunk", updater.chunk, transfer=text, index=(int, True), total=(int, True), data=text
             )
             d.register("model.list", updater.list, pipeline=text)
-            d.register("model.rollback", updater.rollback, pipeline=text)
+            d.register(
+                "model.rollback", updater.rollback, pipeline=text, version=(str, False),
+                rollback_from=(str, False), signature=(str, False),
+            )  # fmt: skip
 
     def pipeline(self, name: str) -> Pipeline:
         for p in self.host.pipelines:

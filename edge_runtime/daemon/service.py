@@ -455,12 +455,18 @@ class Service:
             try:  # check and build everything (models loaded, MQTT link made) before touching what runs
                 new = load_config(self.config_path, self.overrides, profile=self.profile)
                 preflight(new, str(self.config_path))
+                # Probations on the pipelines being replaced end (no commit) and none starts before
+                # the store is read for the new ones: what they serve and what is committed agree.
+                for pipeline in self.pipelines:
+                    pipeline.watch_slot.block("is being replaced: the config was reloaded")
                 if self.updater is not None:
                     new = store_config(new, self.updater.store, startup=False)
                 sources, pipelines = self._build_runtime(new)
                 if new.mqtt != old_config.mqtt or new.device != old_config.device:
                     self.reporter.replace_link(new)
             except (EdgeRuntimeError, OSError, ValueError) as exc:
+                for pipeline in self.pipelines:
+                    pipeline.watch_slot.allow()
                 message = " ".join(str(exc).split())
                 log.error("reload failed, the running config goes on: %s", message)
                 # the config.reload_failed event: reload() sends it, for this and every other stage
