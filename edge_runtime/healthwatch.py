@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_runtime.healthstate import OK, DeviceHealth, HealthLimits
 
@@ -113,6 +113,13 @@ class PauseDetector:
         return self.clock() < self._settle_until
 
 
+class ProblemStore(Protocol):
+    """A store that records what is wrong with it per pipeline (the model store)."""
+
+    problems: dict[str, str]
+    on_problem: Callable[[str, str], None] | None
+
+
 class DaemonHealth:
     """What the daemon adds to its health: the model store's problems and the last reload's outcome
     (for :func:`~edge_runtime.healthstate.assess`), their events, the state-change events, the
@@ -139,6 +146,13 @@ class DaemonHealth:
     def extra(self) -> dict[str, Any]:
         """The health document's ``model_store`` and ``reload`` sections."""
         return {"model_store": {"problems": self.store_problems()}, "reload": self.reload}
+
+    def attach_store(self, store: ProblemStore) -> None:
+        """Report the store's problems: those found before (the store is read early) and later."""
+        self.store_problems = store.problems.copy
+        store.on_problem = self.store_problem
+        for pipeline, text in sorted(store.problems.items()):
+            self.store_problem(pipeline, text)
 
     def store_problem(self, pipeline: str, text: str) -> None:
         self.event("model.store_broken", f"model store {pipeline}: {text}", {"pipeline": pipeline})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -207,3 +208,28 @@ def test_pause_detector_sees_a_stopped_process() -> None:
 def test_limits_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         LIMITS.stale_s = 1.0  # type: ignore[misc]
+
+
+def test_store_problems_found_before_attaching_are_reported() -> None:
+    """The model store is read before the daemon's health exists: its problems are not lost."""
+    from edge_runtime.config import Config, HealthConfig, OutboxConfig
+    from edge_runtime.healthwatch import DaemonHealth
+
+    class Store:
+        def __init__(self) -> None:
+            self.problems = {"digits": "current.json is unreadable"}
+            self.on_problem: Callable[[str, str], None] | None = None
+
+    events: list[tuple[str, str]] = []
+    config = Config.model_construct(
+        health=HealthConfig(), outbox=OutboxConfig(), pipelines=[]
+    )  # what it reads
+    watch = DaemonHealth(lambda kind, message, fields: events.append((kind, message)), config)
+    store = Store()
+    watch.attach_store(store)
+    assert events == [("model.store_broken", "model store digits: current.json is unreadable")]
+    assert store.on_problem is not None
+    store.problems["other"] = "committed model abc: model file missing"
+    store.on_problem("other", store.problems["other"])
+    assert events[-1] == ("model.store_broken", "model store other: committed model abc: model file missing")
+    assert watch.extra()["model_store"]["problems"] == store.problems

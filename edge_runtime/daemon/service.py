@@ -116,10 +116,7 @@ class Service:
         SUPERVISOR.on_crash = self._thread_crashed
         self.updater = Updater(self)
         self.watch = watch = DaemonHealth(self.reporter.event, self.config)
-        self.updater.store.on_problem, watch.store_problems = (
-            watch.store_problem,
-            self.updater.store.problems.copy,
-        )
+        watch.attach_store(self.updater.store)
         DaemonCommands(self, self.updater).register(self.reporter.dispatcher)
         self.config = store_config(self.config, self.updater.store, startup=True)
         self.sources, self.pipelines = self._build_runtime(self.config)
