@@ -17,7 +17,7 @@ from edge_runtime.systemd import setup_logging
 
 log = logging.getLogger("edge_runtime")
 
-BACKEND_CHOICES = ("auto", "litert", "tflite-runtime")
+BACKEND_CHOICES = ("auto", "litert", "tflite-runtime", "onnxruntime")
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -167,19 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("inspect", help="describe a .tflite model and where it would run here")
-    p.add_argument("model", help="path of the .tflite file")
+    p = sub.add_parser("inspect", help="describe a .tflite or .onnx model and where it would run here")
+    p.add_argument("model", help="path of the .tflite or .onnx file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="inference backend")
     p.add_argument(
         "--delegates",
         default="",
-        help="comma-separated delegates to probe (default: edgetpu,gpu,vx,armnn,cpu)",
+        help="comma-separated delegates to probe (default: edgetpu,gpu,vx,armnn,cpu; .onnx: xnnpack,acl,cpu)",
     )
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("bench", help="measure a model's invoke latency")
-    p.add_argument("model", help="path of the .tflite file")
+    p.add_argument("model", help="path of the .tflite or .onnx file (with --backend all: its twin too)")
     p.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: runtime's)")
     p.add_argument("--delegate", default=None, help="delegate to try first; cpu is the fallback")
     p.add_argument("--runs", type=_positive, default=100, help="timed invokes (default 100)")

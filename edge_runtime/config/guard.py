@@ -4,7 +4,7 @@
 :mod:`edge_runtime.config.fields`) is covered by exactly one most specific entry, a leaf pattern
 or a whole table. ``tests/test_attacks_config.py`` fails when a field is added to the schema
 without an entry here, and when an entry matches no field. Whole-table entries are only used for
-tables that are guarded as a whole (``mqtt.tls``, ``metrics``, ``updates``), so a new field there
+tables that are guarded as a whole (``mqtt.tls``, ``metrics``, ``http``, ``updates``), so a new field there
 is guarded until someone decides otherwise.
 
 The rules:
@@ -194,6 +194,7 @@ POLICY: dict[str, Decision] = {
     "outbox.max_count": _d(FREE, "bounded by the schema"),
     "health.interval_s": _d(FREE, "bounded by the schema"),
     "metrics": _d(GUARDED, "a listening socket: what the device exposes on the network, and where"),
+    "http": _d(GUARDED, "a listening socket with predict, camera views and its token and TLS files"),
     "updates": _d(GUARDED, "who may change the device's models, and how (keys, sources of downloads)"),
     "updates.max_bytes": _d(FREE, "bounded by the schema"),
     "updates.download_timeout_s": _d(FREE, "bounded by the schema"),

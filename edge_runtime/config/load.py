@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +172,28 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError([f"--set {key}: {'.'.join(parts[:-1])}: is not a table"], "--set")
 
 
+ENV_PREFIX = "EDGE_RUNTIME__"
+
+
+def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``EDGE_RUNTIME__SECTION__KEY=value`` variables as ``(variable, "section.key=value")`` pairs.
+
+    ``__`` separates the path's parts, which are lower-cased (``EDGE_RUNTIME__MQTT__HOST`` is
+    ``mqtt.host``, ``EDGE_RUNTIME__PIPELINES__0__MODELS__0__THREADS`` is
+    ``pipelines.0.models.0.threads``); the value is read like a ``--set`` value. Sorted by name,
+    so the order does not depend on the environment's.
+    """
+    pairs: list[tuple[str, str]] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].split("__")
+        if not all(parts):
+            raise ConfigError([f"{name}: expected {ENV_PREFIX}SECTION__KEY (parts joined by __)"], name)
+        pairs.append((name, ".".join(p.lower() for p in parts) + "=" + environ[name]))
+    return pairs
+
+
 def validate(data: dict[str, Any], base_dir: Path, source: str = "config") -> Config:
     """Validate raw TOML data; raise :class:`ConfigError` listing every problem."""
     data = dict(data)
@@ -273,14 +295,22 @@ def load_config(
     profile: str | None = None,
     *,
     text: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Load the TOML file at ``path`` (the embedded demo when None) over an optional board
-    ``profile`` and the files it includes, then apply ``--set`` overrides. With ``text``, that is
-    the file's content (a config not written yet: ``config.update`` validates before it writes)."""
+    ``profile`` and the files it includes, then apply the ``EDGE_RUNTIME__*`` variables of
+    ``environ`` (default: the process environment) and the ``--set`` overrides, which win. With
+    ``text``, that is the file's content (a config not written yet: ``config.update`` validates
+    before it writes)."""
     file = Path(path) if path is not None else DEMO_CONFIG
     data = _with_includes(file, data=parse_toml(text, str(file)) if text is not None else None)
     if profile:
         data = merge(_with_includes(find_profile(profile)), data)
+    for variable, assignment in env_overrides(os.environ if environ is None else environ):
+        try:
+            apply_override(data, assignment)
+        except ConfigError as exc:
+            raise ConfigError([p.replace("--set", variable, 1) for p in exc.problems], variable) from None
     for assignment in overrides:
         apply_override(data, assignment)
     return validate(data, file.resolve().parent, str(file))

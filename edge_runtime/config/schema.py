@@ -30,6 +30,7 @@ from pydantic import (
 
 from edge_runtime.config.updates import UpdatesConfig
 from edge_runtime.healthstate import HealthConfig
+from edge_runtime.http.config import HttpConfig
 from edge_runtime.names import NAME_RE, NAME_RULE
 from edge_runtime.postprocess import PostprocessConfig
 from edge_runtime.runtime.delegates import CpuConfig, DelegateConfig
@@ -84,8 +85,10 @@ class DeviceConfig(Strict):
 
 
 class RuntimeConfig(Strict):
-    backend: Literal["auto", "litert", "tflite-runtime"] = Field(
-        "auto", description="Inference backend; auto prefers LiteRT, then tflite-runtime."
+    backend: Literal["auto", "litert", "tflite-runtime", "onnxruntime"] = Field(
+        "auto",
+        description="Inference backend: auto prefers LiteRT, then tflite-runtime, for .tflite models; "
+        ".onnx models always run on onnxruntime; onnxruntime runs a .tflite model's .onnx twin (same name).",
     )
 
 
@@ -251,7 +254,7 @@ Postprocess = Annotated[
 
 
 class ModelConfig(Strict):
-    path: str = Field(description="The .tflite file: a path, or bundled:NAME for a packaged model.")
+    path: str = Field(description="The .tflite or .onnx file: a path, or bundled:NAME for a packaged model.")
     name: str | None = Field(None, description="Name in results (default: the file's stem).")
     version: str = Field("", description="Version reported with results.")
     delegates: list[ChainEntry] | None = Field(
@@ -336,6 +339,7 @@ class Config(Strict):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward bounds.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reports.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="Local HTTP API and page.")
     updates: UpdatesConfig = Field(default_factory=UpdatesConfig, description="Over-the-air model updates.")
     sources: dict[str, SourceConfig] = Field(default_factory=dict, description="Named inputs.")
     pipelines: list[PipelineConfig] = Field(min_length=1, description="What runs.")

@@ -4,13 +4,14 @@
 call :func:`preflight` on a loaded config, so what one accepts the others accept. It checks:
 
 - the state directory: a directory that is (or can be made) writable by this user;
+- the HTTP API's token file (readable, a token of 16 characters at least) and TLS files;
 - every file the config names (models, labels, replay files, camera files, the MQTT password
   file, the TLS CA, certificate and key): a readable regular file (symlinks followed), and its
   content: the CA and the client certificate and key are loaded into a TLS context, the password
-  file has a first line, a model file parses as a TFLite flatbuffer;
+  file has a first line, a model file parses as a TFLite flatbuffer or an ONNX model;
 - each pipeline is built exactly as ``run`` builds it (:class:`edge_runtime.pipeline.Pipeline`
   with its sources, input builders and post-processors), on a :class:`StaticModel` whose inputs and
-  outputs (shapes, dtypes, quantization) are read from the model file by the flatbuffer reader, so
+  outputs (shapes, dtypes, quantization) are read from the model file by the flatbuffer (or ONNX) reader, so
   the input binding, mean/std against the colour mode and the input's quantization, labels against
   outputs and the heads are checked without an inference runtime or a device.
 
@@ -31,7 +32,10 @@ from edge_runtime.config import Config, ModelConfig
 from edge_runtime.config.fields import config_leaves
 from edge_runtime.config.guard import Rule, decision
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.http.auth import http_problems
 from edge_runtime.runtime.modelfile import ModelInfo, TensorInfo, read_model_file
+from edge_runtime.runtime.onnxfile import OnnxInfo, is_onnx_file, onnx_twin, read_onnx_file
+from edge_runtime.runtime.onnxproto import ValueInfo
 from edge_runtime.runtime.quant import QuantParams
 from edge_runtime.sources import SourceConfig
 from edge_runtime.sources.camera import CameraConfig, uri_kind
@@ -221,7 +225,7 @@ class StaticModel:
 
     path: Path
     name: str
-    info: ModelInfo
+    info: ModelInfo | OnnxInfo
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
@@ -230,9 +234,37 @@ class StaticModel:
         return self.info.sha256
 
 
+def _onnx_specs(values: tuple[ValueInfo, ...], base: int) -> tuple[TensorSpec, ...]:
+    """Specs as the onnxruntime backend shows them: batch fixed to 1, QDQ float edges as int8."""
+    from edge_runtime.runtime.model import TensorSpec
+
+    return tuple(
+        TensorSpec(
+            position=i,
+            name=v.name,
+            index=base + i,
+            shape=tuple(
+                1 if j == 0 and isinstance(d, str) else d if isinstance(d, int) else -1
+                for j, d in enumerate(v.dims)
+            ),
+            dtype=v.quant.dtype if v.quant is not None and v.float_edge else v.dtype,
+            quant=v.quant,
+        )
+        for i, v in enumerate(values)
+    )
+
+
 def load_static(mc: ModelConfig, config: Config) -> Model:
     """A :class:`StaticModel` in the place of a :class:`Model` (the pipeline's model loader)."""
     path = config.resolve(mc.path)
+    if is_onnx_file(path) or config.runtime.backend == "onnxruntime":
+        onnx_path = path if is_onnx_file(path) else onnx_twin(path)
+        onnx, _ = read_onnx_file(onnx_path)
+        inputs = _onnx_specs(onnx.inputs, 0)
+        static_onnx = StaticModel(
+            onnx_path, mc.name or path.stem, onnx, inputs, _onnx_specs(onnx.outputs, len(inputs))
+        )
+        return cast("Model", static_onnx)
     info, _ = read_model_file(path)
     static = StaticModel(
         path, mc.name or path.stem, info, _specs(info.input_tensors), _specs(info.output_tensors)
@@ -276,6 +308,7 @@ def preflight(config: Config, source: str = "config") -> None:
     """Raise :class:`ConfigError` listing everything ``run`` would refuse at start."""
     files = named_file_problems(config)
     problems = state_dir_problems(config) + mqtt_problems(config) + files
+    problems += http_problems(config.http, config.resolve)
     if not files:  # pipelines read these files while they are built
         problems += pipeline_problems(config)
     if problems:

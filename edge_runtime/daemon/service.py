@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -106,6 +106,8 @@ class Service:
         self.exit_code = 0
         self._unhealthy = ""
         self.watch: DaemonHealth | None = None  # state-change events, READY gate, pauses, reloads
+        self.result_listeners: list[Callable[[str, dict[str, Any]], None]] = []  # the HTTP API's
+        self._http: Any = None
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -132,6 +134,11 @@ class Service:
             limits=watch.limits,
             max_bytes=self.config.health.max_bytes,
         )
+        if self.config.http.enabled:  # reads the token and TLS files now: without them, no start
+            from edge_runtime.daemon.http_host import ServiceHost
+            from edge_runtime.http.server import HttpServer
+
+            self._http = HttpServer(self.config.http, ServiceHost(self), self.config.resolve)
 
     def _build_runtime(self, config: Config) -> tuple[dict[str, Source], list[Pipeline]]:
         if any(p.startswith("demo:") for p in config.paths()):
@@ -185,6 +192,8 @@ class Service:
                 self.reporter.publish(result)  # the outbox first: nothing is lost after this
             for sink in self.sinks:
                 sink.publish(result)
+            for listener in self.result_listeners:
+                listener("result", result)
             if self.budget.limit is not None and self.emitted >= self.budget.limit:
                 self.stop("max results reached")
 
@@ -285,6 +294,14 @@ class Service:
         self._health_thread = spawn(
             "health", self._health_loop, should_restart=lambda: not self.stop_event.is_set()
         )
+        if self._http is not None:
+            from edge_runtime.http.server import HttpError
+
+            try:
+                self._http.start()
+            except HttpError as exc:  # the daemon's work goes on without its local HTTP face
+                log.error("%s; running without the HTTP API", exc)
+                self.reporter.event("http.unavailable", str(exc), {})
         if self.config.metrics.enabled:
             from edge_runtime.reporting.metrics import MetricsServer
             from edge_runtime.reporting.metrics_http import Limits
@@ -413,6 +430,8 @@ class Service:
             sink.close()
         if self._metrics is not None:
             self._metrics.stop()
+        if self._http is not None:
+            self._http.stop()
         if self.reporter is not None:
             self.reporter.stop(flush_timeout=max(0.5, deadline - time.monotonic() - 1.5))
             log.info("reporting mqtt stats: %s", json.dumps(self.reporter.stats()))

@@ -181,6 +181,12 @@ class Pipeline:
             self.runners[0] = runner
         return old
 
+    def predict(self, index: int, inputs: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        """Run model ``index`` on ``inputs`` (one instance, for predict on demand) between two of
+        this pipeline's inferences: the invoke stage sets its own inputs again before each invoke."""
+        with self._infer_lock:
+            return self.runners[index].model.invoke(inputs)
+
     def invoke_p95(self) -> float | None:
         return self.latency["invoke"].percentiles((95,)).get("p95")
 

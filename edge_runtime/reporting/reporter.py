@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class Reporter:
         self._last_store_log = float("-inf")
         self._logged_errors = 0
         self._lock = threading.Lock()
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # e.g. the HTTP stream
         self.dispatcher = CommandDispatcher(
             self.topics, self._publish_reply, self.event, max_bytes=config.mqtt.max_command_bytes
         )
@@ -213,6 +215,8 @@ class Reporter:
         """An event on ``{prefix}/{device}/events`` (through the outbox) and in the log."""
         message = redact_text(message)  # every event passes here: no credentials in any of them
         log.info("event %s: %s", kind, message)
+        for listener in self.listeners:
+            listener("event", event_payload(self.topics.device, kind, message, **fields))
         if self.outbox is None:
             return
         qos = self.config.mqtt.events.qos
