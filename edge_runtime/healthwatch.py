@@ -29,6 +29,7 @@ class StateChanges:
     def __init__(self, event: EventSink) -> None:
         self.event = event
         self.device: str | None = None
+        self.problems: list[str] = []  # of the last report
         self._components: dict[str, str] = {}
         self.changes = 0
 
@@ -52,7 +53,7 @@ class StateChanges:
         state = str(doc.get("state", OK))
         if state != before_device:
             self._emit("device", before_device, state, doc.get("problems") or ())
-        self.device = state
+        self.device, self.problems = state, list(doc.get("problems") or [])
 
     def _emit(self, key: str, before: str, after: str, reasons: Iterable[str]) -> None:
         listed = list(reasons)

@@ -20,6 +20,7 @@ import pytest
 
 from devkit.broker import Mosquitto
 from devkit.daemon import Daemon, digits_config, stats_line
+from devkit.httpd import HttpDaemon
 from devkit.mqtt_client import Subscriber
 from devkit.processes import wait_until
 from edge_runtime.reporting.diskbudget import default_wal_bytes, payload_bound
@@ -306,3 +307,23 @@ def test_corrupt_outbox_seq_continues_and_intact_rows_are_delivered(
     else:
         assert event["salvaged"] == 0 and "unknown" in event["message"] and event["lost_at_most"] is None
     assert "Traceback" not in daemon.log()
+
+
+def test_readyz_is_503_while_results_are_not_stored_and_200_again(
+    tmp_path: Path, tmpfs: Callable[[str], Path], broker: Mosquitto, device: str
+) -> None:
+    """The HTTP readiness check follows the derived state: a 2 MB disk filled by another file."""
+    state = tmpfs("2m")
+    config = digits_config(tmp_path, port=broker.port, state=state, device=device)
+    with HttpDaemon(config) as daemon:
+        daemon.wait_results(20)
+        assert wait_until(lambda: daemon.get("/readyz")[0] == 200, 20), daemon.get("/readyz")
+        filler = state / "filler.bin"
+        filler.write_bytes(b"\0" * max(0, disk_free(state) - 100 * 1024))
+        assert wait_until(lambda: daemon.get("/readyz")[0] == 503, 20), daemon.get("/readyz")
+        body = json.loads(daemon.get("/readyz")[1])
+        assert body["ready"] is False and body["health"]["state"] == "failing", body
+        assert any("reserve" in p or "not stored" in p for p in body["health"]["problems"]), body
+        filler.unlink()
+        assert wait_until(lambda: daemon.get("/readyz")[0] == 200, 20), daemon.get("/readyz")
+        assert daemon.stop() == 0
