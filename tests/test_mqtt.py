@@ -116,11 +116,9 @@ def test_broker_outage_loses_no_result(tmp_path: Path, broker: Mosquitto) -> Non
             )
             connections = sub.connections
             broker.stop()
-            depths = []
-            for _ in range(10):
-                time.sleep(1.0)
-                depths.append(outbox_depth())
-            assert depths[-1] > depths[0] > 0, depths  # results pile up in the outbox
+            # results pile up in the outbox (20/s): waited for, not slept for
+            assert wait_until(lambda: outbox_depth() > 0, 15), outbox_depth()
+            assert wait_until(lambda: outbox_depth() >= 100, 30), outbox_depth()
             broker.start()
             sub.wait_ready(after=connections)
             # the backlog drains while results keep coming (20/s): at most the newest one or two
@@ -128,12 +126,14 @@ def test_broker_outage_loses_no_result(tmp_path: Path, broker: Mosquitto) -> Non
             assert wait_until(lambda: outbox_depth() <= 2, 30), f"the outbox did not drain: {outbox_depth()}"
             produced = daemon.count()
             assert sub.wait_for(lambda ms: max(seqs(sub), default=0) >= produced, 30)
+            seen = len(sub.json("edge/dev1/health"))  # a health report made after the outage
+            assert sub.wait_for(lambda ms: len(sub.json("edge/dev1/health")) > seen, 15), daemon.log()[-2000:]
             assert daemon.stop() == 0
         got = seqs(sub)
         last = stats_line(daemon.log(), "pipeline", "digits")["results"]
         assert got == list(range(1, last + 1)), f"missing: {sorted(set(range(1, last + 1)) - set(got))[:20]}"
         health = sub.json("edge/dev1/health")[-1]
-        assert health["outbox"]["dropped"] == 0
+        assert health["outbox"]["dropped"] == 0 and health["outbox"]["store_errors"] == 0
 
 
 def test_results_from_before_a_kill_9_while_the_broker_is_down_arrive_after_restart(

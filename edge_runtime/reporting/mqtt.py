@@ -87,9 +87,6 @@ class MqttLink:
         # paho keeps unacknowledged QoS 1 messages in memory: bounded, so a flood of commands
         # whose replies the broker is slow to take cannot grow it (the outbox holds the rest)
         self.client.max_queued_messages_set(cfg.max_inflight + MAX_QUEUED_DIRECT)
-        self.client.will_set(
-            topics.status, status_payload("offline", version, pipelines, reason="lost"), qos=1, retain=True
-        )
         if cfg.username:
             password = read_password(password_file) if password_file is not None else None
             self.client.username_pw_set(cfg.username, password)
@@ -231,13 +228,19 @@ class MqttLink:
     def _network(self) -> None:
         from paho.mqtt.client import MQTT_ERR_SUCCESS
 
-        first = True
+        from edge_runtime.recovery import tcp_probe, wait_for_peer
+
+        probe, first = tcp_probe(self.cfg.host, self.cfg.port), True
         while not self._stop.is_set() and not self._closing:
             if not first:
                 self.reconnects += 1
-                if self._stop.wait(self._backoff.next_delay()):
+                if wait_for_peer(self._stop, self._backoff.next_delay(), probe):
+                    self._backoff.reset()  # the broker's port accepts again: connect now
+                if self._stop.is_set():
                     break
             first = False
+            lost = status_payload("offline", self.version, self.pipelines, reason="lost")
+            self.client.will_set(self.topics.status, lost, qos=1, retain=True)  # ts: this connection's
             try:
                 if self._v5:
                     self.client.connect(
@@ -375,20 +378,21 @@ class MqttLink:
         """Publish the final status (retained) when connected and disconnect cleanly, so the
         broker does not send the last will."""
         self._closing = True
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # the whole stop, whatever the broker does
         if state_payload is not None and self.connected.is_set():
             info = self.client.publish(self.topics.status, state_payload, qos=1, retain=True)
-            while not info.is_published() and self.connected.is_set() and time.monotonic() < deadline:
+            half = time.monotonic() + timeout / 2  # a frozen broker never acknowledges it
+            while not info.is_published() and self.connected.is_set() and time.monotonic() < half:
                 time.sleep(0.01)
         if self.connected.is_set():
             self.client.disconnect()
-            while self.connected.is_set() and time.monotonic() < deadline + 1.0:
+            while self.connected.is_set() and time.monotonic() < deadline - 0.1:
                 time.sleep(0.01)
         self._stop.set()
         self._wake.set()
         for thread in (self._fwd, self._net):
             if thread is not None:
-                thread.join(timeout)
+                thread.join(max(0.05, deadline - time.monotonic()))
         self.outbox.unwatch(self._wake)
         try:
             self._collect_acks()
