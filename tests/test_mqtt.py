@@ -210,9 +210,10 @@ def test_tls_and_password(tmp_path: Path, pki: TestPki, make_broker: Any) -> Non
         ),
     ):
         config = digits_config(tmp_path, port=broker.port, mqtt=mqtt, device=name)
-        with Daemon(config) as daemon:
-            assert wait_until(functools.partial(_logged, daemon, expected), 30), daemon.log()
-            time.sleep(2.5)  # a few more attempts, with backoff
+        # at debug level every attempt is logged: wait for three attempts (the first at WARNING,
+        # the repeats at DEBUG) instead of sleeping through "a few" of them
+        with Daemon(config, "--set", "device.log_level=debug") as daemon:
+            assert wait_until(functools.partial(_logged, daemon, expected, 3), 60), daemon.log()
             assert daemon.stop() == 0
         log = daemon.log()
         assert expected in log
@@ -234,8 +235,8 @@ def test_tls_and_password(tmp_path: Path, pki: TestPki, make_broker: Any) -> Non
         assert "wrong\n" not in log and "s3cret-pw" not in log
 
 
-def _logged(daemon: Daemon, text: str) -> bool:
-    return text in daemon.log()
+def _logged(daemon: Daemon, text: str, times: int = 1) -> bool:
+    return daemon.log().count(text) >= times
 
 
 def _command(
