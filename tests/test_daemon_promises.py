@@ -51,7 +51,7 @@ def test_seq_goes_on_across_a_sighup_and_a_reload_command(tmp_path: Path, broker
         Daemon(config) as daemon,
     ):
         assert sub.wait_for(lambda ms: len([m for m in ms if m.topic == results]) >= 10, 30), daemon.log()
-        marks = []
+        marks: list[int] = []
         for how in ("SIGHUP", "command"):
             before = daemon.count()
             if how == "SIGHUP":
@@ -60,13 +60,17 @@ def test_seq_goes_on_across_a_sighup_and_a_reload_command(tmp_path: Path, broker
                 code = sub.publish(f"edge/{device}/cmd/reload", {"id": "r1"})
                 assert not code.is_failure, code
             reloads = len(marks) + 1
-            assert sub.wait_for(lambda ms, n=reloads: len(events(ms, "config.reloaded")) >= n, 30), (
+
+            def reloaded(ms: list[Received], n: int = reloads) -> bool:
+                return len(events(ms, "config.reloaded")) >= n
+
+            assert sub.wait_for(reloaded, 30), (
                 how,
                 daemon.log()[-3000:],
             )
             marks.append(before)
             # results flow again from the rebuilt pipeline
-            assert wait_until(lambda b=before: daemon.count() >= b + 10, 30), (how, daemon.log()[-3000:])
+            assert wait_until(lambda: daemon.count() >= before + 10, 30), (how, daemon.log()[-3000:])  # noqa: B023
         reply = sub.expect(f"edge/{device}/reply/r1")[-1].json()
         assert reply["ok"] is True, reply
         assert daemon.stop() == 0

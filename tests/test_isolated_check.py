@@ -20,7 +20,8 @@ import pytest
 
 from devkit.paths import MODELS
 from devkit.processes import wait_until
-from edge_runtime.updates.checks import CandidateLoadError, isolated_check
+from edge_runtime.updates.checks import isolated_check
+from edge_runtime.updates.protocol import CandidateLoadError
 
 
 def children_reading(path: Path) -> list[int]:
