@@ -73,6 +73,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from edge_runtime.optimize.cli import run_optimize
+
+    return run_optimize(args)
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from edge_runtime.config import load_config
 
@@ -187,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_bench)
+
+    from edge_runtime.optimize.cli import add_arguments
+
+    p = sub.add_parser("optimize", help="quantize a float .tflite to int8, verify it side by side, write it")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_optimize)
     return parser
 
 

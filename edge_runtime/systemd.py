@@ -14,6 +14,8 @@ import sys
 import time
 from collections.abc import Mapping
 
+from edge_runtime.redaction import RedactingFilter
+
 log = logging.getLogger(__name__)
 
 
@@ -111,6 +113,7 @@ def setup_logging(level: str, environ: Mapping[str, str] | None = None) -> None:
         handler.setFormatter(JournalFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())  # no credentials in any log line, whoever logs it
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -316,6 +316,7 @@ def _scrape(url: str) -> str:
 
 def test_metrics_endpoint(metrics: MetricsServer, live: Live) -> None:
     live.sources["imu"]["state"] = "down"
+    metrics.refresh()
     text = _scrape(f"http://127.0.0.1:{metrics.port}/metrics")
     expected = [
         'edge_runtime_build_info{device="cam-01",version="1.2.3"} 1.0',
@@ -355,12 +356,16 @@ def test_metrics_endpoint(metrics: MetricsServer, live: Live) -> None:
     assert "edge_runtime_outbox_oldest_age_seconds" not in text  # None while empty
 
 
-def test_metrics_reflect_each_scrape(metrics: MetricsServer, live: Live) -> None:
+def test_metrics_serve_the_snapshot_until_the_next_refresh(metrics: MetricsServer, live: Live) -> None:
     before = _scrape(metrics.url)
     assert 'edge_runtime_pipeline_results_total{pipeline="digits"} 120.0' in before
     live.pipelines["digits"]["results"] = 121
+    cached = _scrape(metrics.url)  # a scrape builds no report: the snapshot is served
+    assert 'edge_runtime_pipeline_results_total{pipeline="digits"} 120.0' in cached
+    metrics.refresh()  # what the health timer does every metrics.refresh_s
     after = _scrape(metrics.url)
     assert 'edge_runtime_pipeline_results_total{pipeline="digits"} 121.0' in after
+    assert "edge_runtime_metrics_snapshot_age_seconds " in after
 
 
 def test_stop_frees_the_port(live: Live, tmp_path: Path) -> None:

@@ -336,17 +336,17 @@ def test_every_command_and_every_malformed_command(tmp_path: Path, broker: Mosqu
 
         assert sub.wait_for(all_reported, 20), refusals(sub.messages("edge/dev1/events"))
         # MQTT 5 request/response: the reply also goes to the response topic, with the correlation data
-        with Subscriber(broker.host, broker.port, ["app/replies"]) as app:
+        with Subscriber(broker.host, broker.port, ["edge/dev1/reply/app"]) as app:
             code = app.publish(
                 "edge/dev1/cmd/ping",
                 b'{"id": "rr"}',
                 qos=1,
-                response_topic="app/replies",
+                response_topic="edge/dev1/reply/app",
                 correlation_data=b"abc",
             )
             assert not code.is_failure
             assert app.wait_for(lambda ms: len(ms) >= 1, 20)
-            answer = app.messages("app/replies")[-1]
+            answer = app.messages("edge/dev1/reply/app")[-1]
             assert answer.correlation_data == b"abc" and answer.json()["id"] == "rr"
         assert daemon.stop() == 0
 

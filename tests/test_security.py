@@ -253,7 +253,7 @@ def test_traversal_looking_command_arguments_are_refused(tmp_path: Path, broker:
         ("model.chunk", {"transfer": "../../evil", "index": 0, "total": 2, "data": chunk}, "transfer id"),
     ]
     with (
-        Subscriber(broker.host, broker.port, ["edge/dev1/#", "app/replies"]) as sub,
+        Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub,
         Daemon(config) as daemon,
     ):
         assert sub.wait_for(health_seen(sub), 30), daemon.log()[-3000:]
@@ -268,11 +268,11 @@ def test_traversal_looking_command_arguments_are_refused(tmp_path: Path, broker:
             "edge/dev1/cmd/model.update",
             json.dumps(body).encode(),
             qos=1,
-            response_topic="app/replies",
+            response_topic="edge/dev1/reply/app",
             correlation_data=b"traversal",
         )
-        assert sub.wait_for(lambda ms: any(m.topic == "app/replies" for m in ms), 20)
-        answer = sub.messages("app/replies")[-1]
+        assert sub.wait_for(lambda ms: any(m.topic == "edge/dev1/reply/app" for m in ms), 20)
+        answer = sub.messages("edge/dev1/reply/app")[-1]
         assert answer.correlation_data == b"traversal"
         assert answer.json()["ok"] is False and "'id' must be" in answer.json()["error"]
         count = daemon.count()

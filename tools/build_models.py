@@ -5,7 +5,8 @@ Runs in its own TensorFlow venv, never in the runtime's:
 
     python3 -m venv .venv-models
     .venv-models/bin/pip install -r tools/requirements-models.txt
-    TF_USE_LEGACY_KERAS=1 .venv-models/bin/python tools/build_models.py [--only NAME ...] [--out DIR]
+    TF_USE_LEGACY_KERAS=1 .venv-models/bin/python tools/build_models.py \
+        [--only NAME ...] [--out DIR] [--float]
 
 Models (NAME): digits, fused, detect, mobilenet_v2, edgetpu_custom_op (the last one is derived
 from the digits model and rebuilds it when DIR has none). Outputs, relative to DIR (default: the
@@ -14,6 +15,8 @@ repository root):
     edge_runtime/models/{digits,fused,detect}_int8.tflite, labels, *_heldout.npz, manifest.json
     models/mobilenet_v2_int8.tflite, models/manifest.json
     tests/data/edgetpu_custom_op.tflite
+    tests/data/float/{digits,fused,detect}_float.tflite, tests/data/float/manifest.json (with --float:
+        the pruned float models the int8 ones are converted from, test data of `edge-runtime optimize`)
 
 Every model is trained with fixed seeds (python, numpy, TensorFlow, op determinism) on CPU,
 magnitude-pruned with tfmot, stripped, converted to full-integer int8 (int8 input and output)
@@ -59,6 +62,9 @@ ALL_MODELS = ("digits", "fused", "detect", "mobilenet_v2", "edgetpu_custom_op")
 PKG_DIR = Path("edge_runtime/models")
 ROOT_MODELS_DIR = Path("models")
 TEST_DATA_DIR = Path("tests/data")
+FLOAT_DIR = TEST_DATA_DIR / "float"
+# set by --float: also write the float (pruned, unquantized) models digits and fused come from
+OPTIONS = {"float": False}
 
 FINAL_SPARSITY = 0.6
 IMAGE_PREPROCESSING = {
@@ -434,6 +440,41 @@ def image_cnn(inp: Any, prefix: str = "") -> Any:
     return keras.layers.Softmax(name="digit")(x)
 
 
+def convert_float(model: Any) -> bytes:
+    """The plain float32 TFLite model (no optimizations), with its serving_default signature."""
+    return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+
+
+def write_float(out: Path, name: str, model: Any, float_accuracy: Any, heldout: str) -> None:
+    """With --float: write ``tests/data/float/NAME_float.tflite`` and its entry in the float manifest."""
+    if not OPTIONS["float"]:
+        return
+    data = convert_float(model)
+    path = out / FLOAT_DIR / f"{name}_float.tflite"
+    write_bytes(path, data)
+    entry = {
+        **file_entry(path, data),
+        "description": f"The pruned float32 model that {name}_int8.tflite is converted from (same weights, "
+        "before quantization): the input of `edge-runtime optimize` in its tests.",
+        "int8": f"edge_runtime/models/{name}_int8.tflite",
+        "conversion": "tf.lite.TFLiteConverter.from_keras_model(model).convert(), no optimizations",
+        "accuracy": {"metric": "as for the int8 model, held-out split (Keras)", "float": float_accuracy},
+        "heldout": heldout,
+        "build_command": BUILD_COMMAND + f" --only {name} --float",
+        "built_at": utc_now(),
+        "versions": versions(),
+        "operators": op_list(data),
+    }
+    header = {
+        "schema": 1,
+        "generated_by": "tools/build_models.py --float",
+        "note": "Float sources of the bundled int8 models (test data, not package data). Paths are "
+        "relative to this file.",
+    }
+    update_manifest(out / FLOAT_DIR / "manifest.json", "models", name, entry, header)
+    log(f"{name}: float model {len(data)} bytes, sha256 {entry['sha256'][:16]}")
+
+
 def build_digits(out: Path) -> dict[str, Any]:
     t0 = time.time()
     set_seeds(SEED)
@@ -464,6 +505,7 @@ def build_digits(out: Path) -> dict[str, Any]:
     )
     final = tfmot.sparsity.keras.strip_pruning(pruned)
     float_acc = accuracy(final.predict(x_test, verbose=0), yte)
+    write_float(out, "digits", final, float_acc, "edge_runtime/models/digits_heldout.npz")
 
     def representative() -> Iterator[list[np.ndarray]]:
         for i in range(0, len(xtr), 4):
@@ -652,6 +694,7 @@ def build_fused(out: Path) -> dict[str, Any]:
     fp = final.predict(feeds, verbose=0)
     fp = dict(zip(final.output_names, fp, strict=True))
     float_acc = {"digit": accuracy(fp["digit"], dig_te), "state": accuracy(fp["state"], state_te)}
+    write_float(out, "fused", final, float_acc, "edge_runtime/models/fused_heldout.npz")
 
     def representative() -> Iterator[dict[str, np.ndarray]]:
         for i in range(0, len(xtr), 4):
@@ -987,6 +1030,7 @@ def build_detect(out: Path) -> dict[str, Any]:
     )
     final = tfmot.sparsity.keras.strip_pruning(pruned)
     float_metrics = detection_metrics(final.predict(x_test, verbose=0), te_boxes, te_cls)
+    write_float(out, "detect", final, float_metrics, "edge_runtime/models/detect_heldout.npz")
 
     # The first calibration canvas gets one pixel at 0 and one at 255, so the input range is
     # exactly 0..1: scale 1/255, zero point -128, i.e. q = pixel - 128 as for the digits models.
@@ -1268,7 +1312,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"build only these ({', '.join(ALL_MODELS)})",
     )
     parser.add_argument("--out", type=Path, default=REPO, help="output root (default: the repository root)")
+    parser.add_argument(
+        "--float",
+        action="store_true",
+        help=f"also write the float models of digits, fused, detect under {FLOAT_DIR} (optimize's test data)",
+    )
     args = parser.parse_args(argv)
+    OPTIONS["float"] = args.float
     names = list(args.only or ALL_MODELS)
     out: Path = args.out.resolve()
 

@@ -146,6 +146,19 @@ class MetricsConfig(Strict):
     enabled: bool = Field(False, description="Serve Prometheus metrics.")
     host: str = Field("127.0.0.1", description="Address to listen on (loopback by default).")
     port: int = Field(9108, ge=1, le=65535, description="Port to listen on.")
+    refresh_s: float = Field(
+        5.0, ge=0.5, le=3600, description="Seconds between snapshots; a scrape is served the latest one."
+    )
+    max_connections: int = Field(
+        32, ge=1, le=1024, description="Open connections at most; a new one closes the oldest."
+    )
+    timeout_s: float = Field(
+        5.0,
+        ge=0.1,
+        le=120,
+        description="Wall-clock seconds a connection has to send its request and read the answer.",
+    )
+    backlog: int = Field(128, ge=1, le=4096, description="Listen backlog (capped by net.core.somaxconn).")
 
 
 class UpdatesConfig(Strict):

@@ -18,22 +18,16 @@ from edge_runtime import __version__
 from edge_runtime.config import DEMO_CONFIG, Config, load_config
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.pipeline import Pipeline
+from edge_runtime.redaction import redact_config
 from edge_runtime.reporting.commands import Command, CommandDispatcher, CommandError
 from edge_runtime.sources.base import Source
 from edge_runtime.updates.updater import Updater
 
-SECRET_KEYS = ("password", "secret", "token", "key")
-
 
 def redact(value: Any, key: str = "") -> Any:
-    """The config as JSON with anything secret-looking replaced by ``***`` (paths included)."""
-    if isinstance(value, dict):
-        return {k: redact(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, key) for v in value]
-    if any(word in key.lower() for word in SECRET_KEYS) and value not in ("", None):
-        return "***"
-    return value
+    """The config as JSON with secrets hidden: see :func:`edge_runtime.redaction.redact_config`
+    (values under secret-looking keys, credentials in URLs)."""
+    return redact_config(value, key)
 
 
 class CommandHost(Protocol):

@@ -24,6 +24,7 @@ from edge_runtime.daemon.commands import DaemonCommands
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
 from edge_runtime.pipeline import Pipeline
+from edge_runtime.redaction import redact_text
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.reporting.reporter import Reporter
 from edge_runtime.sources import SourceConfig, build_source
@@ -248,7 +249,7 @@ class Service:
     def _status_line(self) -> str:
         if self.health is None:
             return "starting"
-        return self.health.summary(self.health.report(mark=False))
+        return redact_text(self.health.summary(self.health.report(mark=False)))
 
     def _watchdog_tick(self) -> None:
         problems = self.problems()
@@ -284,9 +285,12 @@ class Service:
         )
         if self.config.metrics.enabled:
             from edge_runtime.reporting.metrics import MetricsServer
+            from edge_runtime.reporting.metrics_http import Limits
 
             assert self.health is not None
-            self._metrics = MetricsServer(self.health, self.config.metrics.host, self.config.metrics.port)
+            m = self.config.metrics
+            limits = Limits(backlog=m.backlog, max_connections=m.max_connections, timeout_s=m.timeout_s)
+            self._metrics = MetricsServer(self.health, m.host, m.port, limits=limits, refresh_s=m.refresh_s)
             self._metrics.start()
         log.info(
             "edge-runtime %s running: device %s, %d pipelines, %d sources, mqtt %s",
@@ -315,18 +319,31 @@ class Service:
         report["reloads"] = self.reloads
         report["threads"] = {"crashes": SUPERVISOR.total_crashes(), "crashed": SUPERVISOR.stats()}
         self.reporter.publish_health(report)
+        if self._metrics is not None:
+            self._metrics.refresh(report)
         return report
 
     def _health_loop(self) -> None:
+        """The health timer: the periodic health report, and the metrics snapshot between reports
+        (scrapes are served that snapshot and never build a report themselves)."""
         interval = self.config.health.interval_s
         next_t = time.monotonic() + min(interval, 2.0)
-        while not self.stop_event.wait(max(0.0, next_t - time.monotonic())):
+        while not self.stop_event.wait(self._health_wait(next_t)):
             try:
+                if self._metrics is not None and time.monotonic() < next_t:
+                    self._metrics.refresh()
+                    continue
                 self.publish_health()
             except (EdgeRuntimeError, OSError, ValueError) as exc:
                 log.error("health report failed: %s", exc)
             next_t += self.config.health.interval_s
             next_t = max(next_t, time.monotonic())
+
+    def _health_wait(self, next_report: float) -> float:
+        wait = next_report - time.monotonic()
+        if self._metrics is not None:
+            wait = min(wait, self._metrics.due_in())
+        return max(0.0, wait)
 
     def run(self, install_signals: bool = True) -> int:
         """Build, start, wait for a stop condition, shut down; returns the exit code."""

@@ -28,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_runtime.fleet.common import FleetError, check_level, device_topic, split_topic
+from edge_runtime.fleet.common import FleetError, check_level, device_json, device_topic, split_topic
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,10 @@ class MqttBus:
         with self._cond:
             handlers = [h for f, h in self._handlers.items() if mqtt.topic_matches_sub(f, message.topic)]
         for handler in handlers:
-            handler(message.topic, bytes(message.payload))
+            try:  # nothing a device sends may stop this network thread
+                handler(message.topic, bytes(message.payload))
+            except Exception:
+                log.exception("a message on %r could not be handled", message.topic[:200])
 
     def _on_publish(
         self,
@@ -342,13 +345,8 @@ class Requester:
             sink = self._sinks.get((device, request_id))
         if sink is None:
             return  # another operator's, or a late reply after we gave up
-        try:
-            body = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            log.warning("%s: reply is not JSON: %r", topic, payload[:200])
-            return
-        if not isinstance(body, dict):
-            log.warning("%s: reply is not a JSON object: %r", topic, payload[:200])
+        body = device_json(topic, payload)
+        if body is None:
             return
         sink.put(Reply(device, request_id, body, time.monotonic()))
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import logging
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from edge_runtime.names import NAME_RE, SAFE_LEVEL_RE
+from edge_runtime.reporting.inbound import InboundError, parse_json_object
+from edge_runtime.terminal import clean_text, clean_tree
 from edge_runtime.updates.protocol import STEPS
+
+log = logging.getLogger(__name__)
 
 __all__ = ["NAME_RE", "SAFE_LEVEL", "STEPS", "FleetError"]
 
@@ -47,6 +53,24 @@ def split_topic(prefix: str, topic: str) -> tuple[str, list[str]] | None:
     if len(levels) < 2 or not SAFE_LEVEL.match(levels[0]):
         return None
     return levels[0], levels[1:]
+
+
+MAX_DEVICE_PAYLOAD = 4 * 1024 * 1024
+"""Largest status, health or reply payload the tool reads from a device."""
+
+
+def device_json(topic: str, payload: bytes) -> dict[str, Any] | None:
+    """A device's JSON object, with every string made safe to print (no escape sequences, control
+    or bidi characters: :func:`edge_runtime.terminal.clean_text`); None, with a warning, for what
+    is not a JSON object (deep nesting, huge numbers, invalid text included). Everything the tool
+    reads from a device passes here, so nothing a device sends reaches the terminal uncleaned."""
+    try:
+        body = parse_json_object(payload, max_bytes=MAX_DEVICE_PAYLOAD)
+    except InboundError as exc:
+        log.warning("%s: ignored: %s", clean_text(topic, 200), exc)
+        return None
+    cleaned: dict[str, Any] = clean_tree(body)
+    return cleaned
 
 
 def parse_globs(text: str | None) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -11,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_runtime.fleet.bus import Bus
-from edge_runtime.fleet.common import FleetError, check_level, matches, short_sha, split_topic
+from edge_runtime.fleet.common import FleetError, check_level, device_json, matches, short_sha, split_topic
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +155,8 @@ class _Collector:
         device, (kind,) = parts
         if not payload:
             return  # a cleared retained message
-        try:
-            body = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            log.warning("%s: not JSON, ignored", topic)
-            return
-        if not isinstance(body, dict):
-            log.warning("%s: not a JSON object, ignored", topic)
+        body = device_json(topic, payload)
+        if body is None:
             return
         with self.lock:
             entry = self.devices.setdefault(device, Device(device))

@@ -66,7 +66,9 @@ def console(*, stderr: bool = False) -> Console:
     require_rich()
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    # device text is cleaned when it is read (common.device_json) and escaped as markup here;
+    # no highlighting and no :emoji: codes either, so it prints exactly as the device sent it
+    return Console(stderr=stderr, highlight=False, emoji=False)
 
 
 def styled(text: str) -> str:

@@ -1,27 +1,45 @@
 """Remote commands: ``{prefix}/{device}/cmd/{name}`` with a JSON body carrying an ``id``.
 
-Parsing and validation are pure (:func:`parse_command`); :class:`CommandDispatcher` runs each
-command on its own worker thread (never on paho's network thread), replies on
-``{prefix}/{device}/reply/{id}`` and on the MQTT 5 response topic when one is given, and reports
+Parsing and validation are pure (:func:`parse_command`, strict JSON from
+:mod:`edge_runtime.reporting.inbound`); :class:`CommandDispatcher` runs each command on its own
+worker thread (never on paho's network thread), replies on ``{prefix}/{device}/reply/{id}`` and on
+the MQTT 5 response topic when one is given (only inside the device's own reply tree), and reports
 every refused command as an event. A malformed command changes nothing.
+
+**One guard per inbound message.** :meth:`CommandDispatcher.submit` is the only entry point for a
+message and returns normally whatever the message holds: a refusal (:class:`CommandError`) and any
+unexpected exception while parsing or queueing become an error reply (when an id can be read) and
+a ``command.error`` event, so the caller (paho's network thread) always goes on and the broker's
+QoS 1 delivery is acknowledged. The worker does the same for any exception a handler raises.
+Retained commands (replayed by the broker at every subscription) are never run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.redaction import redact_text, redact_tree
+from edge_runtime.reporting.inbound import InboundError, parse_json_object, peek_request_id
 from edge_runtime.reporting.topics import SAFE, Topics, dumps
 from edge_runtime.supervision import spawn
 
 log = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 400
+"""An error message (which may quote what was sent) is cut to this length in replies, events, logs."""
+MAX_CORRELATION_BYTES = 1024
+"""Longest MQTT 5 correlation data echoed in a reply."""
+LOG_WINDOW_S = 10.0
+LOG_PER_WINDOW = 50
+"""Refusals logged per window at most; the rest are counted in one line (replies and events go on)."""
 
 
 class CommandError(EdgeRuntimeError, ValueError):
@@ -79,16 +97,12 @@ def parse_command(
     correlation: bytes | None = None,
 ) -> Command:
     """Validate an inbound command body; raises :class:`CommandError` with the reason."""
-    if len(payload) > max_bytes:
-        raise CommandError(f"payload of {len(payload)} bytes is over the limit of {max_bytes}")
     try:
-        body = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CommandError(f"payload is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise CommandError("payload must be a JSON object")
+        body = parse_json_object(payload, max_bytes=max_bytes)
+    except InboundError as exc:
+        raise CommandError(str(exc)) from None
     request_id = body.pop("id", None)
-    if not isinstance(request_id, str) or not SAFE.match(request_id):
+    if not isinstance(request_id, str) or not SAFE.fullmatch(request_id):
         raise CommandError("'id' must be a string of letters, digits, '_', '.', ':' or '-'")
     return Command(name, request_id, body, response_topic, correlation)
 
@@ -112,6 +126,9 @@ class CommandDispatcher:
         self.received = 0
         self.refused = 0
         self._queue: queue.Queue[Command | None] = queue.Queue(queue_size)
+        self._log_window = float("-inf")
+        self._logged = 0
+        self._log_suppressed = 0
         self._thread: threading.Thread | None = None
 
     def register(self, name: str, handler: Handler, **args: tuple[type | tuple[type, ...], bool]) -> None:
@@ -126,22 +143,43 @@ class CommandDispatcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, topic: str, payload: bytes, properties: Any = None) -> None:
-        """Called on paho's network thread: parse, then queue (never blocks)."""
+    def submit(self, topic: str, payload: bytes, properties: Any = None, retain: bool = False) -> None:
+        """Called on paho's network thread for every inbound message: parse, then queue. Never
+        blocks and never raises: whatever the message holds, it is queued or refused here."""
         self.received += 1
-        response = getattr(properties, "ResponseTopic", None) if properties is not None else None
-        correlation = getattr(properties, "CorrelationData", None) if properties is not None else None
-        name = self.topics.command_name(topic)
+        request_id: str | None = None
+        name: str | None = None
+        response: str | None = None
+        correlation: bytes | None = None
         try:
+            name = self.topics.command_name(topic)
+            response, correlation = _response_properties(properties)
+            request_id = peek_request_id(payload, self.max_bytes)
+            if response is not None and not self.topics.in_reply_tree(response):
+                bad, response = response, None  # never answered there: not even the refusal
+                raise CommandError(
+                    f"response topic {bad[:200]!r} is outside this device's reply tree "
+                    f"{self.topics.base}/reply/..."
+                )
+            if correlation is not None and len(correlation) > MAX_CORRELATION_BYTES:
+                size, correlation = len(correlation), None
+                raise CommandError(f"correlation data of {size} bytes is over {MAX_CORRELATION_BYTES}")
+            if retain:
+                raise CommandError("retained commands are ignored: publish commands without the retain flag")
             if name is None:
-                raise CommandError(f"not a command topic: {topic!r}")
+                raise CommandError(f"not a command topic: {topic[:200]!r}")
             command = parse_command(name, payload, self.max_bytes, response, correlation)
+            request_id = command.id
             if name not in self.commands:
                 raise CommandError(f"unknown command {name!r}; known: {', '.join(sorted(self.commands))}")
             self.commands[name].args.check(command.args)
         except CommandError as exc:
-            request_id = _peek_id(payload) if len(payload) <= self.max_bytes else None
-            self._refuse(name or topic, request_id, str(exc), response, correlation)
+            self._refuse(name or topic, request_id, str(exc), response, correlation, retained=retain)
+            return
+        except Exception as exc:  # the guard: nothing a message holds may reach paho's loop
+            log.exception("command on %r: unexpected error while parsing", topic[:200])
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            self._refuse(name or topic, request_id, message, response, correlation)
             return
         try:
             self._queue.put_nowait(command)
@@ -149,22 +187,55 @@ class CommandDispatcher:
             self._refuse(name, command.id, "too many commands waiting", response, correlation)
 
     def _refuse(
-        self, name: str, request_id: str | None, message: str, response: str | None, correlation: bytes | None
+        self,
+        name: str,
+        request_id: str | None,
+        message: str,
+        response: str | None,
+        correlation: bytes | None,
+        *,
+        retained: bool = False,
     ) -> None:
+        """An error reply (when an id is known) and a ``command.error`` event; never raises."""
         self.refused += 1
-        log.warning("command %s refused: %s", name, message)
-        self.event("command.error", f"command {name} refused: {message}", {"command": name, "id": request_id})
-        self._reply(
-            request_id,
-            {"id": request_id, "command": name, "ok": False, "error": message, "final": True},
-            response,
-            correlation,
-        )
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[:MAX_ERROR_CHARS] + "..."
+        message = redact_text(message)
+        try:
+            self._log_refusal(name, message)
+            fields: dict[str, Any] = {"command": name[:200], "id": request_id}
+            if retained:
+                fields["retained"] = True
+            self.event("command.error", f"command {name[:200]} refused: {message}", fields)
+            self._reply(
+                request_id,
+                {"id": request_id, "command": name[:200], "ok": False, "error": message, "final": True},
+                response,
+                correlation,
+            )
+        except Exception:  # a failing publish must not undo the guard
+            log.exception("command %r: the refusal could not be sent", name[:200])
+
+    def _log_refusal(self, name: str, message: str) -> None:
+        """At most LOG_PER_WINDOW lines per LOG_WINDOW_S: a flood of bad commands cannot flood the log."""
+        now = time.monotonic()
+        if now - self._log_window >= LOG_WINDOW_S:
+            if self._log_suppressed:
+                log.warning(
+                    "%d more command refusals in the last %.0f s were not logged",
+                    self._log_suppressed, now - self._log_window,
+                )  # fmt: skip
+            self._log_window, self._logged, self._log_suppressed = now, 0, 0
+        self._logged += 1
+        if self._logged <= LOG_PER_WINDOW:
+            log.warning("command %r refused: %s", name[:200], message)
+        else:
+            self._log_suppressed += 1
 
     def _reply(
         self, request_id: str | None, body: dict[str, Any], response: str | None, correlation: bytes | None
     ) -> None:
-        payload = dumps(body)
+        payload = dumps(redact_tree(body))
         props = None
         if correlation is not None:
             from paho.mqtt.packettypes import PacketTypes
@@ -172,14 +243,10 @@ class CommandDispatcher:
 
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.CorrelationData = correlation
-        if request_id is not None:
-            self.publish(self.topics.reply(request_id), payload, props)
-        if (
-            response
-            and SAFE.match(response.replace("/", "_"))
-            and "+" not in response
-            and "#" not in response
-        ):
+        own = self.topics.reply(request_id) if request_id is not None else None
+        if own is not None:
+            self.publish(own, payload, props)
+        if response is not None and response != own and self.topics.in_reply_tree(response):
             self.publish(response, payload, props)
 
     def reply(self, command: Command, body: dict[str, Any]) -> None:
@@ -191,23 +258,36 @@ class CommandDispatcher:
             command = self._queue.get()
             if command is None:
                 return
-            definition = self.commands[command.name]
             try:
-                result = definition.handler(command)
-            except EdgeRuntimeError as exc:
-                self._refuse(command.name, command.id, str(exc), command.response_topic, command.correlation)
-                continue
-            if result is None:
-                continue
-            body = {"id": command.id, "command": command.name, "ok": True, **result}
-            self._reply(command.id, body, command.response_topic, command.correlation)
+                self._execute(command)
+            except Exception:  # a reply that cannot be sent: logged, the worker goes on
+                log.exception("command %s %s: the reply could not be sent", command.name, command.id)
+
+    def _execute(self, command: Command) -> None:
+        definition = self.commands[command.name]
+        try:
+            result = definition.handler(command)
+        except EdgeRuntimeError as exc:
+            self._refuse(command.name, command.id, str(exc), command.response_topic, command.correlation)
+            return
+        except Exception as exc:  # a handler bug: an error reply and an event, never a dead worker
+            log.exception("command %s %s failed", command.name, command.id)
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            self._refuse(command.name, command.id, message, command.response_topic, command.correlation)
+            return
+        if result is None:
+            return
+        body = {"id": command.id, "command": command.name, "ok": True, **result}
+        self._reply(command.id, body, command.response_topic, command.correlation)
 
 
-def _peek_id(payload: bytes) -> str | None:
-    """The request id of a refused command, when one can be read safely."""
-    try:
-        body = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return None
-    request_id = body.get("id") if isinstance(body, dict) else None
-    return request_id if isinstance(request_id, str) and SAFE.match(request_id) else None
+def _response_properties(properties: Any) -> tuple[str | None, bytes | None]:
+    """The MQTT 5 response topic and correlation data of a message (None when absent)."""
+    if properties is None:
+        return None, None
+    response = getattr(properties, "ResponseTopic", None)
+    correlation = getattr(properties, "CorrelationData", None)
+    return (
+        response if isinstance(response, str) else None,
+        bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
+    )

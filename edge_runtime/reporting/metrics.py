@@ -1,10 +1,14 @@
-"""Optional Prometheus endpoint: ``/metrics`` built from the health document at scrape time.
+"""Optional Prometheus endpoint: ``/metrics`` served from a snapshot of the health document.
 
-``prometheus_client`` is imported only when a server starts or a scrape runs, so the package
-imports (and ``edge-runtime validate-config`` works) without it. Metrics live in a private
-:class:`~prometheus_client.CollectorRegistry`, never the global one. Each scrape calls
-``reporter.report(mark=False)``, which leaves the periodic report's "since the last report"
-window alone.
+A scrape never builds a health report: it is answered with the exposition text of the last
+:meth:`MetricsServer.refresh`, which the daemon's health timer calls every ``metrics.refresh_s``
+(and with each periodic health report). A scrape costs a dictionary lookup and a socket write, so
+the endpoint's load does not reach the pipelines however often or however many clients scrape.
+The server (:mod:`edge_runtime.reporting.metrics_http`) bounds its listen backlog, its open
+connections and each connection's wall-clock time. ``prometheus_client`` is imported only when a
+server starts or a snapshot is made, so the package imports (and ``edge-runtime validate-config``
+works) without it. Snapshots use ``reporter.report(mark=False)``, which leaves the periodic
+report's "since the last report" window alone.
 
 Exposed families (all prefixed ``edge_runtime_``; times in seconds, as Prometheus wants):
 
@@ -17,7 +21,9 @@ Exposed families (all prefixed ``edge_runtime_``; times in seconds, as Prometheu
   ``source_samples_total``, ``source_parse_errors_total``, ``source_rate_hz`` (serial rate or
   camera fps), ``source_last_sample_age_seconds``
 - ``outbox_depth``, ``outbox_bytes``, ``outbox_dropped_total``, ``outbox_oldest_age_seconds``
-- ``mqtt_connected``, ``mqtt_reconnects_total``
+- ``mqtt_connected``, ``mqtt_reconnects_total`` (reconnections that succeeded, health's
+  ``mqtt.reconnects``)
+- ``metrics_snapshot_age_seconds`` (how old the served snapshot is)
 - ``process_cpu_percent``, ``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
   ``process_peak_resident_memory_bytes``, ``process_open_fds``, ``process_threads``, ``cpu_cores``,
   ``load1``, ``load5``, ``load15``, ``temperature_celsius{zone}``, ``disk_free_bytes{path}``
@@ -27,22 +33,23 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import STAGES, HealthReporter
+from edge_runtime.reporting.metrics_http import BoundedHttpServer, Limits, Response
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 
 PREFIX = "edge_runtime_"
 INSTALL_HINT = "pip install prometheus-client"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class MetricsError(EdgeRuntimeError, OSError):
@@ -208,63 +215,98 @@ def families(doc: Mapping[str, Any], disk_path: str = "") -> list[Metric]:
     return list(f.families.values())
 
 
-class HealthCollector:
-    """A prometheus_client collector that turns ``reporter.report(mark=False)`` into metrics."""
-
-    def __init__(self, reporter: HealthReporter) -> None:
-        self.reporter = reporter
-
-    def collect(self) -> Iterator[Metric]:
-        yield from families(self.reporter.report(mark=False), str(self.reporter.state_dir))
-
-
 class MetricsServer:
-    """Serves ``/metrics`` on ``host:port`` (port 0: any free port, see :attr:`port`)."""
+    """Serves ``/metrics`` on ``host:port`` (port 0: any free port, see :attr:`port`) from the
+    snapshot made by :meth:`refresh`."""
 
-    def __init__(self, reporter: HealthReporter, host: str = "127.0.0.1", port: int = 9108) -> None:
+    def __init__(
+        self,
+        reporter: HealthReporter,
+        host: str = "127.0.0.1",
+        port: int = 9108,
+        *,
+        limits: Limits | None = None,
+        refresh_s: float = 5.0,
+    ) -> None:
         self.reporter = reporter
         self.host = host
         self.requested_port = port
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self.limits = limits or Limits()
+        self.refresh_s = refresh_s
+        self.refreshes = 0
+        self._text = b""
+        self._made = 0.0  # time.monotonic() of the snapshot
+        self._lock = threading.Lock()
+        self._http: BoundedHttpServer | None = None
 
     @property
     def port(self) -> int:
         """The port listened on (the requested one until started)."""
-        return self.requested_port if self._server is None else int(self._server.server_port)
+        return self.requested_port if self._http is None else self._http.port
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/metrics"
 
+    @property
+    def http(self) -> BoundedHttpServer | None:
+        """The HTTP server while started (its counters: accepted, evicted, timed_out, answered)."""
+        return self._http
+
+    def due_in(self) -> float:
+        """Seconds until the snapshot should be refreshed (0 when it is due)."""
+        return max(0.0, self._made + self.refresh_s - time.monotonic())
+
+    def refresh(self, doc: Mapping[str, Any] | None = None) -> None:
+        """Make a new snapshot from ``doc`` (a health report already made) or a fresh non-marking
+        report. Called by the health timer; never by a scrape."""
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if doc is None:
+            doc = self.reporter.report(mark=False)
+        made = time.monotonic()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(families(doc, str(self.reporter.state_dir))))
+        text = generate_latest(registry)
+        with self._lock:
+            self._text, self._made = text, made
+            self.refreshes += 1
+
+    def _respond(self, path: str) -> Response:
+        if path != "/metrics":
+            return 404, b"not found: the metrics are at /metrics\n", "text/plain; charset=utf-8"
+        with self._lock:
+            text, made = self._text, self._made
+        age = f"# HELP {PREFIX}metrics_snapshot_age_seconds Age of this snapshot.\n"
+        age += f"# TYPE {PREFIX}metrics_snapshot_age_seconds gauge\n"
+        age += f"{PREFIX}metrics_snapshot_age_seconds {time.monotonic() - made:.3f}\n"
+        return 200, text + age.encode(), CONTENT_TYPE
+
     def start(self) -> None:
-        if self._server is not None:
+        if self._http is not None:
             return
         _require_prometheus()
-        from prometheus_client import CollectorRegistry, start_http_server
-
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(HealthCollector(self.reporter))
+        if self._made == 0.0:
+            self.refresh()
+        http = BoundedHttpServer(self.host, self.requested_port, self._respond, self.limits)
         try:
-            self._server, self._thread = start_http_server(self.requested_port, self.host, registry)
+            http.start()
         except OSError as exc:
             raise MetricsError(
                 exc.errno, f"metrics endpoint {self.host}:{self.requested_port}: {exc.strerror or exc}"
             ) from exc
-        self._thread.name = "metrics-http"
-        log.info("serving Prometheus metrics on %s", self.url)
+        self._http = http
+        log.info(
+            "serving Prometheus metrics on %s (backlog %d, at most %d connections, %.1f s each)",
+            self.url, self.limits.backlog, self.limits.max_connections, self.limits.timeout_s,
+        )  # fmt: skip
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving and close the listening socket (the port is free afterwards)."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout)
-        self._server = self._thread = None
+        http, self._http = self._http, None
+        if http is not None:
+            http.stop(timeout)
 
     def __enter__(self) -> MetricsServer:
         self.start()
@@ -274,3 +316,13 @@ class MetricsServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class _Fixed:
+    """A collector that yields metric families made beforehand."""
+
+    def __init__(self, made: list[Metric]) -> None:
+        self.made = made
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.made

@@ -10,6 +10,7 @@ never left the outbox before a crash is sent after the restart. Delivery is at l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -27,8 +28,11 @@ from edge_runtime.supervision import spawn
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[str, bytes, Any], None]
+CommandHandler = Callable[[str, bytes, Any, bool], None]
+"""``(topic, payload, MQTT 5 properties or None, retained)`` of an inbound message."""
 EventHandler = Callable[[str, str, dict[str, Any]], None]
+MAX_QUEUED_DIRECT = 1024
+"""Direct publishes (status, health, command replies) waiting in paho beyond the forwarder's."""
 STALL_S = 60.0  # in-flight messages unacknowledged this long while connected are sent again
 
 
@@ -80,6 +84,9 @@ class MqttLink:
         )
         self.client.enable_logger(logging.getLogger("edge_runtime.paho"))
         self.client.max_inflight_messages_set(cfg.max_inflight)
+        # paho keeps unacknowledged QoS 1 messages in memory: bounded, so a flood of commands
+        # whose replies the broker is slow to take cannot grow it (the outbox holds the rest)
+        self.client.max_queued_messages_set(cfg.max_inflight + MAX_QUEUED_DIRECT)
         self.client.will_set(
             topics.status, status_payload("offline", version, pipelines, reason="lost"), qos=1, retain=True
         )
@@ -98,10 +105,15 @@ class MqttLink:
                 cert_reqs=ssl.CERT_REQUIRED,
             )
             self.client.tls_insecure_set(cfg.tls.insecure)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
-        self.client.on_message = self._on_message
+        # Every callback paho makes runs inside one guard (nothing may propagate into paho's loop,
+        # where it would kill the network thread and leave a QoS 1 message unacknowledged);
+        # paho's own suppression is the second line.
+        self.client.suppress_exceptions = True
+        self.client.on_connect = self._guarded(self._on_connect)
+        self.client.on_disconnect = self._guarded(self._on_disconnect)
+        self.client.on_publish = self._guarded(self._on_publish)
+        self.client.on_message = self._guarded(self._on_message)
+        self.callback_errors = 0
         self.connected = threading.Event()
         self.reconnects = 0
         self.connects = 0
@@ -122,6 +134,27 @@ class MqttLink:
 
     # -- paho callbacks (network thread) -----------------------------------------------------------
 
+    def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """``callback`` that logs (with the traceback) and reports any exception instead of raising
+        it into paho's network loop."""
+        name = callback.__name__
+
+        def guarded(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:
+                self.callback_errors += 1
+                log.exception("mqtt: %s failed; the connection goes on", name)
+                if self.on_event is not None:
+                    try:
+                        message = f"{name} failed: {type(exc).__name__}: {exc}"
+                        self.on_event("mqtt.callback_error", message, {})
+                    except Exception:
+                        log.exception("mqtt: the event about %s could not be stored", name)
+
+        guarded.__name__ = name
+        return guarded
+
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             self._error(
@@ -131,7 +164,13 @@ class MqttLink:
         self.connects += 1
         self._backoff.reset()
         self.last_error = ""
-        client.subscribe(self.topics.commands, qos=1)
+        if self._v5:  # retained commands are never run; do not even have them sent
+            from paho.mqtt.subscribeoptions import SubscribeOptions
+
+            options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            client.subscribe(self.topics.commands, options=options)
+        else:
+            client.subscribe(self.topics.commands, qos=1)
         client.publish(
             self.topics.status, status_payload("online", self.version, self.pipelines), qos=1, retain=True
         )
@@ -157,7 +196,12 @@ class MqttLink:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         if self.on_command is not None:
-            self.on_command(message.topic, bytes(message.payload), getattr(message, "properties", None))
+            self.on_command(
+                message.topic,
+                bytes(message.payload),
+                getattr(message, "properties", None),
+                bool(message.retain),
+            )
 
     def _error(self, kind: str, message: str) -> None:
         repeated = message == self.last_error
@@ -195,13 +239,16 @@ class MqttLink:
                     break
             first = False
             try:
-                self.client.connect(
-                    self.cfg.host,
-                    self.cfg.port,
-                    keepalive=self.cfg.keepalive_s,
-                    clean_start=self.cfg.session_expiry_s == 0,
-                    properties=self._connect_properties(),
-                )
+                if self._v5:
+                    self.client.connect(
+                        self.cfg.host,
+                        self.cfg.port,
+                        keepalive=self.cfg.keepalive_s,
+                        clean_start=self.cfg.session_expiry_s == 0,
+                        properties=self._connect_properties(),
+                    )
+                else:  # 3.1.1: the session is set by clean_session when the client is made
+                    self.client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
             except ssl.SSLError as exc:
                 self._error("mqtt.tls", f"TLS handshake with {self.cfg.host}:{self.cfg.port} failed: {exc}")
                 continue
@@ -210,6 +257,10 @@ class MqttLink:
                 self._error(
                     "mqtt.unreachable", f"cannot connect to {self.cfg.host}:{self.cfg.port}: {reason}"
                 )
+                continue
+            except Exception as exc:  # never a dead network thread: report, back off, try again
+                log.exception("mqtt: connecting to %s:%d failed", self.cfg.host, self.cfg.port)
+                self._error("mqtt.error", f"cannot connect to {self.cfg.host}:{self.cfg.port}: {exc}")
                 continue
             while not self._stop.is_set():
                 if self._closing and not self.connected.is_set():
@@ -220,6 +271,12 @@ class MqttLink:
                     self._error(
                         "mqtt.disconnected", f"connection to {self.cfg.host}:{self.cfg.port} lost: {exc}"
                     )
+                    break
+                except Exception as exc:  # never a dead network thread: reconnect instead
+                    log.exception("mqtt: the network loop failed; reconnecting")
+                    self._error("mqtt.error", f"network loop failed: {type(exc).__name__}: {exc}")
+                    with contextlib.suppress(Exception):
+                        self.client.disconnect()
                     break
                 if rc != MQTT_ERR_SUCCESS:
                     break
@@ -294,7 +351,9 @@ class MqttLink:
             "tls": self.tls,
             "client_id": self.client_id,
             "connects": self.connects,
+            "reconnects": max(0, self.connects - 1),
             "reconnect_attempts": self.reconnects,
+            "callback_errors": self.callback_errors,
             "inflight": inflight,
             "published": self.published,
             "rejected": self.rejected,

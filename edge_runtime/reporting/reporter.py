@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.config import Config
+from edge_runtime.redaction import redact_text, redact_tree
 from edge_runtime.reporting.commands import CommandDispatcher
 from edge_runtime.reporting.outbox import Outbox, OutboxError, open_outbox
 from edge_runtime.reporting.topics import Topics, dumps, event_payload, status_payload
@@ -151,11 +152,12 @@ class Reporter:
 
     def event(self, kind: str, message: str, fields: dict[str, Any]) -> None:
         """An event on ``{prefix}/{device}/events`` (through the outbox) and in the log."""
+        message = redact_text(message)  # every event passes here: no credentials in any of them
         log.info("event %s: %s", kind, message)
         if self.outbox is None:
             return
         qos = self.config.mqtt.events.qos
-        payload = dumps(event_payload(self.topics.device, kind, message, **fields))
+        payload = dumps(redact_tree(event_payload(self.topics.device, kind, message, **fields)))
         try:
             self.outbox.put(
                 self.topics.events,
@@ -175,7 +177,7 @@ class Reporter:
         return bool(
             self.link.publish_now(
                 self.topics.health,
-                dumps(report),
+                dumps(redact_tree(report)),
                 qos=self.config.mqtt.qos if qos is None else qos,
                 retain=self.config.mqtt.health.retain,
             )

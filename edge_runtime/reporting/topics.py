@@ -19,7 +19,7 @@ SAFE = SAFE_LEVEL_RE
 
 def safe_level(value: str, what: str) -> str:
     """``value`` when it is usable as one topic level, else ValueError (no ``+``, ``#``, ``/``)."""
-    if not isinstance(value, str) or not SAFE.match(value):
+    if not isinstance(value, str) or not SAFE.fullmatch(value):
         raise ValueError(f"{what} {value!r} is not a safe topic level (letters, digits, _ . : - only)")
     return value
 
@@ -68,13 +68,22 @@ class Topics:
     def reply(self, request_id: str) -> str:
         return f"{self.base}/reply/{safe_level(request_id, 'request id')}"
 
+    def in_reply_tree(self, topic: str) -> bool:
+        """Whether ``topic`` is ``{prefix}/{device}/reply/...`` with safe levels only (no wildcard,
+        no empty level): the one place an MQTT 5 response topic may point to."""
+        head = f"{self.base}/reply/"
+        if not topic.startswith(head):
+            return False
+        levels = topic[len(head) :].split("/")
+        return 0 < len(levels) <= 8 and all(SAFE.fullmatch(level) for level in levels)
+
     def command_name(self, topic: str) -> str | None:
         """The command of an inbound topic, or None when the topic is not one of ours."""
         head = f"{self.base}/cmd/"
         if not topic.startswith(head):
             return None
         name = topic[len(head) :]
-        return name if SAFE.match(name) else None
+        return name if SAFE.fullmatch(name) else None
 
 
 def status_payload(state: str, version: str, pipelines: list[str], reason: str | None = None) -> bytes:

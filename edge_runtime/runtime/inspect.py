@@ -87,11 +87,31 @@ def build_report(
         report["delegates"] = [{"delegate": d, "loads": False, "cause": str(exc)} for d in delegates]
         return report
     report["backend"] = {"name": chosen.name, "version": chosen.version}
+    report["xnnpack"] = _xnnpack(p, chosen.name)
     report["delegates"] = [
         {"delegate": pr.delegate, "loads": pr.loads, "cause": pr.cause}
         for pr in probe_delegates(p, delegates, chosen.name)
     ]
     return report
+
+
+def _xnnpack(path: Path, backend: str) -> dict[str, Any] | None:
+    """Which ops LiteRT's XNNPACK delegate leaves on reference kernels (what makes int8 slow)."""
+    if backend != "litert":
+        return None
+    from edge_runtime.runtime.coverage import xnnpack
+
+    try:
+        c = xnnpack(path.read_bytes())
+    except (ValueError, RuntimeError, OSError) as exc:
+        return {"error": " ".join(str(exc).split())[:300]}
+    return {
+        "whole_graph": c.whole_graph,
+        "ops": c.ops,
+        "partitions": c.partitions,
+        "left": c.left,
+        "text": c.text(),
+    }
 
 
 def _quant_text(t: dict[str, Any]) -> str:
@@ -130,6 +150,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"custom ops  {', '.join(report['custom_ops']) or 'none'}")
     backend = report["backend"]
     lines.append(f"backend     {backend['name'] + ' ' + backend['version'] if backend else 'none'}")
+    xnn = report.get("xnnpack")
+    if xnn:
+        lines.append(f"xnnpack     {xnn.get('text') or 'cannot load: ' + xnn.get('error', '')}")
     for i, d in enumerate(report["delegates"]):
         label = "delegates" if i == 0 else ""
         state = "loads" if d["loads"] else f"no: {d['cause']}"

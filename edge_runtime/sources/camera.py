@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy.typing as npt
 from pydantic import Field, field_validator
 
 from edge_runtime.errors import SourceError
+from edge_runtime.redaction import redact_text
 from edge_runtime.sources.base import Frame, Source, SourceConfigBase
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ FALLBACK_FILE_FPS = 25.0
 """Pace of a real-time file whose container does not say its frame rate (and no ``fps`` is set)."""
 
 _STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-_USERINFO = re.compile(r"(//)[^/@]*@")
 
 
 class CameraConfig(SourceConfigBase):
@@ -104,7 +103,7 @@ def uri_kind(uri: str | int) -> UriKind:
 
 def redact(uri: str | int) -> str:
     """The uri for logs and errors, without credentials (``rtsp://user:pw@host`` -> ``rtsp://***@host``)."""
-    return _USERINFO.sub(r"\1***@", str(uri))
+    return redact_text(str(uri))
 
 
 class CameraSource(Source):
