@@ -32,7 +32,7 @@ PATTERN = [BRIGHT] * 10 + [DARK] * 5 + [BRIGHT] * 10 + [DARK] * 3 + [BRIGHT] * 1
 def gather_model(path: Path) -> Path:
     """image int8 [1,1,1,1] (scale 1/255, zero point -128) -> CAST int32 -> GATHER from a
     [128, 4] table whose row i is one-hot at class i // 32 -> scores float32 [1,1,1,1,4]."""
-    import flatbuffers  # type: ignore[import-untyped]
+    import flatbuffers
     from ai_edge_litert import schema_py_generated as fb
 
     table = np.zeros((ROWS, 4), np.float32)
