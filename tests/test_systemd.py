@@ -174,7 +174,8 @@ def test_ready_status_watchdog_and_a_wedged_source(tmp_path: Path, broker: Mosqu
                 assert wait_until(lambda: time.monotonic() - max(listener.times("WATCHDOG=1")) > 3.0, 15)
                 silent = len(listener.times("WATCHDOG=1"))
                 blocked = re.search(r"a read has been blocked for ([0-9.]+) s", log_path.read_text())
-                assert blocked and float(blocked.group(1)) > 1.0, "stops only past half the watchdog"
+                # past half the watchdog (1 s); the log prints the age to 0.1 s, so 1.04 s reads 1.0
+                assert blocked and float(blocked.group(1)) >= 1.0, "stops only past half the watchdog"
                 camera.resume()
                 assert wait_until(lambda: len(listener.times("WATCHDOG=1")) > silent, 40), (
                     "pings did not resume"
