@@ -29,18 +29,19 @@ from devkit.processes import wait_until
 SOAK_S = float(os.environ.get("EDGE_RUNTIME_SOAK_S", "600"))
 MB = 1024 * 1024
 RSS_GROWTH_LIMIT = 10 * MB
-LEAK_SLOPE_LIMIT = 0.5
+LEAK_SLOPE_LIMIT = 1.0
 """MB/min: the bound on RSS growth within the stretches between broker restarts (the slope
-fitted to each stretch with its own intercept, pooled: see :func:`pooled_slope_per_min`).
+fitted to each stretch with its own intercept, pooled: :func:`pooled_slope_per_min`).
 
-Why this figure. The CI soak (60 s) samples every second after a 20-s warm-up: four stretches of
-5-12 samples between the restarts. Each reconnect adds a small step to RSS (buffers for the
-backlog, 0.05-0.2 MB, reused afterwards); the plain least-squares slope over the whole warm window
-counts those steps as growth: 0.57 MB/min measured on 2026-12-01 (2 shared cores), where the old
-bound (10 MB over the window's 40 s, i.e. 15 MB/min) let any leak below 15 MB/min pass. Within the
-stretches the same run gives 0.06 MB/min. A leak of 1 MB/min adds 1 MB/min to that slope in every
-stretch (1.06 for the run above): 0.5 sits twice below it and eight times above the measured noise.
-The whole-window figure stays in the report; the 10 MB growth bound still catches a step leak."""
+Why this estimator and this figure. Each reconnect adds a step to RSS (buffers for the outage's
+backlog, 0.1-0.9 MB measured), so the plain least-squares slope over the 40 s after the warm-up of
+the 60-s CI form swings with the steps: 0.57, 0.65, 0.78 and 2.5 MB/min in four runs on 2026-12-01
+(2 cores shared with other work); the old bound (10 MB over those 40 s, i.e. 15 MB/min) let any
+leak below 15 MB/min through. Within the stretches the same four runs gave 0.0, 0.06, 0.81 and 0.71
+MB/min. A leak of 1 MB/min grows RSS by 1 MB/min inside every stretch, on top of what the run
+measures without it (never below 0 so far), so it reads at least 1.0: not below this bound. The
+margin for a run without a leak is thin in the 60-s form (0.19 MB/min above the highest measured);
+the 10-minute run, with 2-minute stretches, separates the two clearly (0.10 MB/min measured)."""
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(SOAK_S * 1.5 + 300)]
 
