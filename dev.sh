@@ -5,8 +5,8 @@
 #                            when no --config is given: bundled model, bundled input, no broker)
 #   ./dev.sh test [PYTEST ARGS...]
 #                            set up .venv, .venv-tflite and the Debian packages the tests use
-#                            (mosquitto, socat, ffmpeg), then run the suite under LiteRT and the
-#                            runtime/model tests again under tflite-runtime
+#                            (mosquitto, socat, ffmpeg, curl, chromium), then run the suite under LiteRT and the
+#                            runtime/model tests again under tflite-runtime and under ONNX Runtime
 #   ./dev.sh lint            ruff check, ruff format --check, mypy --strict
 #   ./dev.sh setup           only the set-up steps
 #
@@ -74,7 +74,7 @@ setup_base() {
 
 setup_test() {
   setup_base
-  apt_ensure mosquitto mosquitto-clients socat ffmpeg systemd shellcheck faketime
+  apt_ensure mosquitto mosquitto-clients socat ffmpeg systemd shellcheck faketime curl chromium chromium-driver
   if PY_TFL=$(pick_python 11); then
     venv_ensure .venv-tflite "$PY_TFL" ".[tflite-runtime,test]"
   else
@@ -93,11 +93,14 @@ case "$cmd" in
     setup_test
     export EDGE_RUNTIME_SOAK_S=${EDGE_RUNTIME_SOAK_S:-60}  # the soak test, shortened (600 = 10 min)
     log "suite under LiteRT (.venv)"
-    .venv/bin/python -m pytest "$@"
+    # the container tests build and run the OCI image: slow, CI runs them as their own stage
+    .venv/bin/python -m pytest -m "not container" "$@"
     if [ -x .venv-tflite/bin/python ]; then
       log "runtime and model tests under tflite-runtime (.venv-tflite)"
       EDGE_RUNTIME_TEST_BACKEND=tflite-runtime .venv-tflite/bin/python -m pytest -m backend "$@"
-    fi ;;
+    fi
+    log "runtime and model tests under ONNX Runtime (.venv; the .onnx twins of the bundled models)"
+    EDGE_RUNTIME_TEST_BACKEND=onnxruntime .venv/bin/python -m pytest -m "backend and not tflite" "$@" ;;
   lint)
     setup_base
     .venv/bin/ruff check .

@@ -12,12 +12,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from edge_runtime import __version__
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.systemd import setup_logging
 
 log = logging.getLogger("edge_runtime")
 
-BACKEND_CHOICES = ("auto", "litert", "tflite-runtime")
+BACKEND_CHOICES = ("auto", "litert", "tflite-runtime", "onnxruntime")
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -81,8 +81,10 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from edge_runtime.config import load_config
+    from edge_runtime.daemon.preflight import preflight
 
     config = load_config(args.file, args.set or (), profile=args.profile)
+    preflight(config, str(args.file))
     models = sum(len(p.models) + (1 if p.cascade else 0) for p in config.pipelines)
     print(
         f"{args.file}: ok: device {config.device.id}, {len(config.sources)} sources, "
@@ -99,7 +101,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge_runtime.reporting.stdout import StdoutSink
 
     path = Path(args.config) if args.config else DEMO_CONFIG
+    from edge_runtime.daemon.preflight import preflight
+
     config = load_config(path, args.set or (), profile=args.profile)
+    preflight(config, str(path))
     if args.log_level is None:
         logging.getLogger().setLevel(config.device.log_level.upper())
     sinks = [] if args.quiet else [StdoutSink()]
@@ -162,19 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("inspect", help="describe a .tflite model and where it would run here")
-    p.add_argument("model", help="path of the .tflite file")
+    p = sub.add_parser("inspect", help="describe a .tflite or .onnx model and where it would run here")
+    p.add_argument("model", help="path of the .tflite or .onnx file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="inference backend")
     p.add_argument(
         "--delegates",
         default="",
-        help="comma-separated delegates to probe (default: edgetpu,gpu,vx,armnn,cpu)",
+        help="comma-separated delegates to probe (default: edgetpu,gpu,vx,armnn,cpu; .onnx: xnnpack,acl,cpu)",
     )
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("bench", help="measure a model's invoke latency")
-    p.add_argument("model", help="path of the .tflite file")
+    p.add_argument("model", help="path of the .tflite or .onnx file (with --backend all: its twin too)")
     p.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: runtime's)")
     p.add_argument("--delegate", default=None, help="delegate to try first; cpu is the fallback")
     p.add_argument("--runs", type=_positive, default=100, help="timed invokes (default 100)")
@@ -209,6 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except ConfigError as exc:
+        if len(exc.problems) == 1:  # one problem, one line
+            problem = exc.problems[0]
+            line = problem if problem.startswith(exc.source) else f"{exc.source}: {problem}"
+            print(f"edge-runtime: error: {line}", file=sys.stderr)
+        else:
+            print(f"edge-runtime: error: {exc}", file=sys.stderr)
+        return 1
     except EdgeRuntimeError as exc:
         lines = str(exc).splitlines() or [type(exc).__name__]
         print(f"edge-runtime: error: {lines[0]}", file=sys.stderr)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -37,13 +36,14 @@ class Stage(Generic[T]):
         self.name = name
         self._handle = handle
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
-        self._closed = threading.Event()
         self.busy_since: float | None = None  # monotonic time the job in hand started, or None
         self.error: BaseException | None = None  # the last exception a job raised
         # a job that raises is dropped and reported by the supervisor; the thread takes the next
         # one (restart) or ends, and then put() raises instead of blocking (restart=False)
         self._thread = spawn(
-            name, self._run, restart=restart, should_restart=lambda: not self._closed.is_set()
+            name,
+            self._run,
+            restart=restart,  # restarted until it reads the stop mark: close drains
         )
 
     @property
@@ -65,7 +65,6 @@ class Stage(Generic[T]):
     def close(self, timeout: float | None = None) -> bool:
         """Finish every job handed over, then end the thread; whether it ended within ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._closed.set()
         while self._thread.is_alive():
             try:
                 self._queue.put(_STOP, timeout=0.1)

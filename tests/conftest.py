@@ -1,7 +1,9 @@
 """The suite's fixtures: the backend under test, the bundled models, real brokers and a test PKI.
 
 ``EDGE_RUNTIME_TEST_BACKEND`` picks the backend for tests marked ``backend`` (``./dev.sh test``
-runs them a second time in ``.venv-tflite`` with ``tflite-runtime``).
+runs them a second time in ``.venv-tflite`` with ``tflite-runtime``, and a third time with
+``onnxruntime``, which runs the .onnx twin of each bundled .tflite model; tests of the TFLite file
+format itself are also marked ``tflite`` and left out of that run).
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ from devkit.pki import TestPki
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "backend: runtime and model tests, run under every backend")
+    config.addinivalue_line("markers", "tflite: about the .tflite format itself (not run under onnxruntime)")
+
+
+def missing_delegate_cause(backend: str) -> str:
+    """How a TFLite delegate whose library is missing fails under ``backend``."""
+    if backend == "onnxruntime":
+        return "a TFLite delegate; onnxruntime runs .onnx models on execution providers"
+    return "cannot open shared object file"
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import missing_delegate_cause
 
 from devkit.paths import BENCH_MODELS, MODELS, ROOT
 
@@ -31,6 +32,7 @@ def backend() -> str:
     return os.environ.get("EDGE_RUNTIME_TEST_BACKEND", "litert")
 
 
+@pytest.mark.tflite
 def test_inspect_json_on_the_bundled_digits_model() -> None:
     proc = cli("inspect", str(MODELS / "digits_int8.tflite"), "--json", "--backend", backend())
     assert proc.returncode == 0, proc.stderr
@@ -53,6 +55,7 @@ def test_inspect_json_on_the_bundled_digits_model() -> None:
     assert report["backend"]["name"] == backend()
 
 
+@pytest.mark.tflite
 def test_inspect_text_lists_the_essentials() -> None:
     proc = cli("inspect", str(MODELS / "fused_int8.tflite"), "--backend", backend())
     assert proc.returncode == 0, proc.stderr
@@ -111,7 +114,7 @@ def test_bench_json_reports_latency_and_the_delegate_used() -> None:
     result = json.loads(proc.stdout)
     assert result["backend"] == backend()
     assert result["delegate"] == "cpu"
-    assert "edgetpu failed: libedgetpu.so.1: cannot open shared object file" in result["placement"]
+    assert f"edgetpu failed: libedgetpu.so.1: {missing_delegate_cause(backend())}" in result["placement"]
     assert result["runs"] == 50
     assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"]
     assert result["load_ms"] > 0 and result["first_invoke_ms"] > 0
@@ -127,11 +130,13 @@ def test_bench_all_backends_side_by_side() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line for line in proc.stdout.splitlines()[1:] if line.strip()}
-    assert "unavailable" not in rows["litert"] and "unavailable" not in rows["tflite-runtime"], proc.stdout
+    assert all("unavailable" not in rows[b] for b in ("litert", "tflite-runtime", "onnxruntime")), proc.stdout
+    assert "onnxruntime ran " + str(model.with_suffix(".onnx")) in proc.stdout
     proc = cli(
         "bench", str(MODELS / "digits_int8.tflite"), "--backend", "all", "--python", str(TFLITE_PYTHON),
         "--runs", "20", "--json",
     )  # fmt: skip
     data = json.loads(proc.stdout)
-    assert [row["backend"] for row in data] == ["litert", "tflite-runtime"]
+    assert [row["backend"] for row in data] == ["litert", "tflite-runtime", "onnxruntime"]
+    assert data[2]["result"]["model"] == str(MODELS / "digits_int8.onnx")
     assert all(row["result"] and row["result"]["p50_ms"] > 0 for row in data), data

@@ -244,6 +244,16 @@ class FakeDevice:
         self._step(rid, "accepted")
         if self.behaviour == "silent":
             return
+        try:  # like the daemon: the signature first, before anything is fetched
+            keys = [self.public_key] if self.public_key else []
+            fields = signing.SignedFields.update(
+                body["pipeline"], body["version"], body["sha256"], body["size"], body.get("rollback_from")
+            )
+            signing.verify(keys, fields, body.get("signature"))
+        except SignatureError as exc:
+            self._step(rid, "signature", ok=False, error=str(exc))
+            return
+        self._step(rid, "signature")
         try:
             data = self._fetch(body)
         except (OSError, KeyError) as exc:
@@ -256,13 +266,6 @@ class FakeDevice:
             self._step(rid, "sha256", ok=False, error=f"sha256 {sha} differs from {body['sha256']}")
             return
         self._step(rid, "sha256")
-        try:
-            keys = [self.public_key] if self.public_key else []
-            signing.verify(keys, body["pipeline"], body["version"], body["sha256"], body.get("signature"))
-        except SignatureError as exc:
-            self._step(rid, "signature", ok=False, error=str(exc))
-            return
-        self._step(rid, "signature")
         for step in ("load", "check", "smoke", "swap"):
             if self.behaviour == f"refuse:{step}":
                 self._step(rid, step, ok=False, error=f"{step} refused by the fake device")
@@ -390,9 +393,11 @@ def test_sign_prints_a_signature_the_device_side_accepts(
     assert signed == json.loads(out_file.read_text())
     assert signed["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert signed["size"] == model.stat().st_size
-    signing.verify([public], "digits", "2", signed["sha256"], signed["signature"])
+    fields = signing.SignedFields.update("digits", "2", signed["sha256"], signed["size"])
+    assert signing.verify([public], fields, signed["signature"])
     with pytest.raises(SignatureError):
-        signing.verify([public], "digits", "3", signed["sha256"], signed["signature"])
+        other = signing.SignedFields.update("digits", "3", signed["sha256"], signed["size"])
+        signing.verify([public], other, signed["signature"])
     (tmp_path / "k" / "fleet.key").chmod(0o644)
     code, _, err = run(capsys, *argv)
     assert code == 1 and "chmod 600" in err

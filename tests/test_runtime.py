@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import missing_delegate_cause
 
 from devkit.paths import DATA, MODELS
 from edge_runtime.errors import InputError, ModelFormatError, ModelLoadError
@@ -69,10 +70,9 @@ def test_a_missing_accelerator_falls_back_to_cpu_with_the_reason(backend_name: s
     model = Model(MODELS / "digits_int8.tflite", delegates=["edgetpu", "gpu", "cpu"], backend=backend_name)
     assert model.delegate == "cpu"
     assert [f.delegate for f in model.failures] == ["edgetpu", "gpu"]
-    assert "libedgetpu.so.1: cannot open shared object file" in model.failures[0].cause
-    assert model.placement.startswith(
-        "running on cpu; edgetpu failed: libedgetpu.so.1: cannot open shared object file"
-    )
+    cause = missing_delegate_cause(backend_name)
+    assert f"libedgetpu.so.1: {cause}" in model.failures[0].cause
+    assert model.placement.startswith(f"running on cpu; edgetpu failed: libedgetpu.so.1: {cause}")
 
 
 def test_an_external_delegate_that_is_missing_is_reported(backend_name: str, tmp_path: Path) -> None:
@@ -82,6 +82,7 @@ def test_an_external_delegate_that_is_missing_is_reported(backend_name: str, tmp
     assert "libnope.so" in model.failures[0].cause
 
 
+@pytest.mark.tflite
 def test_an_edgetpu_compiled_model_without_an_edgetpu_is_a_clear_error(backend_name: str) -> None:
     path = DATA / "edgetpu_custom_op.tflite"
     info, _ = read_model_file(path)

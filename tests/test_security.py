@@ -27,7 +27,7 @@ from devkit.mqtt_client import Subscriber
 from devkit.paths import DATA, MODELS, ROOT
 from devkit.processes import wait_until
 from edge_runtime.config import PACKAGE_DIR
-from edge_runtime.updates.signing import sign
+from edge_runtime.updates.signing import SignedFields, sign
 
 NOT_AUTHORIZED = 0x87
 ADMIN_PASSWORD = "admin-Pw-4711"
@@ -240,7 +240,7 @@ def test_traversal_looking_command_arguments_are_refused(tmp_path: Path, broker:
         ("snapshot", {"source": "/etc/passwd"}, "no camera source"),
         ("pipeline.pause", {"pipeline": "../evil"}, "no pipeline"),
         ("model.list", {"pipeline": "../../evil"}, "no pipeline"),
-        ("model.rollback", {"pipeline": "../evil"}, "no pipeline"),
+        ("model.rollback", {"pipeline": "../evil"}, "not a valid pipeline name"),
         ("model.update", {"pipeline": "../evil", "url": f"file://{model}", **update}, "not a valid pipeline"),
         (
             "model.update",
@@ -336,6 +336,7 @@ def test_signed_updates_are_required_once_a_key_exists_and_state_files_are_priva
     }
     extra = (
         f'[updates]\npublic_keys = ["{public}"]\nprobation_s = 10\nprobation_results = 5\n'
+        "allow_file_urls = true\n"
         "max_latency_factor = 1000.0\nfail_on_constant = false\n"
     )
     config = digits_config(tmp_path, port=broker.port, extra=extra)
@@ -349,7 +350,7 @@ def test_signed_updates_are_required_once_a_key_exists_and_state_files_are_priva
             assert "unsigned" in unsigned["error"]
             forged = final_reply(sub, "model.update", {"id": "u2", **body, "signature": "A" * 88})[-1]
             assert forged["ok"] is False and forged["step"] == "signature", forged
-            signature = sign(private, "digits", "2", sha)
+            signature = sign(private, SignedFields.update("digits", "2", sha, len(data)))
             signed = final_reply(sub, "model.update", {"id": "u3", **body, "signature": signature})
             assert signed[-1]["ok"] and signed[-1]["step"] == "commit", signed
             assert daemon.stop() == 0

@@ -17,7 +17,7 @@ from devkit.broker import Mosquitto
 from devkit.daemon import Daemon, digits_config
 from devkit.mqtt_client import Subscriber
 from devkit.paths import DATA, MODELS
-from edge_runtime.updates.signing import generate_keypair, sign
+from edge_runtime.updates.signing import SignedFields, generate_keypair, sign
 
 DIGITS = MODELS / "digits_int8.tflite"
 CONSTANT = DATA / "constant_digits_int8.tflite"
@@ -78,7 +78,7 @@ def update_body(
         "version": version,
     }
     if key is not None:
-        body["signature"] = sign(key, "digits", version, sha)
+        body["signature"] = sign(key, SignedFields.update("digits", version, sha, len(data)))
     body.update(over)
     return body
 
@@ -108,12 +108,15 @@ def test_every_bad_update_is_refused_at_its_step(
     text = b"this is not a model\n" * 100
     fused = (MODELS / "fused_int8.tflite").read_bytes()
     extra = f'[updates]\npublic_keys = ["{public}"]\nmax_bytes = 200000\nprobation_s = 5\n'
+    extra += "allow_file_urls = true\n"
     config = digits_config(tmp_path, port=broker.port, extra=extra)
     (tmp_path / "text.tflite").write_bytes(text)
     big = digits * 5
     with http_files({"digits": digits, "big": big, "cut": digits}, truncate={"cut"}) as base:
+        wrong = hashlib.sha256(b"another file").hexdigest()  # signed, but not this file's sha256
+        signed_wrong = sign(private, SignedFields.update("digits", "2", wrong, len(digits)))
         cases = [
-            ("sha", update_body(DIGITS, digits, "2", private, sha256="0" * 64), "sha256"),
+            ("sha", update_body(DIGITS, digits, "2", None, sha256=wrong, signature=signed_wrong), "sha256"),
             ("badsig", update_body(DIGITS, digits, "2", other_private), "signature"),
             ("unsigned", update_body(DIGITS, digits, "2", None), "signature"),
             ("tampered", {**update_body(DIGITS, digits, "2", private), "version": "3"}, "signature"),
@@ -129,7 +132,11 @@ def test_every_bad_update_is_refused_at_its_step(
             for name, body, step in cases:
                 replies = request(sub, name, body)
                 final = replies[-1]
-                assert replies[0]["step"] == "accepted", (name, replies)  # first, even for a fast failure
+                if step == "signature":  # refused at once, before anything is fetched: one reply
+                    assert len(replies) == 1, (name, replies)
+                else:
+                    assert replies[0]["step"] == "accepted", (name, replies)  # first, even for a fast failure
+                    assert replies[1]["step"] == "signature" and replies[1]["signed"] is True, replies
                 assert final["ok"] is False and final["step"] == step, (name, replies)
                 assert final["error"], final
 
@@ -154,12 +161,13 @@ def test_a_good_update_commits_and_a_constant_model_rolls_back(
 ) -> None:
     private, public = keys
     extra = f'[updates]\npublic_keys = ["{public}"]\nprobation_s = 10\nprobation_results = 10\n'
+    extra += "allow_file_urls = true\n"
     config = digits_config(tmp_path, port=broker.port, extra=extra)
     constant = CONSTANT.read_bytes()
     with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
         assert sub.wait_for(lambda ms: any(m.topic.endswith("/health") for m in ms), 30), daemon.log()
         replies = request(sub, "good", update_body(V2, V2.read_bytes(), "2", private))
-        steps = ["accepted", "download", "sha256", "signature", "load", "check", "smoke", "swap", "probation"]
+        steps = ["accepted", "signature", "download", "sha256", "load", "check", "smoke", "swap", "probation"]
         assert [r["step"] for r in replies] == [*steps, "commit"]
         assert replies[-1]["ok"] and replies[-1]["version"] == "2"
         assert sub.wait_for(lambda ms: serving(sub)[1] == "2", 20)
@@ -189,7 +197,9 @@ def test_a_good_update_commits_and_a_constant_model_rolls_back(
 
 def test_kill_9_during_probation_comes_back_on_the_committed_model(tmp_path: Path, broker: Mosquitto) -> None:
     config = digits_config(
-        tmp_path, port=broker.port, extra="[updates]\nprobation_s = 60\nprobation_results = 100000\n"
+        tmp_path,
+        port=broker.port,
+        extra="[updates]\nprobation_s = 60\nprobation_results = 100000\nallow_file_urls = true\n",
     )
     constant = CONSTANT.read_bytes()
     with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub:

@@ -41,8 +41,9 @@ from edge_runtime.updates.checks import (
     verify_sha256,
 )
 from edge_runtime.updates.protocol import ChecksumError, StoreError, UpdateError, UpdateRequest
+from edge_runtime.updates.signing import SignedFields
 from edge_runtime.updates.store import ModelStore
-from edge_runtime.updates.transfer import ChunkAssembler, download
+from edge_runtime.updates.transfer import ChunkAssembler, DownloadPolicy, download
 
 DIGITS = MODELS / "digits_int8.tflite"
 DIGITS_BYTES = DIGITS.read_bytes()
@@ -63,12 +64,36 @@ def keys() -> tuple[bytes, str]:
     return signing.generate_keypair()
 
 
+SIZE = len(DIGITS_BYTES)
+
+
+def fields(
+    pipeline: str = "digits", version: str = "2", sha: str = DIGITS_SHA, size: int = SIZE
+) -> SignedFields:
+    return SignedFields.update(pipeline, version, sha, size)
+
+
 def test_signed_message_is_canonical() -> None:
-    message = signing.signed_message("digits", "2.1", "AB" * 32)
-    assert message == b"edge-runtime-model-v1\ndigits\n2.1\n" + b"ab" * 32 + b"\n"
-    for bad in [("a\nb", "1", DIGITS_SHA), ("p", "1\r", DIGITS_SHA), ("p", "", DIGITS_SHA), ("p", "1", "x")]:
+    message = signing.signed_message(SignedFields.update("digits", "2.1", "AB" * 32, 45411))
+    assert message == (
+        b"edge-runtime-model-v2\naction=update\npipeline=digits\nversion=2.1\nsha256=" + b"ab" * 32
+        + b"\nsize=45411\nrollback_from=\n"
+    )  # fmt: skip
+    rollback = signing.signed_message(SignedFields.rollback("digits", "1", "2"))
+    assert rollback == (
+        b"edge-runtime-model-v2\naction=rollback\npipeline=digits\nversion=1\nsha256=\nsize=\nrollback_from=2\n"
+    )
+    for bad in [
+        fields(pipeline="a\nb"),
+        fields(version="1\r"),
+        fields(version=""),
+        fields(sha="x"),
+        fields(size=0),
+        SignedFields.update("p", "1", DIGITS_SHA, 1, "2\n3"),
+        SignedFields.rollback("p", "1", ""),
+    ]:
         with pytest.raises(UpdateError) as exc:
-            signing.signed_message(*bad)
+            signing.signed_message(bad)
         refused("signature", exc)
 
 
@@ -76,52 +101,66 @@ def test_signature_good_and_with_several_keys(keys: tuple[bytes, str]) -> None:
     private, public = keys
     other = signing.generate_keypair()[1]
     assert len(base64.b64decode(public)) == 32
-    signature = signing.sign(private, "digits", "2", DIGITS_SHA)
-    signing.verify([public], "digits", "2", DIGITS_SHA, signature)
-    signing.verify([other, public], "digits", "2", DIGITS_SHA.upper(), signature)
+    signature = signing.sign(private, fields())
+    assert signing.verify([public], fields(), signature) is True
+    assert signing.verify([other, public], fields(sha=DIGITS_SHA.upper()), signature) is True
 
 
 @pytest.mark.parametrize(
-    ("pipeline", "version", "sha"),
-    [("fused", "2", DIGITS_SHA), ("digits", "3", DIGITS_SHA), ("digits", "2", "0" * 64)],
-    ids=["pipeline", "version", "sha256"],
+    "tampered",
+    [
+        fields(pipeline="fused"),
+        fields(version="3"),
+        fields(sha="0" * 64),
+        fields(size=SIZE + 1),
+        SignedFields.update("digits", "2", DIGITS_SHA, SIZE, "1"),
+        SignedFields.rollback("digits", "2", "1"),
+    ],
+    ids=["pipeline", "version", "sha256", "size", "rollback_from", "action"],
 )
-def test_signature_over_tampered_fields_is_refused(
-    keys: tuple[bytes, str], pipeline: str, version: str, sha: str
-) -> None:
+def test_signature_over_tampered_fields_is_refused(keys: tuple[bytes, str], tampered: SignedFields) -> None:
     private, public = keys
-    signature = signing.sign(private, "digits", "2", DIGITS_SHA)
+    signature = signing.sign(private, fields())
     with pytest.raises(UpdateError) as exc:
-        signing.verify([public], pipeline, version, sha, signature)
+        signing.verify([public], tampered, signature)
     assert "matches none" in refused("signature", exc)
+
+
+def test_a_v1_signature_is_refused(tmp_path: Path, keys: tuple[bytes, str]) -> None:
+    private, public = keys
+    key = signing.load_private_key(signing.write_private_key(tmp_path / "k.pem", private))
+    v1 = b"edge-runtime-model-v1\ndigits\n2\n" + DIGITS_SHA.encode() + b"\n"  # what 0.1 signed
+    with pytest.raises(UpdateError) as exc:
+        signing.verify([public], fields(), base64.b64encode(key.sign(v1)).decode())
+    assert "edge-runtime-model-v1" in refused("signature", exc)
 
 
 def test_signature_refusals(keys: tuple[bytes, str]) -> None:
     private, public = keys
     wrong_private = signing.generate_keypair()[0]
-    signature = signing.sign(wrong_private, "digits", "2", DIGITS_SHA)
+    signature = signing.sign(wrong_private, fields())
     with pytest.raises(UpdateError) as exc:
-        signing.verify([public], "digits", "2", DIGITS_SHA, signature)
+        signing.verify([public], fields(), signature)
     assert "matches none of the 1" in refused("signature", exc)
     for unsigned in (None, ""):
         with pytest.raises(UpdateError) as exc:
-            signing.verify([public], "digits", "2", DIGITS_SHA, unsigned)
+            signing.verify([public], fields(), unsigned)
         assert "unsigned" in refused("signature", exc)
     for garbage in ("not base64!", base64.b64encode(b"short").decode()):
         with pytest.raises(UpdateError) as exc:
-            signing.verify([public], "digits", "2", DIGITS_SHA, garbage)
+            signing.verify([public], fields(), garbage)
         assert "signature" in refused("signature", exc)
     with pytest.raises(UpdateError) as exc:
-        signing.verify(["AAAA"], "digits", "2", DIGITS_SHA, signing.sign(private, "digits", "2", DIGITS_SHA))
+        signing.verify(["AAAA"], fields(), signing.sign(private, fields()))
     assert "configured public key 0" in refused("signature", exc)
 
 
 def test_no_keys_configured_accepts_unsigned_and_ignores_a_signature(
     keys: tuple[bytes, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    signing.verify([], "digits", "2", DIGITS_SHA, None)
+    assert signing.verify([], fields(), None) is False
     with caplog.at_level(logging.WARNING, logger="edge_runtime.updates.signing"):
-        signing.verify([], "digits", "2", DIGITS_SHA, "garbage")
+        assert signing.verify([], fields(), "garbage") is False
     assert "signature ignored" in caplog.text
 
 
@@ -133,8 +172,8 @@ def test_private_key_files(tmp_path: Path, keys: tuple[bytes, str]) -> None:
     with pytest.raises(UpdateError, match="refusing to overwrite"):
         signing.write_private_key(path, signing.generate_keypair()[0])
     key = signing.load_private_key(path)
-    signature = base64.b64encode(key.sign(signing.signed_message("p", "1", DIGITS_SHA))).decode()
-    signing.verify([public], "p", "1", DIGITS_SHA, signature)
+    signature = base64.b64encode(key.sign(signing.signed_message(fields("p", "1")))).decode()
+    signing.verify([public], fields("p", "1"), signature)
     path.chmod(0o644)
     with pytest.raises(UpdateError) as exc:
         signing.load_private_key(path)
@@ -279,8 +318,7 @@ def test_download_refusals(server: str, tmp_path: Path) -> None:
         port = s.getsockname()[1]
     assert "refused" in refused("download", _fetch(f"http://127.0.0.1:{port}/m", dest)).lower()
     for url in ("ftp://127.0.0.1/m", str(DIGITS), "data:,abc"):
-        assert "unsupported URL scheme" in refused("download", _fetch(url, dest))
-    assert "file:///path" in str(_fetch(str(DIGITS), dest).value)
+        assert "is not allowed; use http or https" in refused("download", _fetch(url, dest))
 
 
 def test_download_size_limit_stops_an_endless_body(server: str, tmp_path: Path) -> None:
@@ -291,21 +329,31 @@ def test_download_size_limit_stops_an_endless_body(server: str, tmp_path: Path) 
 
 
 def test_download_timeouts(server: str, tmp_path: Path) -> None:
-    for path, words in (("/slow", "no response"), ("/trickle", "not complete within")):
+    for path, words in (("/slow", "within 0.4 s"), ("/trickle", "not complete within")):
         started = time.monotonic()
         message = refused("download", _fetch(server + path, tmp_path / "m", timeout_s=0.4))
         assert words in message, message
         assert time.monotonic() - started < 2.5
 
 
+FILES = DownloadPolicy(allow_file=True)
+
+
 def test_download_file_url(tmp_path: Path) -> None:
-    dest = download(DIGITS.as_uri(), tmp_path / "m", max_bytes=10**6, timeout_s=1)
+    dest = download(DIGITS.as_uri(), tmp_path / "m", max_bytes=10**6, timeout_s=1, policy=FILES)
     assert sha256_file(dest) == DIGITS_SHA
     dest = tmp_path / "m2"
-    assert "no such file" in refused("download", _fetch((tmp_path / "nope").as_uri(), dest)).lower()
-    assert "not a regular file" in refused("download", _fetch(tmp_path.as_uri(), dest))
-    assert "must be local" in refused("download", _fetch("file://otherhost/etc/passwd", dest))
-    assert "more than the limit" in refused("size", _fetch(DIGITS.as_uri(), dest, max_bytes=1000))
+    assert (
+        "no such file"
+        in refused("download", _fetch((tmp_path / "nope").as_uri(), dest, policy=FILES)).lower()
+    )
+    assert "not a regular file" in refused("download", _fetch(tmp_path.as_uri(), dest, policy=FILES))
+    assert "must be local" in refused("download", _fetch("file://otherhost/etc/passwd", dest, policy=FILES))
+    assert "more than the limit" in refused(
+        "size", _fetch(DIGITS.as_uri(), dest, max_bytes=1000, policy=FILES)
+    )
+    message = refused("download", _fetch(DIGITS.as_uri(), dest))  # the default policy
+    assert "scheme 'file' is not allowed" in message and "allow_file_urls" in message
 
 
 def test_sha256(tmp_path: Path) -> None:
@@ -666,8 +714,9 @@ CHILD = """
 import random, sys
 from pathlib import Path
 from edge_runtime.updates.store import ModelStore
-from edge_runtime.updates.transfer import download
+from edge_runtime.updates.transfer import DownloadPolicy, download
 from edge_runtime.updates.protocol import StoreError
+FILES = DownloadPolicy(allow_file=True)
 
 root, sources, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
@@ -686,7 +735,7 @@ while True:
         elif choice < 0.3:
             sha = rng.choice(shas)
             dest = store.staging_dir("p") / (sha + ".download")
-            download((sources / (sha + ".bin")).as_uri(), dest, max_bytes=10**7, timeout_s=10)
+            download((sources / (sha + ".bin")).as_uri(), dest, max_bytes=10**7, timeout_s=10, policy=FILES)
             store.add("p", dest, sha, "v-" + sha[:8], move=True)
         elif choice < 0.85:
             serving = current.sha256 if current else None

@@ -21,9 +21,12 @@
 #      pip, which fetches the aarch64 wheels of the dependencies from PyPI (only when missing);
 #   4. starts mosquitto on a free loopback port on the host, subscribes to
 #      edge/arm64/pipelines/+/results, runs `edge-runtime run --max-results N` in the root and
-#      prints platform.machine(), the backend, its wheel tag and the delegate in use.
-# Exit 0 only when the machine is aarch64, the LiteRT wheel is an aarch64 one and the host broker
-# received at least N results. proc, dev and sys are mounted in the root only while it runs, in a
+#      prints platform.machine(), the backend, its wheel tag and the delegate in use;
+#   5. installs the aarch64 onnxruntime wheel (the `onnx` extra) when missing and runs the bundled
+#      int8 QDQ digits_int8.onnx on 100 held-out digits through edge-runtime's Model.
+# Exit 0 only when the machine is aarch64, the LiteRT wheel is an aarch64 one, the host broker
+# received at least N results, and the ONNX model ran on an aarch64 onnxruntime wheel with an
+# accuracy of at least 0.95. proc, dev and sys are mounted in the root only while it runs, in a
 # private mount namespace, and unmounted on any exit.
 set -euo pipefail
 
@@ -316,7 +319,8 @@ install_project() {
   "$py" - "$wheel" <<'EOF' || die "$name does not hold the bundled models"
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
-need = ["edge_runtime/models/digits_int8.tflite", "edge_runtime/models/fused_int8.tflite", "edge_runtime/demo.toml"]
+need = ["edge_runtime/models/digits_int8.tflite", "edge_runtime/models/fused_int8.tflite", "edge_runtime/demo.toml",
+        "edge_runtime/models/digits_int8.onnx", "edge_runtime/models/digits_heldout.npz"]
 missing = [n for n in need if n not in names]
 if missing:
     print("missing from the wheel:", ", ".join(missing), file=sys.stderr)
@@ -359,6 +363,44 @@ for line in metadata.requires("edge-runtime") or []:
         missing.append(f"{line} (installed {version})")
 print("\n".join(missing))
 '
+
+# One inference of the bundled int8 QDQ digits model on onnxruntime (the `onnx` extra), 100 held-out
+# digits through edge-runtime's Model, with the wheel's tag and the provider in use.
+ONNX_PROBE='
+import platform
+from importlib import metadata, resources
+import numpy as np
+from edge_runtime.runtime.model import Model
+from edge_runtime.runtime.quant import quantize
+models = resources.files("edge_runtime") / "models"
+model = Model(str(models / "digits_int8.onnx"), threads=1)
+with np.load(str(models / "digits_heldout.npz")) as data:
+    images, labels = data["images"][:100], data["labels"][:100]
+spec = model.inputs[0]
+predicted = [int(np.argmax(model.invoke([quantize(x[None, ..., None] / 255.0, spec.quant)])[0])) for x in images]
+dist = metadata.distribution("onnxruntime")
+tags = [l.split(":", 1)[1].strip() for l in (dist.read_text("WHEEL") or "").splitlines() if l.startswith("Tag:")]
+print("onnx machine:", platform.machine())
+print("onnxruntime wheel:", " ".join(f"onnxruntime-{dist.version}-{t}.whl" for t in tags))
+print("onnx model:", model.name, model.sha256[:12], model.placement + ", backend", model.backend.name, model.backend.version)
+print("onnx inputs:", model.inputs[0].describe(), "(QDQ edge as int8)")
+print("onnx accuracy:", f"{np.mean(np.array(predicted) == labels):.3f}", "on 100 held-out digits")
+'
+
+onnx_check() {
+  local t
+  echo "== one ONNX model on onnxruntime (aarch64 wheel, the onnx extra)"
+  if ! in_root /opt/venv/bin/python -c 'import onnxruntime' >/dev/null 2>&1; then
+    log "fetching the aarch64 onnxruntime wheel from PyPI"
+    in_root /opt/venv/bin/python -m pip install -q --only-binary=:all: "onnxruntime>=1.17" >"$TMP/pip-ort.log" 2>&1 ||
+      { cat "$TMP/pip-ort.log" >&2; die "pip could not install the aarch64 onnxruntime wheel"; }
+  fi
+  t=$(date +%s)
+  ONNX_INFO=$(in_root /opt/venv/bin/python -c "$ONNX_PROBE" 2>&1) ||
+    { printf '%s\n' "$ONNX_INFO" >&2; die "the ONNX inference on aarch64 failed (output above)"; }
+  printf '%s\n' "$ONNX_INFO" | sed 's/^/  /'
+  log "ONNX check done in $(elapsed "$t")"
+}
 
 # ------------------------------------------------------------------------------------------------
 # 4. The host broker, the subscriber and the emulated run.
@@ -455,10 +497,16 @@ EOF
   placements=$(sed -n 's/.*pipeline \([^ ]*\): model \([^ ]*\) ([0-9a-f]*) running on \(.*\), backend \(.*\)$/\1\/\2: \3 [\4]/p' \
     "$TMP/daemon.err" | paste -sd';' - | sed 's/;/; /g')
   errors=$(grep -cE " (ERROR|CRITICAL) |^Traceback" "$TMP/daemon.err" || true)
+  onnx_check
+  local onnx_machine onnx_tag onnx_acc
+  onnx_machine=$(printf '%s\n' "$ONNX_INFO" | sed -n 's/^onnx machine: //p')
+  onnx_tag=$(printf '%s\n' "$ONNX_INFO" | sed -n 's/^onnxruntime wheel: //p')
+  onnx_acc=$(printf '%s\n' "$ONNX_INFO" | sed -n 's/^onnx accuracy: \([0-9.]*\).*/\1/p')
   echo "== summary"
   echo "  machine: $machine (qemu-user $(qemu-aarch64-static --version | sed -n 's/.*version \([^ ]*\).*/\1/p' | head -n 1), QEMU_CPU=$ARM64_CPU)"
   echo "  backend: ai-edge-litert $litert, wheel $tag"
   echo "  models: ${placements:-none reported}"
+  echo "  onnx: $(printf '%s\n' "$ONNX_INFO" | sed -n 's/^onnx model: //p'); accuracy $onnx_acc; wheel $onnx_tag"
   if [ "$errors" -gt 0 ]; then echo "  daemon log: $errors ERROR line(s), shown above"; fi
   echo "  daemon: exit $rc after ${run_s}s; results per pipeline at the host broker:" \
     "$(awk '{ split($1, p, "/"); n[p[4]]++ } END { for (k in n) printf "%s=%d ", k, n[k] }' "$TMP/results.txt")"
@@ -471,7 +519,12 @@ EOF
   grep -q "running on .*, backend litert " "$TMP/daemon.err" ||
     die "the daemon did not report a model running on the LiteRT backend (its log is above)"
   [ "$count" -ge "$RESULTS" ] || die "only $count of $RESULTS results reached the host broker"
-  echo "arm64 check: OK (aarch64, ai-edge-litert $litert aarch64 wheel, $count/$RESULTS results)"
+  [ "$onnx_machine" = aarch64 ] || die "the ONNX probe ran on '$onnx_machine', not aarch64"
+  [[ $onnx_tag == *aarch64* ]] || die "the onnxruntime wheel in use is not an aarch64 one: '$onnx_tag'"
+  grep -q "^onnx model: .*backend onnxruntime " <<<"$ONNX_INFO" || die "the ONNX model did not run on onnxruntime"
+  awk -v a="$onnx_acc" 'BEGIN { exit !(a >= 0.95) }' || die "digits_int8.onnx accuracy on aarch64 is $onnx_acc (< 0.95)"
+  echo "arm64 check: OK (aarch64, ai-edge-litert $litert aarch64 wheel, $count/$RESULTS results;" \
+    "onnxruntime aarch64 wheel, digits_int8.onnx accuracy $onnx_acc)"
 }
 
 mkdir -p "$(dirname "$ROOT")"

@@ -8,6 +8,7 @@ from edge_runtime.config.load import (
     apply_override,
     format_errors,
     load_config,
+    parse_toml,
     parse_value,
     read_toml,
     validate,
@@ -33,11 +34,11 @@ from edge_runtime.config.schema import (
     RuntimeConfig,
     SourceTrigger,
     TlsConfig,
-    UpdatesConfig,
     VectorInput,
     WindowInput,
     default_state_dir,
 )
+from edge_runtime.config.updates import UpdatesConfig
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -67,6 +68,7 @@ __all__ = [
     "default_state_dir",
     "format_errors",
     "load_config",
+    "parse_toml",
     "parse_value",
     "read_toml",
     "validate",

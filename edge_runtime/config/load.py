@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +78,17 @@ def _model_references(config: Config, where: str, model: ModelConfig, cascade_ch
 # -- loading --------------------------------------------------------------------------------------
 
 
+def _type_tag(part: str) -> bool:
+    """A union member's name in an error location (``str``, ``constrained-float``, ``list[int]``)."""
+    return part in ("str", "int", "float", "bool", "none") or any(c in part for c in "-[]")
+
+
 def _walk(data: Any, loc: Sequence[int | str]) -> tuple[str, Any]:
     """Render a pydantic error location against the raw data.
 
     Components found in the data are followed; an absent last component is a missing key and
-    is named; other absent components are union tags (``camera``, ``function-after``) and skipped.
+    is named, unless it is a type tag (``constrained-float``, ``list[...]``); other absent
+    components are union tags (``camera``, ``function-after``) and skipped.
     """
     path = ""
     node: Any = data
@@ -93,7 +99,7 @@ def _walk(data: Any, loc: Sequence[int | str]) -> tuple[str, Any]:
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
             path += f"[{part}]"
-        elif i == len(loc) - 1 and isinstance(part, str):
+        elif i == len(loc) - 1 and isinstance(part, str) and not _type_tag(part):
             path += f".{part}" if path else part
             node = None
     return path or "(top)", node
@@ -106,8 +112,13 @@ def _short(value: Any) -> str:
 
 def format_errors(exc: ValidationError, data: dict[str, Any]) -> list[str]:
     problems: list[str] = []
-    for err in exc.errors():
+    best: dict[str, Any] = {}  # per path: of the members of a union (a number or a list), the
+    for err in exc.errors():  # error that is not a plain type mismatch when there is one
         path, node = _walk(data, err["loc"])
+        mismatch = err["type"].endswith(("_type", "_parsing"))
+        if path not in best or (best[path][2] and not mismatch):
+            best[path] = (node, err, mismatch)
+    for path, (node, err, _) in best.items():
         value = (
             _short(node)
             if node is not None
@@ -161,6 +172,28 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError([f"--set {key}: {'.'.join(parts[:-1])}: is not a table"], "--set")
 
 
+ENV_PREFIX = "EDGE_RUNTIME__"
+
+
+def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``EDGE_RUNTIME__SECTION__KEY=value`` variables as ``(variable, "section.key=value")`` pairs.
+
+    ``__`` separates the path's parts, which are lower-cased (``EDGE_RUNTIME__MQTT__HOST`` is
+    ``mqtt.host``, ``EDGE_RUNTIME__PIPELINES__0__MODELS__0__THREADS`` is
+    ``pipelines.0.models.0.threads``); the value is read like a ``--set`` value. Sorted by name,
+    so the order does not depend on the environment's.
+    """
+    pairs: list[tuple[str, str]] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].split("__")
+        if not all(parts):
+            raise ConfigError([f"{name}: expected {ENV_PREFIX}SECTION__KEY (parts joined by __)"], name)
+        pairs.append((name, ".".join(p.lower() for p in parts) + "=" + environ[name]))
+    return pairs
+
+
 def validate(data: dict[str, Any], base_dir: Path, source: str = "config") -> Config:
     """Validate raw TOML data; raise :class:`ConfigError` listing every problem."""
     data = dict(data)
@@ -182,10 +215,20 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: no such config file"], str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read: {exc}"], str(path)) from None
+    return parse_toml(text, str(path))
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """TOML text as data; any failure of the parser (syntax, nesting too deep for the parser's
+    recursion, values it cannot represent) is one :class:`ConfigError` line."""
     try:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: invalid TOML: {exc}"], str(path)) from None
+        raise ConfigError([f"{source}: invalid TOML: {exc}"], source) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: invalid TOML: nested too deeply"], source) from None
+    except (ValueError, OverflowError, MemoryError) as exc:
+        raise ConfigError([f"{source}: invalid TOML: {type(exc).__name__}: {exc}"], source) from None
     return data
 
 
@@ -226,11 +269,14 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _with_includes(file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The file's data over its ``include`` files (paths relative to it, or profile names)."""
+def _with_includes(
+    file: Path, seen: tuple[Path, ...] = (), data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The file's data (``data`` when given: the file's text not yet written) over its
+    ``include`` files (paths relative to it, or profile names)."""
     if file.resolve() in seen:
         raise ConfigError([f"include: {str(file)!r}: includes itself"], str(seen[0]))
-    data = read_toml(file)
+    data = dict(data) if data is not None else read_toml(file)
     includes = data.pop("include", [])
     if isinstance(includes, str):
         includes = [includes]
@@ -244,14 +290,27 @@ def _with_includes(file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: Sequence[str] = (), profile: str | None = None
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    profile: str | None = None,
+    *,
+    text: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Load the TOML file at ``path`` (the embedded demo when None) over an optional board
-    ``profile`` and the files it includes, then apply ``--set`` overrides."""
+    ``profile`` and the files it includes, then apply the ``EDGE_RUNTIME__*`` variables of
+    ``environ`` (default: the process environment) and the ``--set`` overrides, which win. With
+    ``text``, that is the file's content (a config not written yet: ``config.update`` validates
+    before it writes)."""
     file = Path(path) if path is not None else DEMO_CONFIG
-    data = _with_includes(file)
+    data = _with_includes(file, data=parse_toml(text, str(file)) if text is not None else None)
     if profile:
         data = merge(_with_includes(find_profile(profile)), data)
+    for variable, assignment in env_overrides(os.environ if environ is None else environ):
+        try:
+            apply_override(data, assignment)
+        except ConfigError as exc:
+            raise ConfigError([p.replace("--set", variable, 1) for p in exc.problems], variable) from None
     for assignment in overrides:
         apply_override(data, assignment)
     return validate(data, file.resolve().parent, str(file))

@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from edge_runtime.config.updates import UpdatesConfig
+from edge_runtime.http.config import HttpConfig
 from edge_runtime.names import NAME_RE, NAME_RULE
 from edge_runtime.postprocess import PostprocessConfig
 from edge_runtime.runtime.delegates import CpuConfig, DelegateConfig
@@ -82,8 +84,10 @@ class DeviceConfig(Strict):
 
 
 class RuntimeConfig(Strict):
-    backend: Literal["auto", "litert", "tflite-runtime"] = Field(
-        "auto", description="Inference backend; auto prefers LiteRT, then tflite-runtime."
+    backend: Literal["auto", "litert", "tflite-runtime", "onnxruntime"] = Field(
+        "auto",
+        description="Inference backend: auto prefers LiteRT, then tflite-runtime, for .tflite models; "
+        ".onnx models always run on onnxruntime; onnxruntime runs a .tflite model's .onnx twin (same name).",
     )
 
 
@@ -123,7 +127,9 @@ class MqttConfig(Strict):
     client_id: str = Field("", description="MQTT client id (default: edge-runtime-{device.id}).")
     protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="Keepalive interval in seconds.")
-    session_expiry_s: int = Field(3600, ge=0, description="MQTT 5 session expiry in seconds.")
+    session_expiry_s: int = Field(
+        3600, ge=0, le=4_294_967_295, description="MQTT 5 session expiry in seconds."
+    )
     reconnect: BackoffConfig = Field(
         default_factory=lambda: BackoffConfig(initial_s=1.0, max_s=60.0, factor=2.0, jitter=0.3),
         description="Jittered exponential backoff between connection attempts.",
@@ -134,12 +140,18 @@ class MqttConfig(Strict):
         default_factory=lambda: PublishConfig(qos=1, retain=True), description="QoS and retain of health."
     )
     max_inflight: int = Field(100, ge=1, le=65535, description="Unacknowledged messages in flight at most.")
-    max_command_bytes: int = Field(65536, ge=64, description="Larger command payloads are refused.")
+    max_command_bytes: int = Field(
+        65536, ge=64, le=268_435_455, description="Larger command payloads are refused."
+    )
 
 
 class OutboxConfig(Strict):
-    max_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="Outbox size bound; the oldest go first.")
-    max_count: int = Field(200_000, ge=10, description="Outbox message bound; the oldest go first.")
+    max_bytes: int = Field(
+        64 * 1024 * 1024, ge=4096, le=1 << 40, description="Outbox size bound; the oldest go first."
+    )
+    max_count: int = Field(
+        200_000, ge=10, le=1_000_000_000, description="Outbox message bound; the oldest go first."
+    )
 
 
 class MetricsConfig(Strict):
@@ -161,31 +173,8 @@ class MetricsConfig(Strict):
     backlog: int = Field(128, ge=1, le=4096, description="Listen backlog (capped by net.core.somaxconn).")
 
 
-class UpdatesConfig(Strict):
-    public_keys: list[str] = Field(
-        default_factory=list,
-        description="Base64 ed25519 public keys of the fleet; once one is set, unsigned updates are refused.",
-    )
-    max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest model an update may download.")
-    download_timeout_s: float = Field(120.0, gt=0, description="Bound on a whole download.")
-    keep: int = Field(
-        3, ge=2, le=20, description="Model versions kept per pipeline (current and previous at least)."
-    )
-    probation_s: float = Field(30.0, gt=0, description="Longest probation of a new model.")
-    probation_results: int = Field(
-        20, ge=1, description="Results that end a probation early when all is well."
-    )
-    max_latency_factor: float = Field(
-        3.0, gt=1, description="Invoke p95 over this factor of the old one fails."
-    )
-    latency_floor_ms: float = Field(
-        5.0, ge=0, description="...and only when it is also this much slower (small models jitter)."
-    )
-    fail_on_constant: bool = Field(True, description="Outputs identical over the whole probation fail it.")
-
-
 class HealthConfig(Strict):
-    interval_s: float = Field(30.0, gt=0, description="Seconds between health reports.")
+    interval_s: float = Field(30.0, ge=0.1, le=86400, description="Seconds between health reports.")
 
 
 def _model_entry(value: Any) -> Any:
@@ -195,35 +184,59 @@ def _model_entry(value: Any) -> Any:
 ChainEntry = Annotated[DelegateConfig, BeforeValidator(_model_entry)]
 
 
+Position = Annotated[int, Field(ge=0, le=1023)]
+"""A model input or output by position."""
+Mean = Annotated[float, Field(ge=-1e4, le=1e4)]
+"""A per-channel mean subtracted from 0-255 pixels."""
+Std = Annotated[float, Field(ge=1e-6, le=1e6)]
+"""A per-channel divisor of pixels: never zero, so every pixel maps to a finite value."""
+
+
 class ImageInput(Strict):
     kind: Literal["image"] = Field(description="A camera frame, resized and quantized.")
     source: str = Field(description="Name of a camera source.")
-    input: int | str = Field(0, description="Model input, by position or tensor name.")
+    input: Position | str = Field(0, description="Model input, by position or tensor name.")
     resize: Literal["stretch", "letterbox", "crop"] = Field("stretch", description="How the frame fits.")
     pad_value: int = Field(0, ge=0, le=255, description="Pixel value of letterbox padding.")
     color: Literal["rgb", "bgr", "gray"] = Field("rgb", description="Channel order the model expects.")
-    mean: float | list[float] = Field(0.0, description="Subtracted from 0-255 pixels (per channel or one).")
-    std: float | list[float] = Field(1.0, description="Divides pixels after the mean (per channel or one).")
+    mean: Mean | Annotated[list[Mean], Field(min_length=1, max_length=3)] = Field(
+        0.0, description="Subtracted from 0-255 pixels (one value, or one per channel of the colour mode)."
+    )
+    std: Std | Annotated[list[Std], Field(min_length=1, max_length=3)] = Field(
+        1.0, description="Divides pixels after the mean (one value, or one per channel of the colour mode)."
+    )
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _per_channel(cls, value: float | list[float], info: ValidationInfo) -> float | list[float]:
+        color = info.data.get("color", "rgb")
+        channels = 1 if color == "gray" else 3
+        if isinstance(value, list) and len(value) not in (1, channels):
+            raise ValueError(
+                f"{info.field_name} has {len(value)} values but color = {color!r} has {channels} "
+                f"channel{'s' if channels > 1 else ''}: give one value or {channels}"
+            )
+        return value
 
 
 class VectorInput(Strict):
     kind: Literal["vector"] = Field(description="Sensor channels sampled at the trigger time.")
     source: str = Field(description="Name of a serial or replay source.")
-    input: int | str = Field(0, description="Model input, by position or tensor name.")
+    input: Position | str = Field(0, description="Model input, by position or tensor name.")
     channels: list[str] = Field(min_length=1, description="Channels, in the model's order.")
     sample: Literal["latest", "nearest", "linear"] = Field("linear", description="Sampling at the time.")
-    max_age_s: float = Field(1.0, gt=0, description="Older data than this is stale.")
+    max_age_s: float = Field(1.0, gt=0, le=86400, description="Older data than this is stale.")
     stale: Literal["skip", "zero", "hold"] = Field("skip", description="What stale data does.")
 
 
 class WindowInput(Strict):
     kind: Literal["window"] = Field(description="The last window_s seconds of channels, resampled.")
     source: str = Field(description="Name of a serial or replay source.")
-    input: int | str = Field(0, description="Model input, by position or tensor name.")
+    input: Position | str = Field(0, description="Model input, by position or tensor name.")
     channels: list[str] = Field(min_length=1, description="Channels, in the model's order.")
-    window_s: float = Field(gt=0, description="Length of the window in seconds.")
-    samples: int = Field(gt=1, description="Points the window is resampled to.")
-    max_age_s: float = Field(0.5, gt=0, description="Newest sample older than this is stale.")
+    window_s: float = Field(gt=0, le=86400, description="Length of the window in seconds.")
+    samples: int = Field(gt=1, le=100_000, description="Points the window is resampled to.")
+    max_age_s: float = Field(0.5, gt=0, le=86400, description="Newest sample older than this is stale.")
     stale: Literal["skip", "zero", "hold"] = Field("skip", description="What a stale window does.")
 
 
@@ -241,7 +254,7 @@ Postprocess = Annotated[
 
 
 class ModelConfig(Strict):
-    path: str = Field(description="The .tflite file: a path, or bundled:NAME for a packaged model.")
+    path: str = Field(description="The .tflite or .onnx file: a path, or bundled:NAME for a packaged model.")
     name: str | None = Field(None, description="Name in results (default: the file's stem).")
     version: str = Field("", description="Version reported with results.")
     delegates: list[ChainEntry] | None = Field(
@@ -254,7 +267,7 @@ class ModelConfig(Strict):
     postprocess: Postprocess = Field(
         description="How outputs become a result; a table of named heads for multi-output models."
     )
-    weight: float = Field(1.0, gt=0, description="Weight of this model in an ensemble.")
+    weight: float = Field(1.0, gt=0, le=1e6, description="Weight of this model in an ensemble.")
 
 
 class DefaultsConfig(Strict):
@@ -267,12 +280,12 @@ class DefaultsConfig(Strict):
 
 
 class EveryTrigger(Strict):
-    every_s: float = Field(gt=0, description="Run at a fixed period, in seconds.")
+    every_s: float = Field(ge=0.001, le=86400, description="Run at a fixed period, in seconds.")
 
 
 class SourceTrigger(Strict):
     source: str = Field(description="Run on each new frame or sample of this source.")
-    min_interval_s: float = Field(0.0, ge=0, description="Skip news closer together than this.")
+    min_interval_s: float = Field(0.0, ge=0, le=86400, description="Skip news closer together than this.")
 
 
 def _trigger_entry(value: Any) -> Any:
@@ -298,7 +311,7 @@ class EnsembleConfig(Strict):
 class CascadeConfig(Strict):
     classifier: ModelConfig = Field(description="Classifies each box the detector finds.")
     padding: float = Field(0.1, ge=0, le=1, description="Box grown by this share before cropping.")
-    max_crops: int = Field(10, ge=1, description="At most this many boxes are classified.")
+    max_crops: int = Field(10, ge=1, le=1000, description="At most this many boxes are classified.")
 
 
 class PipelineConfig(Strict):
@@ -307,7 +320,7 @@ class PipelineConfig(Strict):
     models: list[ModelConfig] = Field(min_length=1, description="One model, or an ensemble.")
     ensemble: EnsembleConfig | None = Field(None, description="Combine several models' outputs.")
     cascade: CascadeConfig | None = Field(None, description="Classify the first model's detections.")
-    max_results: int | None = Field(None, ge=1, description="Stop after this many results.")
+    max_results: int | None = Field(None, ge=1, le=1 << 53, description="Stop after this many results.")
 
     @model_validator(mode="after")
     def _shape(self) -> PipelineConfig:
@@ -326,6 +339,7 @@ class Config(Strict):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward bounds.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reports.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="Local HTTP API and page.")
     updates: UpdatesConfig = Field(default_factory=UpdatesConfig, description="Over-the-air model updates.")
     sources: dict[str, SourceConfig] = Field(default_factory=dict, description="Named inputs.")
     pipelines: list[PipelineConfig] = Field(min_length=1, description="What runs.")

@@ -8,15 +8,14 @@ config.update, and the model-update commands of :mod:`edge_runtime.updates.updat
 from __future__ import annotations
 
 import base64
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from edge_runtime import __version__
-from edge_runtime.config import DEMO_CONFIG, Config, load_config
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.config import Config
+from edge_runtime.daemon.config_update import apply_config_update, file_sha256
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.redaction import redact_config
 from edge_runtime.reporting.commands import Command, CommandDispatcher, CommandError
@@ -58,6 +57,8 @@ class CommandHost(Protocol):
 
     def publish_health(self) -> dict[str, Any]: ...
 
+    def event(self, kind: str, message: str, fields: dict[str, Any]) -> None: ...
+
 
 class DaemonCommands:
     """The remote commands of one daemon, registered on its command dispatcher."""
@@ -68,7 +69,7 @@ class DaemonCommands:
 
     def register(self, d: CommandDispatcher) -> None:
         d.register("ping", self.ping)
-        d.register("config.update", self.config_update, config=(str, True))
+        d.register("config.update", self.config_update, config=(str, True), signature=(str, False))
         d.register("get_config", self.get_config)
         d.register("reload", self.reload)
         d.register("pipeline.pause", self.pause, pipeline=(str, True))
@@ -81,12 +82,16 @@ class DaemonCommands:
             d.register(
                 "model.update", updater.update, pipeline=text, url=(str, False), transfer=(str, False),
                 sha256=text, size=(int, True), version=text, signature=(str, False),
+                rollback_from=(str, False),
             )  # fmt: skip
             d.register(
                 "model.chunk", updater.chunk, transfer=text, index=(int, True), total=(int, True), data=text
             )
             d.register("model.list", updater.list, pipeline=text)
-            d.register("model.rollback", updater.rollback, pipeline=text)
+            d.register(
+                "model.rollback", updater.rollback, pipeline=text, version=(str, False),
+                rollback_from=(str, False), signature=(str, False),
+            )  # fmt: skip
 
     def pipeline(self, name: str) -> Pipeline:
         for p in self.host.pipelines:
@@ -104,7 +109,14 @@ class DaemonCommands:
         }
 
     def get_config(self, cmd: Command) -> dict[str, Any]:
-        return {"config": redact(self.host.config.model_dump(mode="json"))}
+        """The running config (secrets redacted) and the sha256 of its file, which a signed
+        ``config.update`` names as the file it replaces."""
+        path = self.host.config_path
+        try:
+            sha = file_sha256(path) if path is not None else None
+        except OSError:
+            sha = None
+        return {"config": redact(self.host.config.model_dump(mode="json")), "file_sha256": sha}
 
     def reload(self, cmd: Command) -> dict[str, Any]:
         return {"reloaded": self.host.reload()}
@@ -148,29 +160,9 @@ class DaemonCommands:
         }
 
     def config_update(self, cmd: Command) -> dict[str, Any]:
-        """Validate a new config, write it atomically, reload; put the old file back on failure."""
-        host = self.host
-        path = host.config_path
-        if path is None or path.resolve() == DEMO_CONFIG.resolve():
-            raise CommandError(
-                "this daemon runs the embedded default; start it with --config to update its config"
-            )
-        candidate = path.with_name(path.name + ".new")
-        backup = path.with_name(path.name + ".bak")
-        candidate.write_text(cmd.args["config"], encoding="utf-8")
-        try:
-            load_config(candidate, host.overrides, profile=host.profile)
-        except EdgeRuntimeError as exc:
-            candidate.unlink(missing_ok=True)
-            raise CommandError(f"refused: {exc}") from None
-        backup.write_bytes(path.read_bytes())
-        os.replace(candidate, path)
-        try:
-            summary = host.reload()
-        except EdgeRuntimeError as exc:
-            os.replace(backup, path)
-            raise CommandError(f"rolled back to the previous config: {exc}") from None
-        return {"reloaded": summary}
+        """Check a new config (files, pipelines, guarded settings), write it atomically, reload;
+        the old file back on failure (:mod:`edge_runtime.daemon.config_update`)."""
+        return apply_config_update(self.host, cmd.args["config"], cmd.args.get("signature"))
 
 
 def _detections_for(pipelines: Sequence[Pipeline], source: str) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -21,16 +21,15 @@ from typing import Any, Protocol
 from edge_runtime import __version__
 from edge_runtime.config import Config, load_config
 from edge_runtime.daemon.commands import DaemonCommands
+from edge_runtime.daemon.preflight import preflight, resolve_source_paths
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.redaction import redact_text
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.reporting.reporter import Reporter
-from edge_runtime.sources import SourceConfig, build_source
+from edge_runtime.sources import build_source
 from edge_runtime.sources.base import Source
-from edge_runtime.sources.camera import CameraConfig, uri_kind
-from edge_runtime.sources.replay import ReplayConfig
 from edge_runtime.supervision import SUPERVISOR, spawn
 from edge_runtime.systemd import Notifier, watchdog_timeout
 from edge_runtime.updates.updater import Updater, store_config
@@ -62,15 +61,6 @@ class ResultBudget:
     def give_back(self) -> None:
         with self._lock:
             self.used = max(0, self.used - 1)
-
-
-def resolve_source_paths(config: Config, sc: SourceConfig) -> SourceConfig:
-    """A camera file or replay file path resolved against the config's folder (and demo:)."""
-    if isinstance(sc, CameraConfig) and isinstance(sc.uri, str) and uri_kind(sc.uri) == "file":
-        return sc.model_copy(update={"uri": str(config.resolve(sc.uri))})
-    if isinstance(sc, ReplayConfig):
-        return sc.model_copy(update={"path": str(config.resolve(sc.path))})
-    return sc
 
 
 class Service:
@@ -114,6 +104,8 @@ class Service:
         self._reload_requested = threading.Event()
         self.exit_code = 0
         self._unhealthy = ""
+        self.result_listeners: list[Callable[[str, dict[str, Any]], None]] = []  # the HTTP API's
+        self._http: Any = None
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -135,6 +127,11 @@ class Service:
             outbox=self.reporter.outbox_stats,
             mqtt=self.reporter.stats,
         )
+        if self.config.http.enabled:  # reads the token and TLS files now: without them, no start
+            from edge_runtime.daemon.http_host import ServiceHost
+            from edge_runtime.http.server import HttpServer
+
+            self._http = HttpServer(self.config.http, ServiceHost(self), self.config.resolve)
 
     def _build_runtime(self, config: Config) -> tuple[dict[str, Source], list[Pipeline]]:
         if any(p.startswith("demo:") for p in config.paths()):
@@ -188,6 +185,8 @@ class Service:
                 self.reporter.publish(result)  # the outbox first: nothing is lost after this
             for sink in self.sinks:
                 sink.publish(result)
+            for listener in self.result_listeners:
+                listener("result", result)
             if self.budget.limit is not None and self.emitted >= self.budget.limit:
                 self.stop("max results reached")
 
@@ -269,9 +268,14 @@ class Service:
         self.notifier.reloading()
         try:
             summary = self.reload()
-        except EdgeRuntimeError as exc:
+        except EdgeRuntimeError as exc:  # reported by reload() as config.reload_failed
             log.error("SIGHUP reload failed, still running the previous config: %s", exc)
             self.notifier.ready(f"reload failed: {str(exc).splitlines()[0]}")
+            return
+        except Exception as exc:  # a bug must not end the main thread: the old config goes on
+            log.exception("SIGHUP reload failed unexpectedly, still running the previous config")
+            self.event("config.reload_failed", f"reload failed: {type(exc).__name__}: {exc}", {})
+            self.notifier.ready("reload failed")
             return
         log.info("SIGHUP reload: %s", summary)
         self.notifier.ready(self._status_line())
@@ -283,6 +287,14 @@ class Service:
         self._health_thread = spawn(
             "health", self._health_loop, should_restart=lambda: not self.stop_event.is_set()
         )
+        if self._http is not None:
+            from edge_runtime.http.server import HttpError
+
+            try:
+                self._http.start()
+            except HttpError as exc:  # the daemon's work goes on without its local HTTP face
+                log.error("%s; running without the HTTP API", exc)
+                self.reporter.event("http.unavailable", str(exc), {})
         if self.config.metrics.enabled:
             from edge_runtime.reporting.metrics import MetricsServer
             from edge_runtime.reporting.metrics_http import Limits
@@ -397,6 +409,8 @@ class Service:
             sink.close()
         if self._metrics is not None:
             self._metrics.stop()
+        if self._http is not None:
+            self._http.stop()
         if self.reporter is not None:
             self.reporter.stop(flush_timeout=max(0.5, deadline - time.monotonic() - 1.5))
             log.info("reporting mqtt stats: %s", json.dumps(self.reporter.stats()))
@@ -415,20 +429,32 @@ class Service:
             raise EdgeRuntimeError(
                 "reload: this daemon runs the embedded default; there is no file to re-read"
             )
-        new = load_config(self.config_path, self.overrides, profile=self.profile)
-        if self.updater is not None:
-            new = store_config(new, self.updater.store, startup=False)
         assert self.reporter is not None
         with self._swap_lock:
             if self.stop_event.is_set():
                 raise EdgeRuntimeError("reload: the daemon is stopping")
             old_config = self.config
-            try:  # build everything (models loaded) before touching what runs
+            try:  # check and build everything (models loaded, MQTT link made) before touching what runs
+                new = load_config(self.config_path, self.overrides, profile=self.profile)
+                preflight(new, str(self.config_path))
+                # Probations on the pipelines being replaced end (no commit) and none starts before
+                # the store is read for the new ones: what they serve and what is committed agree.
+                for pipeline in self.pipelines:
+                    pipeline.watch_slot.block("is being replaced: the config was reloaded")
+                if self.updater is not None:
+                    new = store_config(new, self.updater.store, startup=False)
                 sources, pipelines = self._build_runtime(new)
-            except EdgeRuntimeError as exc:
-                log.error("reload failed, the running config goes on: %s", exc)
-                self.reporter.event("config.reload_failed", f"reload failed: {exc}", {})
-                raise
+                if new.mqtt != old_config.mqtt or new.device != old_config.device:
+                    self.reporter.replace_link(new)
+            except (EdgeRuntimeError, OSError, ValueError) as exc:
+                for pipeline in self.pipelines:
+                    pipeline.watch_slot.allow()
+                message = " ".join(str(exc).split())
+                log.error("reload failed, the running config goes on: %s", message)
+                self.reporter.event("config.reload_failed", f"reload failed: {message}", {})
+                if isinstance(exc, EdgeRuntimeError):
+                    raise
+                raise EdgeRuntimeError(f"reload failed: {message}") from exc
             self._stop_runtime()
             for pipeline in pipelines:  # results the old pipelines made meanwhile keep their seq
                 pipeline.seq = max(
@@ -437,7 +463,5 @@ class Service:
             self.sources, self.pipelines, self.config = sources, pipelines, new
             self._start_runtime()
             self.reloads += 1
-        if new.mqtt != old_config.mqtt or new.device != old_config.device:
-            self.reporter.replace_link(new)
         self.reporter.event("config.reloaded", f"config reloaded from {self.config_path}", {})
         return f"{len(self.pipelines)} pipelines, {len(self.sources)} sources"

@@ -1,12 +1,15 @@
 """A model file as an update: its sha256, size and signature; the operator's signing key pair.
 
-Signatures are :mod:`edge_runtime.updates.signing`'s (Ed25519 over pipeline, version and sha256), so a
-device checks exactly what this tool signs.
+Signatures are :mod:`edge_runtime.updates.signing`'s (Ed25519, ``edge-runtime-model-v2``: over the
+pipeline, version, sha256, size and the optional downgrade permission ``rollback_from``), so a device
+checks exactly what this tool signs, before it downloads anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +31,18 @@ class Artifact:
     sha256: str
     size: int
     signature: str | None = None
+    rollback_from: str | None = None
 
     def manifest(self) -> dict[str, Any]:
-        """``{pipeline, version, sha256, size, signature}`` (what ``sign`` prints)."""
+        """``{pipeline, version, sha256, size, signature}`` and ``rollback_from`` when set (what
+        ``sign`` prints)."""
+        extra = {"rollback_from": self.rollback_from} if self.rollback_from else {}
         return {
             "pipeline": self.pipeline,
             "version": self.version,
             "sha256": self.sha256,
             "size": self.size,
+            **extra,
             "signature": self.signature,
         }
 
@@ -80,23 +87,41 @@ def load_key(path: Path) -> bytes:
     return pem
 
 
-def describe_model(path: Path, pipeline: str, version: str, key_pem: bytes | None = None) -> Artifact:
-    """Hash the model and, with a key, sign ``(pipeline, version, sha256)``."""
+def describe_model(
+    path: Path, pipeline: str, version: str, key_pem: bytes | None = None, rollback_from: str | None = None
+) -> Artifact:
+    """Hash the model and, with a key, sign ``(pipeline, version, sha256, size, rollback_from)``."""
     check_pipeline(pipeline)
     check_version(version)
+    if rollback_from is not None:
+        check_version(rollback_from)
     if not path.is_file():
         raise FleetError(f"{path}: no such model file")
     sha256, size = file_digest(path)
     signature: str | None = None
     if key_pem is not None:
         from edge_runtime.updates.protocol import UpdateError
-        from edge_runtime.updates.signing import sign
+        from edge_runtime.updates.signing import SignedFields, sign
 
         try:
-            signature = sign(key_pem, pipeline, version, sha256)
+            signature = sign(key_pem, SignedFields.update(pipeline, version, sha256, size, rollback_from))
         except UpdateError as exc:
             raise FleetError(f"signing {path} failed: {exc}") from exc
-    return Artifact(path, pipeline, version, sha256, size, signature)
+    return Artifact(path, pipeline, version, sha256, size, signature, rollback_from)
+
+
+def sign_rollback(key_pem: bytes, pipeline: str, version: str, rollback_from: str) -> str:
+    """The signature of ``model.rollback`` of ``pipeline`` from ``rollback_from`` to ``version``."""
+    check_pipeline(pipeline)
+    from edge_runtime.updates.protocol import UpdateError
+    from edge_runtime.updates.signing import SignedFields, sign
+
+    try:
+        return sign(
+            key_pem, SignedFields.rollback(pipeline, check_version(version), check_version(rollback_from))
+        )
+    except UpdateError as exc:
+        raise FleetError(f"signing the rollback failed: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -139,3 +164,34 @@ def keygen(out_dir: Path, *, force: bool = False) -> KeyPair:
 def config_snippet(public_b64: str) -> str:
     """The lines a device's config needs to accept updates signed with this key."""
     return f'[updates]\npublic_keys = ["{public_b64}"]\n'
+
+
+def rollback_fields(
+    pipeline: str, to: str | None, start: str | None, key_pem: bytes | None
+) -> dict[str, str]:
+    """The ``model.rollback`` fields beyond the pipeline: ``version`` (``to``), ``rollback_from``
+    (``start``) and, with a key, the ``signature`` of both (which then must be given)."""
+    fields = {name: value for name, value in (("version", to), ("rollback_from", start)) if value is not None}
+    if key_pem is not None:
+        if to is None or start is None:
+            raise FleetError("--key signs a rollback from one version to another: give --to and --from")
+        fields["signature"] = sign_rollback(key_pem, pipeline, to, start)
+    return fields
+
+
+def with_signature(artifact: Artifact, signed: Path) -> Artifact:
+    """``artifact`` with the signature of the manifest ``signed`` wrote (checked to match)."""
+    try:
+        data = json.loads(signed.read_text())
+    except (OSError, ValueError) as exc:
+        raise FleetError(f"{signed}: cannot read the signed manifest: {exc}") from exc
+    if not isinstance(data, dict):
+        raise FleetError(f"{signed}: not a JSON object")
+    for field in ("pipeline", "version", "sha256", "size", "rollback_from"):
+        mine = getattr(artifact, field)
+        if data.get(field) != mine:
+            raise FleetError(f"{signed}: signed for {field} {data.get(field)!r}, but the update has {mine!r}")
+    signature = data.get("signature")
+    if not isinstance(signature, str) or not signature:
+        raise FleetError(f"{signed}: no signature")
+    return dataclasses.replace(artifact, signature=signature)

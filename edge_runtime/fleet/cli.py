@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.fleet.artifact import Artifact, config_snippet, describe_model, keygen, load_key
+from edge_runtime.fleet import artifact as artifacts
+from edge_runtime.fleet.artifact import config_snippet, describe_model, keygen, load_key
 from edge_runtime.fleet.bus import BrokerOptions, MqttBus, Requester, parse_broker
 from edge_runtime.fleet.common import (
     FleetError,
@@ -26,6 +27,7 @@ from edge_runtime.fleet.common import (
     parse_canary,
     parse_globs,
 )
+from edge_runtime.fleet.configpush import add_config_parser, cmd_config
 from edge_runtime.fleet.delivery import (
     DEFAULT_CHUNK,
     ChunkDelivery,
@@ -71,6 +73,9 @@ def _canary(text: str) -> str:
     except FleetError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+DOWNGRADE_HELP = "allow a downgrade, on devices that run VERSION now (single use)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--pipeline", required=True)
     sign.add_argument("--version", required=True)
     sign.add_argument("--key", dest="signing_key", type=Path, required=True, metavar="KEYFILE")
+    sign.add_argument("--rollback-from", metavar="VERSION", help=DOWNGRADE_HELP)
     sign.add_argument("--out", type=Path, metavar="FILE", help="also write the JSON to FILE")
 
     update = commands.add_parser(
@@ -148,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument(
         "--signed", type=Path, metavar="FILE", help="the JSON written by `sign` (key kept elsewhere)"
     )
+    update.add_argument("--rollback-from", metavar="VERSION", help=DOWNGRADE_HELP)
     update.add_argument("--devices", metavar="GLOB", help="shell patterns, comma-separated (default: all)")
     update.add_argument(
         "--canary", type=_canary, default="1", metavar="N|N%", help="canaries: N devices or N%% (default: 1)"
@@ -171,8 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     update.add_argument("--json", action="store_true", help="the report as JSON on stdout")
 
+    add_config_parser(commands, mqtt)
+
     back = commands.add_parser("rollback", parents=[mqtt], help="return devices to their previous model")
     back.add_argument("--pipeline", required=True)
+    back.add_argument("--to", dest="to_version", metavar="VERSION", help="a version in the devices' history")
+    back.add_argument("--from", dest="from_version", metavar="VERSION", help="the version they run now")
+    back.add_argument(
+        "--key", dest="signing_key", type=Path, metavar="KEYFILE", help="sign it (with --to, --from)"
+    )
     back.add_argument("--devices", metavar="GLOB", help="shell patterns, comma-separated (default: all)")
     back.add_argument("--concurrency", type=_positive_int, default=8, metavar="K")
     back.add_argument(
@@ -250,7 +264,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    artifact = describe_model(args.model, args.pipeline, args.version, load_key(args.signing_key))
+    key = load_key(args.signing_key)
+    artifact = describe_model(args.model, args.pipeline, args.version, key, args.rollback_from)
     text = json.dumps(artifact.manifest(), indent=2) + "\n"
     if args.out is not None:
         try:
@@ -259,25 +274,6 @@ def cmd_sign(args: argparse.Namespace) -> int:
             raise FleetError(f"{args.out}: cannot write: {exc.strerror or exc}") from exc
     sys.stdout.write(text)
     return 0
-
-
-def _with_signature(artifact: Artifact, signed: Path) -> Artifact:
-    try:
-        data = json.loads(signed.read_text())
-    except (OSError, ValueError) as exc:
-        raise FleetError(f"{signed}: cannot read the signed manifest: {exc}") from exc
-    if not isinstance(data, dict):
-        raise FleetError(f"{signed}: not a JSON object")
-    for field in ("pipeline", "version", "sha256", "size"):
-        mine = getattr(artifact, field)
-        if data.get(field) != mine:
-            raise FleetError(f"{signed}: signed for {field} {data.get(field)!r}, but the update has {mine!r}")
-    signature = data.get("signature")
-    if not isinstance(signature, str) or not signature:
-        raise FleetError(f"{signed}: no signature")
-    return Artifact(
-        artifact.path, artifact.pipeline, artifact.version, artifact.sha256, artifact.size, signature
-    )
 
 
 def cmd_update(args: argparse.Namespace) -> int:
@@ -295,9 +291,9 @@ def cmd_update(args: argparse.Namespace) -> int:
             "(it goes into the URL they download)"
         )
     key_pem = load_key(args.signing_key) if args.signing_key is not None else None
-    artifact = describe_model(args.model, args.pipeline, args.version, key_pem)
+    artifact = describe_model(args.model, args.pipeline, args.version, key_pem, args.rollback_from)
     if args.signed is not None:
-        artifact = _with_signature(artifact, args.signed)
+        artifact = artifacts.with_signature(artifact, args.signed)
     err = console(stderr=True)
     with MqttBus(broker_options(args)).connect() as bus:
         targets = choose_targets(discover(bus, args), args.pipeline)
@@ -355,6 +351,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from edge_runtime.fleet.ui import console, rollback_table
 
     check_pipeline(args.pipeline)
+    key = load_key(args.signing_key) if args.signing_key is not None else None
+    signed = artifacts.rollback_fields(args.pipeline, args.to_version, args.from_version, key)
     with MqttBus(broker_options(args)).connect() as bus:
         targets = choose_targets(discover(bus, args), args.pipeline)
         for device, why in targets.skipped.items():
@@ -363,7 +361,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             raise FleetError(f"no online device under {args.prefix}/ runs pipeline {args.pipeline!r}")
         requester = Requester(bus, args.prefix).start()
         outcomes = rollback(
-            requester, targets.devices, args.pipeline, timeout_s=args.timeout, concurrency=args.concurrency
+            requester,
+            targets.devices,
+            args.pipeline,
+            timeout_s=args.timeout,
+            concurrency=args.concurrency,
+            signed=signed,
         )
     ok = all(o.ok for o in outcomes)
     if args.json:
@@ -374,6 +377,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "config": lambda args: cmd_config(args, broker_options(args)),
     "status": cmd_status,
     "keygen": cmd_keygen,
     "sign": cmd_sign,

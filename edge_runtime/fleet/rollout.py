@@ -160,6 +160,8 @@ class Rollout:
             "size": a.size,
             "version": a.version,
         }
+        if a.rollback_from is not None:
+            body["rollback_from"] = a.rollback_from
         if a.signature is not None:
             body["signature"] = a.signature
         return body
@@ -308,14 +310,17 @@ def rollback(
     timeout_s: float = 60.0,
     concurrency: int = 8,
     ids: RequestIds | None = None,
+    signed: Mapping[str, str] | None = None,
 ) -> list[RollbackOutcome]:
-    """``model.rollback`` to every device (sorted), ``concurrency`` at a time."""
+    """``model.rollback`` to every device (sorted), ``concurrency`` at a time; ``signed`` adds
+    ``{"version", "rollback_from", "signature"}`` (see :func:`edge_runtime.fleet.artifact.sign_rollback`)."""
     new_ids = ids or RequestIds()
+    extra = dict(signed or {})
 
     def one(device: str) -> RollbackOutcome:
         try:
             reply = requester.request(
-                device, "model.rollback", {"id": new_ids.next(), "pipeline": pipeline}, timeout_s
+                device, "model.rollback", {"id": new_ids.next(), "pipeline": pipeline, **extra}, timeout_s
             )
         except FleetError as exc:
             return RollbackOutcome(device, False, error=str(exc))

@@ -25,6 +25,7 @@ from edge_runtime.runtime.backend import BACKEND_NAMES, get_backend
 from edge_runtime.runtime.coverage import Coverage, coverage
 from edge_runtime.runtime.model import Model
 from edge_runtime.runtime.modelfile import ModelInfo, parse_model, read_model_file
+from edge_runtime.runtime.onnxfile import is_onnx_path
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,11 @@ COVERAGE_DELEGATES = ("cpu", "gpu", "edgetpu")
 
 
 def _check_options(o: Options) -> None:
+    if is_onnx_path(o.model):
+        raise OptimizeError(
+            f"{o.model}: optimize quantizes .tflite models; quantize an .onnx model with "
+            "onnxruntime.quantization.quantize_static (docs/onnx.md, tools/build_onnx_models.py)"
+        )
     if o.io not in IO_TYPES:
         raise OptimizeError(f"--io must be one of {', '.join(IO_TYPES)}, got {o.io!r}")
     if o.task not in TASKS:

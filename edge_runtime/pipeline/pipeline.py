@@ -30,6 +30,7 @@ from edge_runtime.geometry import ImageTransform
 from edge_runtime.pipeline.results import Triggered, classify_crops, combine, document
 from edge_runtime.pipeline.runner import CROP_SOURCE, ModelRunner, load_model
 from edge_runtime.pipeline.stages import StageEngine
+from edge_runtime.pipeline.watch import Watcher, WatchSlot
 from edge_runtime.postprocess import ClassificationConfig
 from edge_runtime.runtime.model import Model
 from edge_runtime.sources.base import Frame, FrameSource, Source
@@ -87,6 +88,7 @@ class Pipeline:
         seq_start: int = 0,
         event: Callable[[str, str, dict[str, Any]], None] | None = None,
         budget: Budget | None = None,
+        load: Callable[[ModelConfig, Config], Model] = load_model,
     ) -> None:
         where = f"pipeline {pc.name}"
         self.config = pc
@@ -95,12 +97,15 @@ class Pipeline:
         self.emit = emit
         self.sources = sources
         self.runners = [
-            ModelRunner(m, config, sources, f"{where}: models[{i}]") for i, m in enumerate(pc.models)
+            ModelRunner(m, config, sources, f"{where}: models[{i}]", load=load)
+            for i, m in enumerate(pc.models)
         ]
         self.cascade: ModelRunner | None = None
         if pc.cascade is not None:
             self._check_cascade(pc.cascade, where)
-            self.cascade = ModelRunner(pc.cascade.classifier, config, sources, f"{where}: cascade.classifier")
+            self.cascade = ModelRunner(
+                pc.cascade.classifier, config, sources, f"{where}: cascade.classifier", load=load
+            )
         if pc.ensemble is not None:
             for r in self.runners:
                 if not isinstance(r.config.postprocess, ClassificationConfig):
@@ -120,7 +125,8 @@ class Pipeline:
         self.rate_limited = 0
         self.paused_skips = 0
         self.last_error = ""
-        self.paused = False
+        self.watch_slot = WatchSlot(pc.name)
+        self._paused = False
         self.busy_since: float | None = None
         self.latency = {k: LatencyWindow() for k in ("pre", "invoke", "post", "total")}
         self.fps_in = RateMeter()
@@ -175,6 +181,12 @@ class Pipeline:
             self.runners[0] = runner
         return old
 
+    def predict(self, index: int, inputs: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        """Run model ``index`` on ``inputs`` (one instance, for predict on demand) between two of
+        this pipeline's inferences: the invoke stage sets its own inputs again before each invoke."""
+        with self._infer_lock:
+            return self.runners[index].model.invoke(inputs)
+
     def invoke_p95(self) -> float | None:
         return self.latency["invoke"].percentiles((95,)).get("p95")
 
@@ -182,11 +194,35 @@ class Pipeline:
         """Call ``observer`` with the outputs and invoke time of each inference of the first model."""
         self.monitor = observer
 
+    def begin_watch(self, runner: ModelRunner, watcher: Watcher) -> ModelRunner:
+        """Serve ``runner`` under watch (see :mod:`.watch`); returns the runner it replaced.
+        Refused on a pipeline that is stopping, paused, replaced or already watched."""
+        stopping = self.engine.stopping.is_set() or not self.alive
+        self.watch_slot.begin(
+            runner, watcher, "is stopping" if stopping else "is paused" if self._paused else ""
+        )
+        return self.swap_model(runner)
+
+    def end_watch(self, reason: str, watcher: Watcher | None = None) -> None:
+        self.watch_slot.end(reason, watcher)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self._paused = value
+        if value:
+            self.watch_slot.end(f"pipeline {self.name} was paused")
+
     def request_stop(self) -> None:
         self.engine.request_stop()
+        self.watch_slot.end(f"pipeline {self.name} was stopped")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the inference in flight (and the results handed over are emitted)."""
+        self.watch_slot.end(f"pipeline {self.name} was stopped")
         self.engine.stop(timeout)
 
     @property
@@ -382,6 +418,7 @@ class Pipeline:
                 result=result,
             )
         )
+        self.watch_slot.observe(job.runners[0], done.outputs[0], done.invoke_ms)  # a real result
 
     def stats(self) -> dict[str, Any]:
         return {

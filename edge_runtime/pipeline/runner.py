@@ -4,7 +4,7 @@ buffers, into the model or into staging buffers) and the post-processors of its 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -50,10 +50,11 @@ class ModelRunner:
         sources: Mapping[str, Source],
         where: str,
         model: Model | None = None,
+        load: Callable[[ModelConfig, Config], Model] = load_model,
     ) -> None:
         self.config = mc
         try:
-            self.model = model or load_model(mc, config)
+            self.model = model or load(mc, config)
         except EdgeRuntimeError as exc:
             raise PipelineError(f"{where}: {exc}") from exc
         self.images: list[tuple[int, ImageBuilder, str]] = []

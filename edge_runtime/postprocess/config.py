@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-OutputRef = int | str
+OutputRef = Annotated[int, Field(ge=0, le=1023)] | str
 
 _LABELS_DOC = "Class names: a list, or the path of a labels file with one name per line."
 
@@ -42,7 +42,7 @@ class ClassificationConfig(_Model):
         default="classification", description="Top-k classification of one output."
     )
     output: OutputRef = Field(default=0, description="The class-score output, by position or tensor name.")
-    top_k: int = Field(default=3, ge=1, description="How many classes to report, best first.")
+    top_k: int = Field(default=3, ge=1, le=10_000, description="How many classes to report, best first.")
     min_score: float = Field(
         default=0.0, ge=0.0, le=1.0, description="Classes below this score are left out."
     )
@@ -77,10 +77,14 @@ class DetectionConfig(_Model):
     iou: float = Field(
         default=0.45, ge=0.0, le=1.0, description="yolo: IoU above which NMS suppresses a box."
     )
-    max_detections: int = Field(default=50, ge=1, description="Most detections reported, best first.")
+    max_detections: int = Field(
+        default=50, ge=1, le=10_000, description="Most detections reported, best first."
+    )
     labels: list[str] | str | None = Field(default=None, description=_LABELS_DOC)
     class_offset: int = Field(
         default=0,
+        ge=-1_000_000,
+        le=1_000_000,
         description="ssd: added to each class id before the label lookup (1 if labels start with ???).",
     )
     event: EventRule | None = Field(default=None, description="When a result counts as an event.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ class Reporter:
         self._last_store_log = float("-inf")
         self._logged_errors = 0
         self._lock = threading.Lock()
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # e.g. the HTTP stream
         self.dispatcher = CommandDispatcher(
             self.topics, self._publish_reply, self.event, max_bytes=config.mqtt.max_command_bytes
         )
@@ -85,11 +87,13 @@ class Reporter:
             self.link.start()
 
     def replace_link(self, config: Config) -> None:
-        """A new MQTT section (reload): reconnect with it, keeping the outbox."""
+        """A new MQTT section (reload): reconnect with it, keeping the outbox. The new link is made
+        first: when it cannot be (a TLS file, a password file), the old one goes on and this raises."""
+        link = self._make_link(config) if config.mqtt.enabled and self.outbox is not None else None
         if self.link is not None:
             self.link.stop(status_payload("offline", self.version, self.pipelines, reason="reconfigured"))
         self.config = config
-        self.link = self._make_link(config) if config.mqtt.enabled and self.outbox is not None else None
+        self.link = link
         if self.link is not None:
             self.link.start()
 
@@ -154,6 +158,8 @@ class Reporter:
         """An event on ``{prefix}/{device}/events`` (through the outbox) and in the log."""
         message = redact_text(message)  # every event passes here: no credentials in any of them
         log.info("event %s: %s", kind, message)
+        for listener in self.listeners:
+            listener("event", event_payload(self.topics.device, kind, message, **fields))
         if self.outbox is None:
             return
         qos = self.config.mqtt.events.qos

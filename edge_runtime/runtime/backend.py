@@ -1,7 +1,10 @@
-"""The inference backends: LiteRT (``ai_edge_litert``, default) and ``tflite_runtime``.
+"""The inference backends: LiteRT (``ai_edge_litert``, default) and ``tflite_runtime`` for .tflite
+models, ONNX Runtime (``onnxruntime``, the ``onnx`` extra) for .onnx models.
 
-Both expose the same ``Interpreter`` and ``load_delegate``; this module is the only place that
-imports them, lazily, so that config validation and ``inspect`` work without either.
+All expose the same ``Interpreter`` and ``load_delegate`` (ONNX Runtime through the adapter in
+:mod:`edge_runtime.runtime.ortbackend`); this module is the only place that imports them, lazily,
+so that config validation and ``inspect`` work without any. The model file picks the engine: an
+.onnx file always runs on onnxruntime, a .tflite file on the TFLite backend chosen.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Any, Literal
 
 from edge_runtime.errors import BackendUnavailableError
 
-BackendName = Literal["litert", "tflite-runtime"]
-BackendChoice = Literal["auto", "litert", "tflite-runtime"]
+BackendName = Literal["litert", "tflite-runtime", "onnxruntime"]
+BackendChoice = Literal["auto", "litert", "tflite-runtime", "onnxruntime"]
+ONNXRUNTIME: BackendName = "onnxruntime"
 
 # name -> (module with Interpreter and load_delegate, distribution for the version, pip command)
 _BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -25,9 +29,10 @@ _BACKENDS: dict[str, tuple[str, str, str]] = {
         "tflite-runtime",
         "pip install 'edge-runtime[tflite-runtime]'",
     ),
+    "onnxruntime": ("edge_runtime.runtime.ortbackend", "onnxruntime", "pip install 'edge-runtime[onnx]'"),
 }
-AUTO_ORDER: tuple[BackendName, ...] = ("litert", "tflite-runtime")
-BACKEND_NAMES: tuple[BackendName, ...] = AUTO_ORDER
+AUTO_ORDER: tuple[BackendName, ...] = ("litert", "tflite-runtime")  # for .tflite models
+BACKEND_NAMES: tuple[BackendName, ...] = (*AUTO_ORDER, ONNXRUNTIME)
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,16 @@ def _check_numpy_for_tflite_runtime(pip_cmd: str) -> None:
         )
 
 
-def get_backend(choice: str = "auto") -> Backend:
-    """The backend for ``choice``: ``auto`` takes LiteRT, else tflite-runtime."""
+def get_backend(choice: str = "auto", model_format: str | None = None) -> Backend:
+    """The backend for ``choice`` and, when given, a model of ``model_format`` (``tflite`` or
+    ``onnx``): an ONNX model always gets onnxruntime (``runtime.backend`` picks the engine of the
+    .tflite models, so ensembles can mix formats); ``auto`` takes LiteRT, else tflite-runtime."""
+    if model_format == "onnx" and (choice == "auto" or choice in _BACKENDS):
+        return _import(ONNXRUNTIME)
+    if choice == ONNXRUNTIME and model_format == "tflite":
+        raise BackendUnavailableError(
+            "backend onnxruntime runs .onnx models; a .tflite model needs auto, litert or tflite-runtime"
+        )
     if choice == "auto":
         for name in AUTO_ORDER:
             try:
@@ -91,4 +104,6 @@ def get_backend(choice: str = "auto") -> Backend:
             f"unknown backend {choice!r}; choose one of auto, {', '.join(_BACKENDS)}"
         )
     chosen: BackendName = "litert" if choice == "litert" else "tflite-runtime"
+    if choice == ONNXRUNTIME:
+        chosen = ONNXRUNTIME
     return _import(chosen)

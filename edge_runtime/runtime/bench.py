@@ -1,9 +1,10 @@
 """``edge-runtime bench``: invoke latency of one model, in the spirit of TFLite's benchmark_model.
 
 Load time, first invoke, then mean and p50/p90/p99 over ``runs`` invokes after ``warmup``, with the
-delegate actually used. :func:`bench_backends` runs each backend in its own process (the two
+delegate actually used. :func:`bench_backends` runs each backend in its own process (the TFLite
 backends need different numpy versions, so they may live in different environments) and
-collects the results side by side.
+collects the results side by side; onnxruntime runs the .onnx twin of a .tflite model (and the
+TFLite backends the .tflite twin of an .onnx one) when one lies next to it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.runtime.backend import BACKEND_NAMES
+from edge_runtime.runtime.backend import BACKEND_NAMES, ONNXRUNTIME
 from edge_runtime.runtime.model import Model, TensorSpec
 
 
@@ -133,6 +134,16 @@ def _has_backend(python: str, backend: str) -> tuple[bool, str]:
     return False, lines[-1] if lines else f"exit {proc.returncode}"
 
 
+def twin_path(path: Path, backend: str) -> Path | None:
+    """The file ``backend`` runs for ``path``: itself, or its twin in the other format (the same
+    name with .onnx or .tflite next to it), or None when there is none."""
+    wanted = ".onnx" if backend == ONNXRUNTIME else ".tflite"
+    if path.suffix.lower() == wanted:
+        return path
+    twin = path.with_suffix(wanted)
+    return twin if twin.is_file() else None
+
+
 def bench_backends(
     path: str | Path,
     *,
@@ -142,8 +153,9 @@ def bench_backends(
     runs: int = 100,
     warmup: int = 10,
 ) -> list[BackendRow]:
-    """Every backend, each in a fresh process of the first Python that has it installed."""
-    args = [str(path), "--runs", str(runs), "--warmup", str(warmup)]
+    """Every backend, each in a fresh process of the first Python that has it installed, on the
+    model file in its format (``path`` or its twin, see :func:`twin_path`)."""
+    args = ["--runs", str(runs), "--warmup", str(warmup)]
     if threads:
         args += ["--threads", str(threads)]
     if delegate:
@@ -151,13 +163,18 @@ def bench_backends(
     candidates = [sys.executable, *pythons]
     rows: list[BackendRow] = []
     for backend in BACKEND_NAMES:
+        model = twin_path(Path(path), backend)
+        if model is None:
+            twin = Path(path).with_suffix(".onnx" if backend == ONNXRUNTIME else ".tflite")
+            rows.append(BackendRow(backend, None, f"no twin of {Path(path).name} in its format ({twin})"))
+            continue
         reasons: list[str] = []
         for python in candidates:
             ok, reason = _has_backend(python, backend)
             if not ok:
                 reasons.append(f"{python}: {reason}")
                 continue
-            result, error = _run_child(python, backend, args)
+            result, error = _run_child(python, backend, [str(model), *args])
             rows.append(BackendRow(backend, result, error))
             break
         else:
@@ -181,6 +198,9 @@ def format_rows(rows: Sequence[BackendRow]) -> str:
             f"{r.load_ms:>10.1f}{r.first_invoke_ms:>10.2f}{r.mean_ms:>10.3f}{r.p50_ms:>10.3f}"
             f"{r.p90_ms:>10.3f}{r.p99_ms:>10.3f}"
         )
+    models = {row.result.model for row in rows if row.result}
+    if len(models) > 1:
+        lines.extend(f"model: {row.backend} ran {row.result.model}" for row in rows if row.result)
     fallbacks = [row.result.placement for row in rows if row.result and "failed" in row.result.placement]
     lines.extend(f"note: {p}" for p in fallbacks)
     return "\n".join(lines)

@@ -4,6 +4,8 @@ A model lists a chain such as ``["edgetpu", "cpu"]``; :mod:`edge_runtime.runtime
 them in order and the first that loads wins. Each entry is a string (the key, default options)
 or a table with ``type`` and options. Each delegate is a pydantic config model with
 ``type: Literal[KEY]`` and a :class:`Delegate` class; :data:`REGISTRY` is the explicit list.
+For .onnx models the chain names ONNX Runtime execution providers (``cpu``, ``xnnpack``, ``acl``,
+``provider``): the same contract, tried in order, each failure kept with its cause.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import abc
 import contextlib
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_runtime.errors import DelegateError
-from edge_runtime.runtime.backend import Backend
+from edge_runtime.runtime.backend import ONNXRUNTIME, Backend
 from edge_runtime.runtime.modelfile import ModelInfo
+from edge_runtime.runtime.onnxfile import OnnxInfo
 
 
 class _DelegateConfig(BaseModel):
@@ -65,8 +68,40 @@ class ExternalConfig(_DelegateConfig):
     options: dict[str, str] = Field(default_factory=dict, description="Options passed to it.")
 
 
+# ONNX Runtime execution providers share the chain (an .onnx model's "delegates").
+class XnnpackConfig(_DelegateConfig):
+    type: Literal["xnnpack"] = Field("xnnpack", description="ONNX Runtime's XNNPACK execution provider.")
+    options: dict[str, str] = Field(
+        default_factory=dict, description="Provider options, such as intra_op_num_threads."
+    )
+
+
+class AclConfig(_DelegateConfig):
+    type: Literal["acl"] = Field("acl", description="ONNX Runtime's Arm Compute Library provider.")
+    options: dict[str, str] = Field(default_factory=dict, description="Provider options.")
+
+
+class ProviderConfig(_DelegateConfig):
+    type: Literal["provider"] = Field("provider", description="Any ONNX Runtime execution provider.")
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9]+ExecutionProvider$",
+        description="Provider name as onnxruntime spells it, e.g. OpenVINOExecutionProvider.",
+    )
+    options: dict[str, str] = Field(default_factory=dict, description="Provider options.")
+
+
 DelegateConfig = Annotated[
-    CpuConfig | EdgeTpuConfig | GpuConfig | VxConfig | ArmnnConfig | ExternalConfig,
+    CpuConfig
+    | EdgeTpuConfig
+    | GpuConfig
+    | VxConfig
+    | ArmnnConfig
+    | ExternalConfig
+    | XnnpackConfig
+    | AclConfig
+    | ProviderConfig,
     Field(discriminator="type"),
 ]
 
@@ -91,7 +126,7 @@ class Delegate(abc.ABC):
     def __init__(self, config: _DelegateConfig) -> None:
         self.config = config
 
-    def check_model(self, info: ModelInfo) -> None:
+    def check_model(self, info: ModelInfo | OnnxInfo) -> None:
         """Raise :class:`DelegateError` when this delegate cannot run the model at all."""
         if info.needs_edgetpu:
             raise DelegateError(
@@ -130,7 +165,7 @@ class EdgeTpuDelegate(_LibraryDelegate):
     key = "edgetpu"
     config_class = EdgeTpuConfig
 
-    def check_model(self, info: ModelInfo) -> None:
+    def check_model(self, info: ModelInfo | OnnxInfo) -> None:
         return None
 
     def options(self) -> dict[str, str]:
@@ -166,9 +201,68 @@ class ExternalDelegate(_LibraryDelegate):
         return f"external:{self.library()}"
 
 
+@dataclass(frozen=True)
+class ProviderRequest:
+    """What the onnxruntime backend is asked to use: a provider name and its options."""
+
+    name: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+class _ProviderDelegate(Delegate):
+    provider: ClassVar[str]
+
+    def provider_name(self) -> str:
+        return self.provider
+
+    def create(self, backend: Backend) -> Any | None:
+        if backend.name != ONNXRUNTIME:
+            raise DelegateError(
+                f"{self.provider_name()} is an onnxruntime execution provider; "
+                f"{backend.name} runs .tflite models with TFLite delegates"
+            )
+        return ProviderRequest(self.provider_name(), dict(getattr(self.config, "options", {})))
+
+
+class XnnpackProvider(_ProviderDelegate):
+    key = "xnnpack"
+    config_class = XnnpackConfig
+    provider = "XnnpackExecutionProvider"
+
+
+class AclProvider(_ProviderDelegate):
+    key = "acl"
+    config_class = AclConfig
+    provider = "ACLExecutionProvider"
+
+
+class NamedProvider(_ProviderDelegate):
+    key = "provider"
+    config_class = ProviderConfig
+    provider = ""
+
+    def provider_name(self) -> str:
+        assert isinstance(self.config, ProviderConfig)
+        return self.config.name
+
+    @property
+    def label(self) -> str:
+        return f"provider:{self.provider_name()}"
+
+
 REGISTRY: dict[str, type[Delegate]] = {
     cls.key: cls
-    for cls in (CpuDelegate, EdgeTpuDelegate, GpuDelegate, VxDelegate, ArmnnDelegate, ExternalDelegate)
+    for cls in (
+        CpuDelegate,
+        EdgeTpuDelegate,
+        GpuDelegate,
+        VxDelegate,
+        ArmnnDelegate,
+        ExternalDelegate,
+        XnnpackProvider,
+        AclProvider,
+        NamedProvider,
+    )
 }
 
 

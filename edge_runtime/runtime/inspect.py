@@ -10,6 +10,8 @@ from edge_runtime.errors import BackendUnavailableError, EdgeRuntimeError
 from edge_runtime.runtime.backend import get_backend
 from edge_runtime.runtime.model import Model
 from edge_runtime.runtime.modelfile import TensorInfo, read_model_file
+from edge_runtime.runtime.onnx_inspect import build_onnx_report, format_onnx_report
+from edge_runtime.runtime.onnxfile import is_onnx_file, onnx_twin
 from edge_runtime.runtime.quant import quant_fields
 
 DEFAULT_PROBE = ("edgetpu", "gpu", "vx", "armnn", "cpu")
@@ -48,6 +50,9 @@ def build_report(
 ) -> dict[str, Any]:
     """The full inspect report as a JSON-ready dict. Raises on a file that is not a model."""
     p = Path(path)
+    if is_onnx_file(p) or backend == "onnxruntime":  # onnxruntime inspects a .tflite model's twin
+        onnx_file = p if is_onnx_file(p) else onnx_twin(p)
+        return build_onnx_report(onnx_file, None if delegates == DEFAULT_PROBE else delegates)
     info, _ = read_model_file(p)
     report: dict[str, Any] = {
         "path": str(p),
@@ -124,6 +129,8 @@ def _quant_text(t: dict[str, Any]) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as aligned text for a terminal."""
+    if report.get("format") == "onnx":
+        return format_onnx_report(report)
     lines = [
         f"model       {report['path']}",
         f"size        {report['size_bytes']:,} bytes",

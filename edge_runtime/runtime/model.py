@@ -18,9 +18,9 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_runtime.errors import DelegateError, InputError, InvokeError, ModelLoadError
-from edge_runtime.runtime.backend import Backend, get_backend
+from edge_runtime.runtime.backend import ONNXRUNTIME, Backend, get_backend
 from edge_runtime.runtime.delegates import Delegate, DelegateFailure, parse_chain
-from edge_runtime.runtime.modelfile import read_model_file
+from edge_runtime.runtime.onnxfile import OnnxInfo, is_onnx_file, onnx_twin, read_any_model_file
 from edge_runtime.runtime.quant import QuantParams, quant_fields
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def _spec(position: int, detail: Mapping[str, Any]) -> TensorSpec:
 
 
 class Model:
-    """A .tflite model loaded on the first delegate of its chain that works."""
+    """A .tflite (or .onnx) model loaded on the first delegate of its chain that works."""
 
     def __init__(
         self,
@@ -86,9 +86,14 @@ class Model:
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.stem
+        if backend == ONNXRUNTIME and not is_onnx_file(self.path):
+            self.path = onnx_twin(self.path)
         started = time.perf_counter()
-        self.info, self._content = read_model_file(self.path)
-        self.backend = backend if isinstance(backend, Backend) else get_backend(backend)
+        self.info, self._content = read_any_model_file(self.path)
+        model_format = "onnx" if isinstance(self.info, OnnxInfo) else "tflite"
+        self.backend = backend if isinstance(backend, Backend) else get_backend(backend, model_format)
+        if (model_format == "onnx") != (self.backend.name == ONNXRUNTIME):
+            raise ModelLoadError(f"{self.path}: a {model_format} model cannot run on {self.backend.name}")
         self.threads = threads
         self.chain: list[Delegate] = parse_chain(list(delegates) if delegates else None)
         self.failures: list[DelegateFailure] = []

@@ -33,9 +33,9 @@ class BackoffConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    initial_s: float = Field(0.5, gt=0, description="First delay after a failure, in seconds.")
-    max_s: float = Field(30.0, gt=0, description="Longest delay between attempts, in seconds.")
-    factor: float = Field(2.0, ge=1.0, description="Growth of the delay after each failure.")
+    initial_s: float = Field(0.5, gt=0, le=3600, description="First delay after a failure, in seconds.")
+    max_s: float = Field(30.0, gt=0, le=86400, description="Longest delay between attempts, in seconds.")
+    factor: float = Field(2.0, ge=1.0, le=100, description="Growth of the delay after each failure.")
     jitter: float = Field(0.1, ge=0, le=1, description="Random spread, as a share of the delay.")
 
 

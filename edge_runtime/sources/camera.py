@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -54,7 +54,7 @@ class CameraConfig(SourceConfigBase):
     type: Literal["camera"] = Field(
         default="camera", description="Source type: a camera or video read with OpenCV."
     )
-    uri: str | int = Field(
+    uri: str | Annotated[int, Field(ge=0, le=1023)] = Field(
         description="Device index (0) or path (/dev/video0), video file path, rtsp:// or http(s):// "
         "URL, or a GStreamer pipeline (any string containing '!').",
     )
@@ -62,13 +62,16 @@ class CameraConfig(SourceConfigBase):
         default="auto", description="OpenCV capture backend; auto picks one from the uri."
     )
     fps: float | None = Field(
-        default=None, gt=0, description="Target frame rate: a faster camera or file is thinned to it."
+        default=None,
+        ge=0.01,
+        le=1000,
+        description="Target frame rate: a faster camera or file is thinned to it.",
     )
     width: int | None = Field(
-        default=None, gt=0, description="Requested capture width of a device, in pixels."
+        default=None, gt=0, le=16384, description="Requested capture width of a device, in pixels."
     )
     height: int | None = Field(
-        default=None, gt=0, description="Requested capture height of a device, in pixels."
+        default=None, gt=0, le=16384, description="Requested capture height of a device, in pixels."
     )
     realtime: bool = Field(
         default=True,
@@ -77,7 +80,10 @@ class CameraConfig(SourceConfigBase):
     )
     loop: bool = Field(default=False, description="Files only: start over at the end instead of finishing.")
     stall_timeout_s: float = Field(
-        default=5.0, gt=0, description="No frame for this long: the source is down and is reopened."
+        default=5.0,
+        ge=0.5,
+        le=3600,
+        description="No frame for this long: the source is down and is reopened.",
     )
 
     @field_validator("uri")

@@ -43,12 +43,16 @@ class ReplayConfig(SourceConfigBase):
     time_field: str = Field(
         default="t", min_length=1, description="Column or key holding each row's time, in seconds."
     )
-    speed: float = Field(default=1.0, gt=0, description="Playback speed: 2.0 plays twice as fast.")
+    speed: float = Field(
+        default=1.0, ge=0.001, le=1000, description="Playback speed: 2.0 plays twice as fast."
+    )
     loop: bool = Field(default=False, description="Start over at the end instead of finishing.")
     channels: list[str] | None = Field(
         default=None, description="Values to keep, by channel name; default: every column but the time."
     )
-    capacity: int = Field(default=4096, ge=2, description="Values kept per channel (ring buffer size).")
+    capacity: int = Field(
+        default=4096, ge=2, le=10_000_000, description="Values kept per channel (ring buffer size)."
+    )
 
 
 class ReplaySource(CountsParseErrors, Source):

@@ -42,12 +42,12 @@ class SerialConfig(SourceConfigBase):
         description="Device path (/dev/ttyUSB0, /dev/serial/by-id/...) or a pyserial URL "
         "(loop://, socket://host:port, rfc2217://host:port).",
     )
-    baudrate: int = Field(default=115200, gt=0, description="Line speed in bits per second.")
+    baudrate: int = Field(default=115200, gt=0, le=10_000_000, description="Line speed in bits per second.")
     bytesize: Literal[5, 6, 7, 8] = Field(default=8, description="Data bits per character.")
     parity: Literal["N", "E", "O", "M", "S"] = Field(
         default="N", description="Parity: N(one), E(ven), O(dd), M(ark), S(pace)."
     )
-    stopbits: float = Field(default=1, description="Stop bits: 1, 1.5 or 2.")
+    stopbits: float = Field(default=1, ge=1, le=2, description="Stop bits: 1, 1.5 or 2.")
     rtscts: bool = Field(default=False, description="Hardware (RTS/CTS) flow control.")
     xonxoff: bool = Field(default=False, description="Software (XON/XOFF) flow control.")
     format: Literal["csv", "kv", "json", "nmea"] = Field(
@@ -62,21 +62,26 @@ class SerialConfig(SourceConfigBase):
     channels: list[str] | None = Field(
         default=None, description="Parsed values to keep, by channel name; default: all of them."
     )
-    capacity: int = Field(default=4096, ge=2, description="Values kept per channel (ring buffer size).")
+    capacity: int = Field(
+        default=4096, ge=2, le=10_000_000, description="Values kept per channel (ring buffer size)."
+    )
     max_line_bytes: int = Field(
-        default=1024, ge=8, description="Longer lines are discarded (up to the next newline) and counted."
+        default=1024,
+        ge=8,
+        le=1 << 20,
+        description="Longer lines are discarded (up to the next newline) and counted.",
     )
     encoding: str = Field(default="utf-8", description="Text encoding of the lines (a Python codec name).")
     read_timeout_s: float = Field(
         default=0.1, gt=0, le=5, description="How long one read waits for bytes; bounds the stop latency."
     )
 
-    @field_validator("stopbits")
+    @field_validator("stopbits", mode="before")
     @classmethod
-    def _valid_stopbits(cls, value: float) -> float:
-        if value not in (1, 1.5, 2):
+    def _valid_stopbits(cls, value: object) -> object:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value not in (1, 1.5, 2):
             raise ValueError(f"stopbits must be 1, 1.5 or 2, not {value:g}")
-        return value
+        return value  # before the bounds, so that 3 gets this message
 
     @field_validator("encoding")
     @classmethod

@@ -27,7 +27,20 @@ class Runner(Protocol):
     @property
     def model(self) -> Model: ...
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """``{"name", "sha256", "version"}`` of the model, as results report it."""
+        ...
+
     def capture_inputs(self, timeout: float) -> list[npt.NDArray[Any]] | None: ...
+
+
+class Watcher(Protocol):
+    """A probation, as a pipeline sees it."""
+
+    def observe(self, outputs: list[npt.NDArray[Any]], invoke_ms: float) -> None: ...
+
+    def end(self, reason: str) -> None: ...
 
 
 class UpdatablePipeline(Protocol):
@@ -62,8 +75,15 @@ class UpdatablePipeline(Protocol):
         """The serving model's invoke p95 in ms, None before enough results."""
         ...
 
-    def watch(self, observer: Observer | None) -> None:
-        """Call ``observer`` after each inference of the serving model (None: stop)."""
+    def begin_watch(self, runner: Any, watcher: Watcher) -> Any:
+        """Serve ``runner`` from the next inference on, under watch: ``watcher.observe`` after
+        each real result it produces, ``watcher.end(reason)`` when the pipeline stops serving it
+        first (paused, stopped, replaced by a reload). Returns the runner it replaced; raises an
+        :class:`~edge_runtime.errors.EdgeRuntimeError` on a paused or stopping pipeline."""
+        ...
+
+    def end_watch(self, reason: str, watcher: Watcher | None = None) -> None:
+        """End the watch; with ``watcher``: only that one, without calling its ``end``."""
         ...
 
 

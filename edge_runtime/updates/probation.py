@@ -2,21 +2,31 @@
 
 A model fails probation on invoke errors of its pipeline, NaN or infinite outputs, outputs that
 never vary (when configured), or an invoke p95 over a factor of the previous model's (after a
-warm-up, and only when over an absolute floor). Pure bookkeeping: the updater feeds it and asks
-for a verdict.
+warm-up, and only when over an absolute floor); it passes only after ``required`` real results
+(results the pipeline emitted from this very model: a paused pipeline produces none, so it cannot
+pass).
+
+A :class:`Probation` is also the watch of the pipeline OBJECT that serves the candidate
+(:meth:`~edge_runtime.updates.host.UpdatablePipeline.begin_watch`): when that pipeline is paused,
+stopped or replaced by a reload, it calls :meth:`Probation.end` and the probation is over without
+a commit. :meth:`Probation.commit` runs the commit under the same lock, so an end and a commit
+cannot interleave: either the commit happened first (and a reload afterwards reads the committed
+model), or the end did (and nothing is committed).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_runtime.runtime.model import TensorSpec
 from edge_runtime.runtime.quant import dequantize
+
+T = TypeVar("T")
 
 
 class Watched(Protocol):
@@ -42,10 +52,15 @@ class Probation:
         self.varied = False
         self.nan = 0
         self.lock = threading.Lock()
+        self.ended = ""  # why the pipeline stopped serving the candidate, "" while it does
+        self.committed = False
+        self._changed = threading.Event()
 
     def observe(self, outputs: list[npt.NDArray[Any]], invoke_ms: float) -> None:
         blob = b"".join(np.ascontiguousarray(a).tobytes() for a in outputs)
         with self.lock:
+            if self.ended or self.committed:
+                return
             self.latencies.append(invoke_ms)
             if self.first is None:
                 self.first = blob
@@ -56,6 +71,30 @@ class Probation:
                 if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
                     self.nan += 1
                     break
+        self._changed.set()
+
+    def end(self, reason: str) -> None:
+        """The pipeline no longer serves the candidate (paused, stopped, reloaded): no commit.
+        Ignored once the commit happened."""
+        with self.lock:
+            if self.committed or self.ended:
+                return
+            self.ended = reason or "the pipeline stopped serving the model"
+        self._changed.set()
+
+    def wait(self, timeout: float) -> None:
+        """Until the next result or end, at most ``timeout`` s."""
+        self._changed.wait(timeout)
+        self._changed.clear()
+
+    def commit(self, action: Callable[[], T]) -> T | None:
+        """Run ``action`` (the store's commit) unless the probation ended first; None if it did."""
+        with self.lock:
+            if self.ended:
+                return None
+            result = action()
+            self.committed = True
+            return result
 
     @property
     def count(self) -> int:

@@ -5,10 +5,14 @@ reports them); each one either passes or raises an :class:`UpdateError` whose ``
 so the event and the command reply say exactly which check refused the model:
 
 ``request``    the command itself is malformed (:meth:`UpdateRequest.from_payload`)
-``download``   the transfer failed: HTTP error, timeout, refused connection, truncated body
+``signature``  the signature is missing, malformed or matches no configured key (:mod:`.signing`);
+               checked before anything is downloaded: it covers every field but the location
+``version``    the version cannot be ordered, or is not above the pipeline's anti-rollback floor
+               without a signed permission (:mod:`.versions`)
+``download``   the transfer failed: a refused scheme or redirect, an HTTP error, the deadline,
+               a refused connection, a truncated body
 ``size``       more bytes than the size limit or than the announced size
 ``sha256``     the file is not the one announced
-``signature``  the signature is missing, malformed or matches no configured key (:mod:`.signing`)
 ``load``       no delegate of the pipeline's chain loads it, or it crashes a runtime (:mod:`.checks`)
 ``check``      its inputs or outputs differ from the model it replaces (:func:`.checks.check_compatible`)
 ``smoke``      it fails or yields NaN on a real input (:func:`.checks.smoke_invoke`)
@@ -32,9 +36,9 @@ from edge_runtime.names import NAME_RE, SHA256_RE, TRANSFER_ID_RE
 
 STEPS = (
     "accepted",
+    "signature",
     "download",
     "sha256",
-    "signature",
     "load",
     "check",
     "smoke",
@@ -58,6 +62,10 @@ class UpdateError(EdgeRuntimeError, ValueError):
 
 class RequestError(UpdateError):
     step = "request"
+
+
+class VersionError(UpdateError):
+    step = "version"
 
 
 class DownloadError(UpdateError):
@@ -90,6 +98,11 @@ class SmokeTestError(UpdateError):
 
 class ProbationError(UpdateError):
     step = "probation"
+
+    def __init__(self, message: str, *, interrupted: bool = False) -> None:
+        super().__init__(message)
+        self.interrupted = interrupted
+        """The pipeline stopped serving the candidate (paused, stopped, reloaded) before a verdict."""
 
 
 class StoreError(UpdateError):
@@ -124,6 +137,9 @@ class UpdateRequest:
     url: str | None = None
     transfer: str | None = None
     signature: str | None = None
+    rollback_from: str | None = None
+    """Permission to install a version that is not above the floor: only on a device whose
+    committed version is this one (signed, so a captured permission cannot be replayed later)."""
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> UpdateRequest:
@@ -150,5 +166,31 @@ class UpdateRequest:
             version=_text(payload, "version", limit=64) or "",
             url=url,
             transfer=transfer,
+            signature=_text(payload, "signature", required=False, limit=1024),
+            rollback_from=_text(payload, "rollback_from", required=False, limit=64),
+        )
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    """A validated ``model.rollback``: back to ``version`` (a version in the local history; by
+    default the previous one), from ``rollback_from`` (the committed version it undoes)."""
+
+    id: str
+    pipeline: str
+    version: str | None = None
+    rollback_from: str | None = None
+    signature: str | None = None
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> RollbackRequest:
+        pipeline = _text(payload, "pipeline") or ""
+        if not NAME_RE.match(pipeline):
+            raise RequestError(f"model.rollback: pipeline {pipeline!r} is not a valid pipeline name")
+        return cls(
+            id=_text(payload, "id") or "",
+            pipeline=pipeline,
+            version=_text(payload, "version", required=False, limit=64),
+            rollback_from=_text(payload, "rollback_from", required=False, limit=64),
             signature=_text(payload, "signature", required=False, limit=1024),
         )

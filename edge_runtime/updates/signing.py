@@ -1,13 +1,23 @@
-"""Ed25519 signatures over model updates.
+"""Ed25519 signatures over model updates and rollbacks.
 
-An operator signs ``(pipeline, version, sha256)`` of a model with a private key kept off the
-device; each device holds the matching public keys (raw 32-byte keys, base64) in its config. The
-signed bytes are :func:`signed_message`: a fixed header and the three fields one per line, each
-checked to hold no line break, so no two different updates share a message.
+An operator signs what a request asks for with a private key kept off the device; each device
+holds the matching public keys (raw 32-byte keys, base64) in its config. The signed bytes are
+:func:`signed_message` of :class:`SignedFields`: a versioned header (``edge-runtime-model-v2``)
+and one ``name=value`` line per field, each checked to hold no line break, so no two different
+requests share a message:
 
-Once a public key is configured, an unsigned update is refused. With no key configured, updates
+- ``model.update``: ``action=update``, the pipeline, the version, the sha256 and size of the
+  file, and ``rollback_from`` (empty unless the request may install a version that is not above
+  the pipeline's anti-rollback floor). The URL or transfer id is not signed: where the bytes come
+  from does not matter once their sha256 is, and so the signature is checked *before* anything
+  is downloaded.
+- ``model.rollback``: ``action=rollback``, the pipeline, the version to go back to and
+  ``rollback_from``, the committed version it undoes (so it cannot be replayed later).
+
+Once a public key is configured, an unsigned request is refused. With no key configured, requests
 pass unsigned and a signature that comes with one is ignored (with a warning): the device has
-nothing to check it against.
+nothing to check it against. Version 1 signatures (``edge-runtime-model-v1``: pipeline, version,
+sha256 only) are not accepted: they sign neither the size nor the rollback permission.
 
 ``cryptography`` is imported only when a key is used, so a device that does not sign its updates
 runs without it.
@@ -22,8 +32,9 @@ import logging
 import os
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from edge_runtime.fsutil import fsync_dir
 from edge_runtime.names import SHA256_RE
@@ -34,27 +45,74 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MESSAGE_HEADER = b"edge-runtime-model-v1\n"
+MESSAGE_HEADER = b"edge-runtime-model-v2\n"
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 
 
-def _field(what: str, value: str) -> str:
-    if not isinstance(value, str) or not value:
+def _field(what: str, value: str, *, empty: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not empty):
         raise SignatureError(f"{what} must be a non-empty string, got {value!r}")
-    if "\n" in value or "\r" in value or "\x00" in value:
+    if any(c in value for c in "\r\n\x00"):
         raise SignatureError(f"{what} {value!r} must not contain a line break or NUL")
     return value
 
 
-def signed_message(pipeline: str, version: str, sha256: str) -> bytes:
-    """The exact bytes an update signature covers."""
-    _field("pipeline", pipeline)
-    _field("version", version)
-    digest = _field("sha256", sha256).lower()
-    if not SHA256_RE.match(digest):
-        raise SignatureError(f"sha256 {sha256!r} is not 64 hexadecimal digits")
-    return MESSAGE_HEADER + f"{pipeline}\n{version}\n{digest}\n".encode()
+@dataclass(frozen=True)
+class SignedFields:
+    """What one signature covers (see the module doc)."""
+
+    action: Literal["update", "rollback"]
+    pipeline: str
+    version: str
+    sha256: str = ""
+    size: int = 0
+    rollback_from: str = ""
+
+    @classmethod
+    def update(
+        cls, pipeline: str, version: str, sha256: str, size: int, rollback_from: str | None = None
+    ) -> SignedFields:
+        return cls("update", pipeline, version, sha256, size, rollback_from or "")
+
+    @classmethod
+    def rollback(cls, pipeline: str, version: str, rollback_from: str) -> SignedFields:
+        return cls("rollback", pipeline, version, "", 0, rollback_from)
+
+    def describe(self) -> str:
+        if self.action == "rollback":
+            return f"rollback of pipeline {self.pipeline!r} from {self.rollback_from!r} to {self.version!r}"
+        extra = f", downgrade from {self.rollback_from!r}" if self.rollback_from else ""
+        return (
+            f"update of pipeline {self.pipeline!r} to version {self.version!r} "
+            f"(sha256 {self.sha256.lower()[:12]}..., {self.size} bytes{extra})"
+        )
+
+
+def signed_message(fields: SignedFields) -> bytes:
+    """The exact bytes a signature covers."""
+    if fields.action not in ("update", "rollback"):
+        raise SignatureError(f"action {fields.action!r} is not update or rollback")
+    _field("pipeline", fields.pipeline)
+    _field("version", fields.version)
+    _field("rollback_from", fields.rollback_from, empty=fields.action == "update")
+    digest, size = "", ""
+    if fields.action == "update":
+        digest = _field("sha256", fields.sha256).lower()
+        if not SHA256_RE.match(digest):
+            raise SignatureError(f"sha256 {fields.sha256!r} is not 64 hexadecimal digits")
+        if isinstance(fields.size, bool) or not isinstance(fields.size, int) or fields.size <= 0:
+            raise SignatureError(f"size must be a positive integer, got {fields.size!r}")
+        size = str(fields.size)
+    lines = [
+        f"action={fields.action}",
+        f"pipeline={fields.pipeline}",
+        f"version={fields.version}",
+        f"sha256={digest}",
+        f"size={size}",
+        f"rollback_from={fields.rollback_from}",
+    ]
+    return MESSAGE_HEADER + "".join(line + "\n" for line in lines).encode()
 
 
 def _crypto_missing(exc: ImportError) -> SignatureError:
@@ -121,28 +179,23 @@ def _private_key(pem: bytes, what: str = "private key") -> Ed25519PrivateKey:
     return key
 
 
-def sign(private_pem: bytes, pipeline: str, version: str, sha256: str) -> str:
-    """The base64 signature of an update, for the ``signature`` field of ``model.update``."""
-    message = signed_message(pipeline, version, sha256)
+def sign(private_pem: bytes, fields: SignedFields) -> str:
+    """The base64 signature of a request, for its ``signature`` field."""
+    message = signed_message(fields)
     return base64.b64encode(_private_key(private_pem).sign(message)).decode("ascii")
 
 
-def verify(
-    public_keys_b64: Sequence[str],
-    pipeline: str,
-    version: str,
-    sha256: str,
-    signature_b64: str | None,
-) -> None:
-    """Accept the update or raise :class:`SignatureError` saying why not."""
-    message = signed_message(pipeline, version, sha256)
-    what = f"update of pipeline {pipeline!r} to version {version!r} (sha256 {sha256.lower()[:12]}...)"
+def verify(public_keys_b64: Sequence[str], fields: SignedFields, signature_b64: str | None) -> bool:
+    """Accept the request (True: verified; False: no key is configured, nothing to check) or
+    raise :class:`SignatureError` saying why not."""
+    message = signed_message(fields)
+    what = fields.describe()
     if isinstance(public_keys_b64, str):
         raise SignatureError("public keys must be a list of base64 strings, not one string")
     if not public_keys_b64:
         if signature_b64:
             log.warning("%s: signature ignored: no public key is configured to check it", what)
-        return
+        return False
     if not signature_b64:
         raise SignatureError(
             f"{what}: unsigned, but {len(public_keys_b64)} public key(s) are configured; "
@@ -161,10 +214,11 @@ def verify(
         except InvalidSignature:
             continue
         log.info("%s: signature verified with key %s", what, key_id(public_b64))
-        return
+        return True
     raise SignatureError(
         f"{what}: the signature matches none of the {len(public_keys_b64)} configured public key(s) "
-        "(wrong key, or the pipeline, version or sha256 differ from what was signed)"
+        "(wrong key, or a signed field differs from what was signed, or it is an "
+        "edge-runtime-model-v1 signature: sign again with this version's fleet tool)"
     )
 
 

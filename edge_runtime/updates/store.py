@@ -265,6 +265,14 @@ class ModelStore:
             previous = self._read_state(pipeline)["previous"]
             return self._entry(pipeline, previous[0]) if previous else None
 
+    def rollback_targets(self, pipeline: str) -> list[Entry]:
+        """The models committed before the current one whose files are still here, newest first:
+        the local history ``model.rollback`` may go back to."""
+        with self._lock:
+            previous = self._read_state(pipeline)["previous"]
+            entries = [self._entry(pipeline, p) for p in previous]
+            return [e for e in entries if e.path.is_file()]
+
     def probation(self, pipeline: str) -> Entry | None:
         """The model on probation, if any."""
         with self._lock:

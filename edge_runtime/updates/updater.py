@@ -1,13 +1,19 @@
 """Over-the-air model updates, on the device: model.update, model.chunk, model.list, model.rollback.
 
-An update runs on its own thread, one per pipeline at a time, and reports each step as a reply
-on ``reply/{id}`` and a ``model.progress`` event: download (size limit, timeout) -> sha256 ->
-ed25519 signature -> load in a separate interpreter with the pipeline's delegate chain (after a
-crash-isolated check in a child process) -> check against the serving model -> smoke invoke on
-the latest real input -> swap between two inferences -> probation -> commit, or roll back by
-itself with an event that says why. The store (:mod:`.store`) is crash-safe: a restart
-during probation serves the last committed model. The updater talks to the daemon through an
-:class:`~.host.UpdateHost` and to pipelines through their update hooks (:mod:`.host`).
+``model.update`` is checked in the command handler first, before anything is fetched: the request
+(:class:`~.protocol.UpdateRequest`), the ed25519 signature over every field but the location
+(:mod:`.signing`), and the version against the pipeline's anti-rollback floor (:mod:`.versions`).
+A refusal there is the one reply. Then it runs on its own thread, one per pipeline at a time, and
+reports each step as a reply on ``reply/{id}`` and a ``model.progress`` event: download (allowed
+schemes and redirects, size limit, one wall-clock deadline) or chunked transfer -> sha256 -> load
+in a separate interpreter with the pipeline's delegate chain (after a crash-isolated check in a
+child process) -> check against the serving model -> smoke invoke on the latest real input ->
+swap between two inferences, watched by a :class:`~.probation.Probation` tied to that pipeline
+object -> probation (the required number of real results) -> commit and raise the floor, or roll
+back by itself with an event that says why (a failed check, or the pipeline paused, stopped or
+reloaded). The store (:mod:`.store`) is crash-safe: a restart during probation serves the last
+committed model. The updater talks to the daemon through an :class:`~.host.UpdateHost` and to
+pipelines through their update hooks (:mod:`.host`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.config import Config
+from edge_runtime.config.updates import UpdatesConfig
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.runtime.model import Model
@@ -32,18 +39,21 @@ from edge_runtime.updates.checks import (
     smoke_invoke,
     verify_sha256,
 )
+from edge_runtime.updates.guard import Guard, update_fields
 from edge_runtime.updates.host import Runner, UpdatablePipeline, UpdateHost
 from edge_runtime.updates.probation import Probation
 from edge_runtime.updates.protocol import (
     CandidateLoadError,
     IncompatibleModelError,
     ProbationError,
+    RollbackRequest,
     UpdateError,
     UpdateRequest,
 )
 from edge_runtime.updates.signing import verify
-from edge_runtime.updates.store import ModelStore
-from edge_runtime.updates.transfer import ChunkAssembler, download
+from edge_runtime.updates.store import Entry, ModelStore
+from edge_runtime.updates.transfer import ChunkAssembler, DownloadPolicy, download
+from edge_runtime.updates.versions import Floors
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +82,36 @@ class Updater:
         cfg = host.config.updates
         state = host.config.device.state_dir
         self.store = ModelStore(state / "models", keep=cfg.keep)
-        self.chunks = ChunkAssembler(state / "downloads", max_bytes=cfg.max_bytes)
-        self.chunks.cleanup(24 * 3600)  # partial transfers left by a crash
+        self.floors = Floors(self.store.root)
+        self.guard = Guard(self.store, self.floors)
+        self.chunks = ChunkAssembler(
+            state / "downloads",
+            max_bytes=min(cfg.max_bytes, cfg.transfer_quota_bytes),
+            quota_bytes=cfg.transfer_quota_bytes,
+            max_transfers=cfg.max_transfers,
+            expiry_s=cfg.transfer_expiry_s,
+        )
+        self.chunks.sweep()  # partial transfers left by a crash
+        self.guard.seed([pc.name for pc in host.config.pipelines])
         self._busy: set[str] = set()
-        self._complete: dict[str, Path] = {}
         self._lock = threading.Lock()
+        self._sweeper = spawn("update-sweeper", self._sweep, should_restart=lambda: not host.stopping)
 
     @property
-    def cfg(self) -> Any:
+    def cfg(self) -> UpdatesConfig:
         return self.host.config.updates
 
     def _pipeline(self, name: str) -> UpdatablePipeline:
         return self.host.pipeline(name)
+
+    def _sweep(self) -> None:
+        """Expired chunked transfers are removed while the daemon runs, not only at start."""
+        while not self.host.stopping:
+            time.sleep(max(0.5, min(self.chunks.expiry_s / 4, 30.0)))
+            try:
+                self.chunks.sweep()
+            except (OSError, EdgeRuntimeError) as exc:
+                log.error("sweeping expired transfers failed: %s", exc)
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -95,10 +123,12 @@ class Updater:
         try:
             done = self.chunks.add(cmd.args["transfer"], cmd.args["index"], cmd.args["total"], data)
         except UpdateError as exc:
+            self.host.event(
+                "model.chunk_refused",
+                f"model.chunk {cmd.args['transfer']}: {exc}",
+                {"transfer": cmd.args["transfer"], "error": str(exc)},
+            )
             raise CommandError(str(exc)) from None
-        if done is not None:
-            with self._lock:
-                self._complete[cmd.args["transfer"]] = done
         return {"transfer": cmd.args["transfer"], "index": cmd.args["index"], "complete": done is not None}
 
     def update(self, cmd: Command) -> None:
@@ -106,7 +136,13 @@ class Updater:
             request = UpdateRequest.from_payload({"id": cmd.id, **cmd.args})
         except UpdateError as exc:
             raise CommandError(str(exc)) from None
-        self._pipeline(request.pipeline)
+        pipeline = self._pipeline(request.pipeline)
+        try:  # everything that can be checked without the file, before anything is fetched
+            signed = verify(self.cfg.public_keys, update_fields(request), request.signature)
+            self.guard.check_update(request, pipeline)
+        except UpdateError as exc:
+            self._refuse(cmd, request, exc.step, str(exc), rolled_back=False)
+            return
         with self._lock:
             if request.pipeline in self._busy:
                 raise CommandError(f"an update of pipeline {request.pipeline!r} is already in progress")
@@ -116,40 +152,53 @@ class Updater:
         self._reply(
             cmd, {"ok": True, "step": "accepted", "pipeline": request.pipeline, "version": request.version}
         )
+        self._step(cmd, request, "signature", signed=signed)
         spawn(f"update-{request.pipeline}", lambda: self._run(cmd, request), restart=False)
 
     def list(self, cmd: Command) -> dict[str, Any]:
         name = self._pipeline(cmd.args["pipeline"]).name
         return {
             "pipeline": name,
+            "floor": self.floors.get(name),
             "versions": self.store.versions(name),
             "history": self.store.history(name, 50),
         }
 
     def rollback(self, cmd: Command) -> dict[str, Any]:
-        pipeline = self._pipeline(cmd.args["pipeline"])
+        try:
+            request = RollbackRequest.from_payload({"id": cmd.id, **cmd.args})
+        except UpdateError as exc:
+            raise CommandError(str(exc)) from None
+        pipeline = self._pipeline(request.pipeline)
         with self._lock:
             if pipeline.name in self._busy:
                 raise CommandError(f"an update of pipeline {pipeline.name!r} is in progress")
             self._busy.add(pipeline.name)
         try:
-            previous = self.store.previous(pipeline.name)
-            if previous is None:
-                raise CommandError(f"pipeline {pipeline.name!r} has no previous model to roll back to")
-            runner = self._runner(pipeline, previous.path, previous.version)
-            entry = self.store.rollback(pipeline.name, f"model.rollback {cmd.id}")
+            try:
+                target = self.guard.rollback_target(request, pipeline, self.cfg.public_keys)
+            except UpdateError as exc:
+                self._event(
+                    "model.refused",
+                    f"pipeline {pipeline.name}: model.rollback {request.id} refused at {exc.step}: {exc}",
+                    pipeline.name,
+                    update_id=request.id,
+                    step=exc.step,
+                    error=str(exc),
+                )
+                raise CommandError(f"{exc.step}: {exc}") from None
+            runner = self._runner(pipeline, target.path, target.version)
+            while (now := self.store.current(pipeline.name)) is not None and now.sha256 != target.sha256:
+                self.store.rollback(pipeline.name, f"model.rollback {cmd.id} to {target.version}")
             pipeline.swap_model(runner)
+            self.guard.used_rollback(request)
             self._event(
                 "model.rolled_back",
-                f"pipeline {pipeline.name}: rolled back to {previous.version} on request",
+                f"pipeline {pipeline.name}: rolled back to {target.version} on request",
                 pipeline.name,
-                sha256=previous.sha256,
+                sha256=target.sha256,
             )
-            return {
-                "pipeline": pipeline.name,
-                "sha256": entry.sha256 if entry else None,
-                "version": entry.version if entry else None,
-            }
+            return {"pipeline": pipeline.name, "sha256": target.sha256, "version": target.version}
         finally:
             with self._lock:
                 self._busy.discard(pipeline.name)
@@ -187,16 +236,20 @@ class Updater:
         step = "download"
         try:
             self._update(cmd, request)
+        except ProbationError as exc:
+            self._refuse(cmd, request, exc.step, str(exc), rolled_back=True, interrupted=exc.interrupted)
         except UpdateError as exc:
             step = exc.step or "update"
-            self._refuse(cmd, request, step, str(exc), rolled_back=isinstance(exc, ProbationError))
+            self._refuse(cmd, request, step, str(exc), rolled_back=False)
         except EdgeRuntimeError as exc:
             self._refuse(cmd, request, step, str(exc), rolled_back=False)
         finally:
             with self._lock:
                 self._busy.discard(request.pipeline)
 
-    def _refuse(self, cmd: Command, request: UpdateRequest, step: str, error: str, rolled_back: bool) -> None:
+    def _refuse(
+        self, cmd: Command, request: UpdateRequest, step: str, error: str, rolled_back: bool, **extra: Any
+    ) -> None:
         log.error("pipeline %s: update %s refused at %s: %s", request.pipeline, request.id, step, error)
         kind = "model.rolled_back" if rolled_back else "model.refused"
         self._event(
@@ -207,9 +260,11 @@ class Updater:
             update_id=request.id,
             step=step,
             error=error,
+            **extra,
         )
         self._reply(
-            cmd, {"ok": False, "step": step, "error": error, "rolled_back": rolled_back, "final": True}
+            cmd,
+            {"ok": False, "step": step, "error": error, "rolled_back": rolled_back, "final": True, **extra},
         )
 
     def _update(self, cmd: Command, request: UpdateRequest) -> None:
@@ -224,10 +279,13 @@ class Updater:
                     max_bytes=self.cfg.max_bytes,
                     timeout_s=self.cfg.download_timeout_s,
                     expected_size=request.size,
+                    policy=DownloadPolicy(
+                        allow_file=self.cfg.allow_file_urls, redirect_hosts=tuple(self.cfg.redirect_hosts)
+                    ),
                 )
             else:
                 assert request.transfer is not None
-                self._assembled(request.transfer).replace(dest)
+                self.chunks.take(request.transfer, dest)
             if dest.stat().st_size != request.size:
                 raise UpdateError(
                     f"download is {dest.stat().st_size} bytes, the request says {request.size}", step="size"
@@ -235,8 +293,6 @@ class Updater:
             self._step(cmd, request, "download", bytes=request.size)
             verify_sha256(dest, request.sha256)
             self._step(cmd, request, "sha256")
-            verify(self.cfg.public_keys, request.pipeline, request.version, request.sha256, request.signature)
-            self._step(cmd, request, "signature", signed=bool(request.signature))
             if pipeline.serving().model.sha256 == request.sha256:  # verified, and already serving
                 self._reply(
                     cmd,
@@ -271,17 +327,29 @@ class Updater:
         baseline = pipeline.invoke_p95()
         self.store.activate(request.pipeline, request.sha256, probation=True)
         watch = Probation(pipeline, baseline, runner.model.outputs)
-        pipeline.watch(watch.observe)
-        pipeline.swap_model(runner)
+        try:
+            old = pipeline.begin_watch(runner, watch)
+        except EdgeRuntimeError as exc:
+            self.store.rollback(request.pipeline, f"not swapped in: {exc}")
+            raise UpdateError(f"{exc}; nothing was swapped, send the update again", step="swap") from exc
         self._step(cmd, request, "swap")
         verdict = self._probation(watch)
-        pipeline.watch(None)
-        if verdict:
+        entry = None
+        if not verdict:
+            entry = watch.commit(lambda: self._commit(request))
+        pipeline.end_watch("", watch)
+        if entry is None:
+            interrupted = bool(watch.ended)
+            reason = (
+                f"probation interrupted: {watch.ended}; the previous model serves again "
+                "(send the update again to retry)"
+                if interrupted
+                else verdict
+            )
             pipeline.swap_model(old)
-            self.store.rollback(request.pipeline, verdict)
-            raise ProbationError(verdict, step="probation")
+            self.store.rollback(request.pipeline, reason)
+            raise ProbationError(reason, interrupted=interrupted)
         self._step(cmd, request, "probation", results=watch.count)
-        entry = self.store.commit(request.pipeline)
         self._event(
             "model.committed",
             f"pipeline {request.pipeline}: now serving {entry.version} ({entry.sha256[:12]})",
@@ -295,26 +363,34 @@ class Updater:
             {"ok": True, "step": "commit", "sha256": entry.sha256, "version": entry.version, "final": True},
         )
 
-    def _assembled(self, transfer: str) -> Path:
-        with self._lock:
-            path = self._complete.pop(transfer, None)
-        if path is None or not path.exists():
-            raise UpdateError(
-                f"transfer {transfer!r} is not complete (send every model.chunk first)", step="download"
-            )
-        return path
+    def _commit(self, request: UpdateRequest) -> Entry:
+        """The floor first (a crash in between leaves it high: refusing, never allowing), the
+        permission spent, then the store's commit."""
+        self.floors.raise_to(request.pipeline, request.version, request.sha256)
+        self.guard.used_update(request)
+        return self.store.commit(request.pipeline)
 
     def _probation(self, watch: Probation) -> str:
-        deadline = time.monotonic() + self.cfg.probation_s
-        while time.monotonic() < deadline and not self.host.stopping:
-            verdict = watch.verdict(
-                self.cfg.max_latency_factor, self.cfg.fail_on_constant, self.cfg.latency_floor_ms
-            )
+        """An empty string when the model produced the required real results without a fault; else why not.
+        Returns early ("") when the pipeline stops serving it (``watch.ended``)."""
+        cfg = self.cfg
+        required = cfg.probation_results
+        deadline = time.monotonic() + cfg.probation_s
+        while True:
+            verdict = watch.verdict(cfg.max_latency_factor, cfg.fail_on_constant, cfg.latency_floor_ms)
             if verdict:
                 return verdict
-            if watch.count >= self.cfg.probation_results:
-                break
-            time.sleep(0.05)
-        return watch.verdict(
-            self.cfg.max_latency_factor, self.cfg.fail_on_constant, self.cfg.latency_floor_ms
-        )
+            if watch.ended:
+                return ""
+            if self.host.stopping:
+                watch.end("the daemon is stopping")
+                return ""
+            if watch.count >= required:
+                return ""
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return (
+                    f"only {watch.count} of the {required} results required (updates.probation_results) "
+                    f"within {cfg.probation_s:g} s; a model that produces no results is not committed"
+                )
+            watch.wait(min(left, 0.2))
