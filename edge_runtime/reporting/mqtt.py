@@ -36,6 +36,10 @@ MAX_QUEUED_DIRECT = 1024
 STALL_S = 60.0  # in-flight messages unacknowledged this long while connected are sent again
 
 
+def _writes_stay_on_the_network_thread(client: Any, userdata: Any, sock: Any) -> None:
+    """paho's socket-write callback: nothing to do, loop() on the network thread writes."""
+
+
 def read_password(path: Path) -> str:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -83,6 +87,13 @@ class MqttLink:
             reconnect_on_failure=False,
         )
         self.client.enable_logger(logging.getLogger("edge_runtime.paho"))
+        # Without a loop thread of its own (the network thread drives loop()), paho writes a new
+        # packet to the socket from the publishing thread itself, while loop() may be writing too:
+        # two threads pop the send queue and send concurrently, so adjacent messages went out
+        # swapped (seen at full rate: seq 1470 before 1469) and a partial write could interleave two
+        # packets. With a socket-write callback paho only queues the packet and wakes select();
+        # every write is then made by loop() on the network thread, in order.
+        self.client.on_socket_register_write = _writes_stay_on_the_network_thread
         self.client.max_inflight_messages_set(cfg.max_inflight)
         # paho keeps unacknowledged QoS 1 messages in memory: bounded, so a flood of commands
         # whose replies the broker is slow to take cannot grow it (the outbox holds the rest)
@@ -123,6 +134,8 @@ class MqttLink:
         self._inflight: list[tuple[int, Any, float]] = []  # (outbox id, MQTTMessageInfo, sent at)
         self._last_id = 0
         self._last_ack = time.monotonic()
+        self._forwarding_on = 0  # the connection (``connects``) the forwarder last published on
+        self._resent: set[int] = set()  # outbox ids in flight across a reconnect: paho sends them again
         self._wake = threading.Event()  # a new message in the outbox, an acknowledgement, a stop
         outbox.watch(self._wake)
         self._net: threading.Thread | None = None
@@ -307,8 +320,18 @@ class MqttLink:
                 "mqtt: %d messages unacknowledged for %.0f s; sending again", len(self._inflight), STALL_S
             )
             self._inflight.clear()
+            self._resent.clear()
             self._last_id = 0
             self._last_ack = time.monotonic()
+        if self.connects != self._forwarding_on:  # a new connection since the last look
+            self._forwarding_on = self.connects
+            self._resent = {entry[0] for entry in self._inflight}
+        if self._resent and any(entry[0] in self._resent for entry in self._inflight):
+            # paho sends what was in flight again right after the CONNACK: nothing newer goes out
+            # before the broker acknowledged it, so the backlog drains in order after a reconnect
+            self._wake.wait(0.05)
+            return
+        self._resent.clear()
         room = self.cfg.max_inflight - len(self._inflight)
         if room <= 0:
             self._wake.wait(0.05)  # an acknowledgement makes room
