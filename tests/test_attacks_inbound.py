@@ -358,12 +358,14 @@ def test_oversized_correlation_data_is_refused(attacked: tuple[Subscriber, Daemo
         "edge/dev1/cmd/ping",
         b'{"id": "corr1"}',
         qos=1,
-        response_topic="edge/dev1/reply/app",
+        # a response topic of this test's own: a late reply of an earlier test on the module's
+        # shared daemon to edge/dev1/reply/app must not read as an echo
+        response_topic="edge/dev1/reply/app-oversized",
         correlation_data=b"c" * 60_000,  # the most MQTT allows is 65535
     )
     reply = reply_to(sub, "corr1")
     assert reply["ok"] is False and "correlation data of 60000 bytes" in reply["error"], reply
-    assert not sub.messages("edge/dev1/reply/app"), "the oversized correlation data was echoed"
+    assert not sub.messages("edge/dev1/reply/app-oversized"), "the oversized correlation data was echoed"
     assert_alive(sub, daemon, "oversized correlation data")
 
 
