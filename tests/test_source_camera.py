@@ -73,7 +73,7 @@ def test_config_and_uri_kinds() -> None:
     refusals: list[tuple[dict[str, Any], str, str]] = [
         ({"uri": -1}, "uri", "greater than or equal to 0"),
         ({"uri": " "}, "uri", "uri is empty"),
-        ({"uri": 0, "fps": 0}, "fps", "greater than 0"),
+        ({"uri": 0, "fps": 0}, "fps", "greater than or equal to 0.01"),
         ({"uri": 0, "exposure": 3}, "exposure", "Extra inputs are not permitted"),  # no such setting
     ]
     for bad, field, message in refusals:
