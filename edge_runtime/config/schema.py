@@ -89,6 +89,11 @@ class RuntimeConfig(Strict):
         description="Inference backend: auto prefers LiteRT, then tflite-runtime, for .tflite models; "
         ".onnx models always run on onnxruntime; onnxruntime runs a .tflite model's .onnx twin (same name).",
     )
+    share_models: bool = Field(
+        False,
+        description="Pipelines that name the same model file, delegates, threads and name share one "
+        "loaded model (one interpreter); inference on it is serialized.",
+    )
 
 
 class TlsConfig(Strict):
@@ -285,11 +290,39 @@ class EveryTrigger(Strict):
 
 class SourceTrigger(Strict):
     source: str = Field(description="Run on each new frame or sample of this source.")
+    sources: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Several camera sources served by this one pipeline (its first is `source`): the latest "
+        "frame of each, taken round-robin; each result names its source in `trigger.source`.",
+    )
     min_interval_s: float = Field(0.0, ge=0, le=86400, description="Skip news closer together than this.")
+
+    @model_validator(mode="after")
+    def _several(self) -> SourceTrigger:
+        if self.sources:
+            if len(self.sources) < 2 or len(set(self.sources)) != len(self.sources):
+                raise ValueError("trigger sources must be at least two different source names")
+            if self.source != self.sources[0]:
+                raise ValueError("trigger source must be the first of trigger sources")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """Every source that triggers the pipeline."""
+        return self.sources or [self.source]
 
 
 def _trigger_entry(value: Any) -> Any:
-    return {"source": value} if isinstance(value, str) else value
+    if isinstance(value, str):
+        return {"source": value}
+    if isinstance(value, list):  # trigger = ["cam1", "cam2"]
+        return {"source": value[0] if value and isinstance(value[0], str) else "", "sources": value}
+    if isinstance(value, dict) and "sources" in value and "source" not in value:
+        names = value["sources"]
+        first = names[0] if isinstance(names, list) and names and isinstance(names[0], str) else ""
+        return {**value, "source": first}
+    return value
 
 
 def _trigger_kind(value: Any) -> str:
@@ -316,7 +349,10 @@ class CascadeConfig(Strict):
 
 class PipelineConfig(Strict):
     name: Name = Field(description="Pipeline name, used in topics.")
-    trigger: TriggerConfig = Field(description="A source name, {source=..}, or {every_s=..}.")
+    trigger: TriggerConfig = Field(
+        description="A source name, a list of camera source names, {source=..}, {sources=[..]}, "
+        "or {every_s=..}."
+    )
     models: list[ModelConfig] = Field(min_length=1, description="One model, or an ensemble.")
     ensemble: EnsembleConfig | None = Field(None, description="Combine several models' outputs.")
     cascade: CascadeConfig | None = Field(None, description="Classify the first model's detections.")

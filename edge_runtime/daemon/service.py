@@ -24,10 +24,12 @@ from edge_runtime.daemon.commands import DaemonCommands
 from edge_runtime.daemon.preflight import preflight, resolve_source_paths
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
-from edge_runtime.pipeline import Pipeline
+from edge_runtime.pipeline import Pipeline, load_model
+from edge_runtime.pipeline.runner import shared_loader
 from edge_runtime.redaction import redact_text
 from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.reporting.reporter import Reporter
+from edge_runtime.runtime.shared import ModelRegistry
 from edge_runtime.sources import build_source
 from edge_runtime.sources.base import Source
 from edge_runtime.supervision import SUPERVISOR, spawn
@@ -106,6 +108,7 @@ class Service:
         self._unhealthy = ""
         self.result_listeners: list[Callable[[str, dict[str, Any]], None]] = []  # the HTTP API's
         self._http: Any = None
+        self.models = ModelRegistry()
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -145,6 +148,8 @@ class Service:
             source.add_listener(self._source_event)
         pipelines: list[Pipeline] = []
         assert self.reporter is not None
+        self.models = ModelRegistry()  # one loaded model per distinct file and settings, when shared
+        load = shared_loader(self.models) if config.runtime.share_models else load_model
         for pc in config.pipelines:
             pipeline = Pipeline(
                 pc,
@@ -155,6 +160,7 @@ class Service:
                 seq_start=max(self.reporter.last_seq(pc.name), self._seqs.get(pc.name, 0)),
                 event=self.reporter.event,
                 budget=self.budget if self.budget.limit is not None else None,
+                load=load,
             )
             pipelines.append(pipeline)
             for runner in pipeline.runners + ([pipeline.cascade] if pipeline.cascade else []):
