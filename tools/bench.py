@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout'
 from benchkit.children import child_main
 from benchkit.combos import bench_combo, resolve_models, soak
 from benchkit.common import CHILD, DAEMON, VIDEO_FRAMES, VIDEO_SIZE, log
-from benchkit.many import CAMERA_FPS, round_two
+from benchkit.many import round_two
 from benchkit.measure import machine, wait_idle
 from benchkit.report import _finite, evaluate, format_checks, format_combo, format_soak
 from benchkit.video import make_video
@@ -125,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--modes", default="per-camera,shared,fan-in", help="(e): per-camera, shared, fan-in (comma list)"
     )
+    parser.add_argument("--camera-fps", type=float, default=15.0, help="(e): each camera's frame rate")
+    parser.add_argument("--no-limit", action="store_true", help="--round2: only (e), not (d)")
     args = parser.parse_args(args_list)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # cleanup runs
     if args.daemon:
@@ -206,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = time.monotonic()
             result = round_two(
                 available, threads, [int(c) for c in _csv(args.cameras)], _csv(args.modes), seconds,
-                warmup_s, workdir, broker.port, sub, video, make_video(CAMERA_FPS), args.wait_idle,
+                warmup_s, workdir, broker.port, sub, video, make_video(args.camera_fps), args.wait_idle,
+                args.camera_fps, not args.no_limit,
             )  # fmt: skip
             report["round2"] = result
             print(result["limit_table"], file=out)

@@ -112,9 +112,10 @@ def run_many(
     warmup_s: float,
     port: int,
     sub: Subscriber,
+    camera_fps: float = CAMERA_FPS,
 ) -> ManyRun:
-    tag = f"many-{mode}-{n}"
-    run = ManyRun(mode, n, offered_fps=n * CAMERA_FPS)
+    tag = f"many-{mode}-{n}-{camera_fps:g}"
+    run = ManyRun(mode, n, offered_fps=n * camera_fps)
     config = many_config(directory, tag, mode, n, model, channels, video, port)
     prefix = f"bench/{tag}/"
     log_path = directory / f"{tag}.log"
@@ -216,6 +217,8 @@ def round_two(
     video: Path,
     many_video: Path,
     idle_s: float,
+    camera_fps: float = CAMERA_FPS,
+    limit_rows: bool = True,
 ) -> dict[str, Any]:
     """(d) for every model and thread count, then (e) for the first model; tables to the log."""
     from benchkit.combos import input_channels
@@ -228,7 +231,7 @@ def round_two(
         f"{'(d) model':<12} {'thr':>3} {'limit fps':>9} {'daemon fps':>10} {'ratio':>6} "
         f"{'naive fps':>9} {'ratio':>6}"
     ]
-    for label, path in models:
+    for label, path in models if limit_rows else []:
         channels = input_channels(path)
         for n in threads:
             wait_idle(idle_s)
@@ -264,7 +267,11 @@ def round_two(
     for n in cameras:
         for mode in modes:
             wait_idle(idle_s)
-            many.append(run_many(workdir, mode, n, path, channels, many_video, seconds, warmup_s, port, sub))
+            many.append(
+                run_many(
+                    workdir, mode, n, path, channels, many_video, seconds, warmup_s, port, sub, camera_fps
+                )
+            )
             log(format_many(many[-1:]).splitlines()[-1])
     table = format_many(many)
     return {
