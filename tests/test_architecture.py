@@ -20,6 +20,11 @@ PACKAGE = ROOT / "edge_runtime"
 # shrank below the limit must leave this list).
 MAX_LINES = 400
 LARGE_MODULES: dict[str, str] = {
+    "edge_runtime/reporting/outbox.py": (
+        "one SQLite connection under one lock: bounds, eviction, the free-disk reserve, seq and "
+        "corruption handling share its transactions and counters (the disk arithmetic is in "
+        "reporting/diskbudget.py, salvage and seq reservations in reporting/seqstate.py)"
+    ),
     "edge_runtime/updates/store.py": (
         "the crash-safety protocol of the model store (pointers, probation, history, pruning) is "
         "one state machine under one lock; split, its invariants would span files"

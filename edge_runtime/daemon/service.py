@@ -24,6 +24,7 @@ from edge_runtime.daemon.commands import DaemonCommands
 from edge_runtime.daemon.preflight import preflight, resolve_source_paths
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
+from edge_runtime.healthwatch import DaemonHealth
 from edge_runtime.pipeline import Pipeline, load_model
 from edge_runtime.pipeline.runner import shared_loader
 from edge_runtime.redaction import redact_text
@@ -106,6 +107,7 @@ class Service:
         self._reload_requested = threading.Event()
         self.exit_code = 0
         self._unhealthy = ""
+        self.watch: DaemonHealth | None = None  # state-change events, READY gate, pauses, reloads
         self.result_listeners: list[Callable[[str, dict[str, Any]], None]] = []  # the HTTP API's
         self._http: Any = None
         self.models = ModelRegistry()
@@ -118,6 +120,8 @@ class Service:
         SUPERVISOR.forget()
         SUPERVISOR.on_crash = self._thread_crashed
         self.updater = Updater(self)
+        self.watch = watch = DaemonHealth(self.reporter.event, self.config)
+        watch.attach_store(self.updater.store)
         DaemonCommands(self, self.updater).register(self.reporter.dispatcher)
         self.config = store_config(self.config, self.updater.store, startup=True)
         self.sources, self.pipelines = self._build_runtime(self.config)
@@ -129,6 +133,9 @@ class Service:
             sources=lambda: {name: s.stats() for name, s in self.sources.items()},
             outbox=self.reporter.outbox_stats,
             mqtt=self.reporter.stats,
+            extra=watch.extra,
+            limits=watch.limits,
+            max_bytes=self.config.health.max_bytes,
         )
         if self.config.http.enabled:  # reads the token and TLS files now: without them, no start
             from edge_runtime.daemon.http_host import ServiceHost
@@ -257,7 +264,7 @@ class Service:
         return redact_text(self.health.summary(self.health.report(mark=False)))
 
     def _watchdog_tick(self) -> None:
-        problems = self.problems()
+        problems = [] if self.watch is not None and self.watch.pause.settling() else self.problems()
         if problems:
             if problems[0] != self._unhealthy:
                 log.error("watchdog: not pinging systemd: %s", "; ".join(problems))
@@ -336,6 +343,8 @@ class Service:
         report = self.health.report()
         report["reloads"] = self.reloads
         report["threads"] = {"crashes": SUPERVISOR.total_crashes(), "crashed": SUPERVISOR.stats()}
+        if self.watch is not None:
+            self.watch.changes.update_doc(report)
         self.reporter.publish_health(report)
         if self._metrics is not None:
             self._metrics.refresh(report)
@@ -376,13 +385,14 @@ class Service:
                 self.reporter.stop(flush_timeout=1.0)
             raise
         self.start()
-        self.notifier.ready(self._status_line())
+        self._announce_ready()
         ping_every = self.watchdog_s / 2 if self.watchdog_s else None
         next_ping = time.monotonic()
         next_status = time.monotonic() + 5.0
         try:
             while not self.stop_event.wait(0.1):
                 now = time.monotonic()
+                self._announce_ready()
                 if self._reload_requested.is_set():
                     self._reload_requested.clear()
                     self._do_reload()
@@ -400,6 +410,17 @@ class Service:
             self.notifier.stopping()
             self.shutdown(self.config.device.stop_timeout_s)
         return self.exit_code
+
+    def _announce_ready(self) -> None:
+        """Each main-loop turn: pause detection, and READY=1 once every pipeline produced a result
+        or the start grace passed."""
+        assert self.watch is not None
+        limit = max((self.watchdog_s or 30.0) / 2, 1.0)  # the stuck limit of problems()
+        self.watch.pause.tick(settle_s=limit, min_gap_s=limit / 2)
+        with self._swap_lock:
+            stats = {p.name: {"results": p.results, "finished": p.finished} for p in self.pipelines}
+        if self.watch.ready(stats, time.monotonic() - self.started_mono):
+            self.notifier.ready(self._status_line())
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop within ``timeout`` s: pipelines (the inference in flight ends), sources, then
@@ -430,7 +451,20 @@ class Service:
 
     def reload(self) -> str:
         """Re-read the config file; restart sources and pipelines on it. The MQTT connection
-        stays unless its section changed. A config that does not build leaves the old one running."""
+        stays unless its section changed. A config that does not load (bad TOML, a schema error,
+        a missing model) or does not build leaves the old one running, with a
+        ``config.reload_failed`` event and the health degraded until a reload succeeds."""
+        try:
+            summary = self._reload()
+        except EdgeRuntimeError as exc:
+            if self.watch is not None:
+                self.watch.reloaded(exc)
+            raise
+        if self.watch is not None:
+            self.watch.reloaded(None)
+        return summary
+
+    def _reload(self) -> str:
         if self.config_path is None:
             raise EdgeRuntimeError(
                 "reload: this daemon runs the embedded default; there is no file to re-read"
@@ -457,7 +491,7 @@ class Service:
                     pipeline.watch_slot.allow()
                 message = " ".join(str(exc).split())
                 log.error("reload failed, the running config goes on: %s", message)
-                self.reporter.event("config.reload_failed", f"reload failed: {message}", {})
+                # the config.reload_failed event: reload() sends it, for this and every other stage
                 if isinstance(exc, EdgeRuntimeError):
                     raise
                 raise EdgeRuntimeError(f"reload failed: {message}") from exc
