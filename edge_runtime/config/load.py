@@ -16,7 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge_runtime.config.schema import DEMO_CONFIG, PACKAGE_DIR, Config, ModelConfig, SourceTrigger
+from edge_runtime.config.schema import DEMO_CONFIG, PACKAGE_DIR, Config, ModelConfig
+from edge_runtime.config.triggers import SourceTrigger
 from edge_runtime.errors import ConfigError
 from edge_runtime.names import NAME_RE, NAME_RULE
 
