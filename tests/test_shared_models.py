@@ -221,3 +221,22 @@ def test_a_list_trigger_and_a_sources_table_mean_the_same(tmp_path: Path) -> Non
     triggers = [c.pipelines[0].trigger for c in configs]
     assert triggers[0] == triggers[1]
     assert triggers[0].source == "a" and triggers[0].names == ["a", "b"]
+
+
+def test_a_shared_model_gives_each_frame_exactly_what_a_model_of_its_own_gives(tmp_path: Path) -> None:
+    # two pipelines invoking one interpreter concurrently: any input of one pipeline read by the
+    # other's invoke (a missing lock) shows up as a different score for that frame
+    outcomes = []
+    for share in (False, True):
+        directory = tmp_path / ("shared" if share else "own")
+        directory.mkdir()
+        service, sink, _ = _two_pipelines(directory, share=share, n=120)
+        service.run(install_signals=False)
+        assert len(sink.results) == 240
+        outcomes.append(
+            {
+                (r["pipeline"], r["trigger"]["seq"]): [(t["index"], t["score"]) for t in r["result"]["top"]]
+                for r in sink.results
+            }
+        )
+    assert outcomes[0] == outcomes[1]
