@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout'
 from benchkit.children import child_main
 from benchkit.combos import bench_combo, resolve_models, soak
 from benchkit.common import CHILD, DAEMON, VIDEO_FRAMES, VIDEO_SIZE, log
+from benchkit.many import round_two
 from benchkit.measure import machine, wait_idle
 from benchkit.report import _finite, evaluate, format_checks, format_combo, format_soak
 from benchkit.video import make_video
@@ -114,6 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="make each run N times and keep the one least disturbed by other processes",
     )
+    parser.add_argument(
+        "--round2",
+        action="store_true",
+        help="instead of (a)-(c'): (d) the daemon against a two-thread decode+invoke loop and (e) N "
+        "cameras into one model (benchkit.many); the first model is used for (e)",
+    )
+    parser.add_argument("--cameras", default="4,8,16", help="(e): camera counts (comma-separated)")
+    parser.add_argument(
+        "--modes", default="per-camera,shared,fan-in", help="(e): per-camera, shared, fan-in (comma list)"
+    )
+    parser.add_argument("--camera-fps", type=float, default=15.0, help="(e): each camera's frame rate")
+    parser.add_argument("--no-limit", action="store_true", help="--round2: only (e), not (d)")
     args = parser.parse_args(args_list)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # cleanup runs
     if args.daemon:
@@ -184,7 +197,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             "codec": "MJPG",
         }
         out = sys.stderr if args.json else sys.stdout
-        if args.soak is not None:
+        if args.round2:
+            m = report["machine"]
+            print(
+                f"edge-runtime bench (d), (e), {m['date']}, {m['cpus']} x {m['cpu_model']}, "
+                f"{seconds:g} s per run",
+                file=out,
+                flush=True,
+            )
+            started = time.monotonic()
+            result = round_two(
+                available, threads, [int(c) for c in _csv(args.cameras)], _csv(args.modes), seconds,
+                warmup_s, workdir, broker.port, sub, video, make_video(args.camera_fps), args.wait_idle,
+                args.camera_fps, not args.no_limit,
+            )  # fmt: skip
+            report["round2"] = result
+            print(result["limit_table"], file=out)
+            print("", file=out)
+            print(result["many_table"], file=out)
+            print(f"total {time.monotonic() - started:.0f} s", file=out, flush=True)
+        elif args.soak is not None:
             label, path = available[0]
             result = soak(label, path, threads[0], args.soak, workdir, broker, sub, video)
             report["soak"] = result

@@ -22,7 +22,6 @@ from edge_runtime.config.schema import (
     DefaultsConfig,
     DeviceConfig,
     EnsembleConfig,
-    EveryTrigger,
     ImageInput,
     MetricsConfig,
     ModelConfig,
@@ -31,12 +30,12 @@ from edge_runtime.config.schema import (
     PipelineConfig,
     PublishConfig,
     RuntimeConfig,
-    SourceTrigger,
     TlsConfig,
     VectorInput,
     WindowInput,
     default_state_dir,
 )
+from edge_runtime.config.triggers import EveryTrigger, SourceTrigger
 from edge_runtime.config.updates import UpdatesConfig
 from edge_runtime.healthstate import HealthConfig  # [health] lives next to its rules
 

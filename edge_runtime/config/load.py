@@ -16,7 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge_runtime.config.schema import DEMO_CONFIG, PACKAGE_DIR, Config, ModelConfig, SourceTrigger
+from edge_runtime.config.schema import DEMO_CONFIG, PACKAGE_DIR, Config, ModelConfig
+from edge_runtime.config.triggers import SourceTrigger
 from edge_runtime.errors import ConfigError
 from edge_runtime.names import NAME_RE, NAME_RULE
 
@@ -43,8 +44,12 @@ def _references(config: Config) -> list[str]:
         if p.name in seen:
             problems.append(f"{where}.name: {p.name!r}: duplicate pipeline name")
         seen.add(p.name)
-        if isinstance(p.trigger, SourceTrigger) and p.trigger.source not in config.sources:
-            problems.append(f"{where}.trigger: {p.trigger.source!r}: no source of that name")
+        if isinstance(p.trigger, SourceTrigger):
+            for name in p.trigger.names:
+                if name not in config.sources:
+                    problems.append(f"{where}.trigger: {name!r}: no source of that name")
+                elif len(p.trigger.names) > 1 and config.sources[name].type != "camera":
+                    problems.append(f"{where}.trigger: {name!r}: several trigger sources must be cameras")
         models = [(f"{where}.models[{j}]", m) for j, m in enumerate(p.models)]
         if p.cascade is not None:
             models.append((f"{where}.cascade.classifier", p.cascade.classifier))

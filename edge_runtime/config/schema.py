@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from edge_runtime.config.triggers import TriggerConfig
 from edge_runtime.config.updates import UpdatesConfig
 from edge_runtime.healthstate import HealthConfig
 from edge_runtime.http.config import HttpConfig
@@ -89,6 +90,11 @@ class RuntimeConfig(Strict):
         "auto",
         description="Inference backend: auto prefers LiteRT, then tflite-runtime, for .tflite models; "
         ".onnx models always run on onnxruntime; onnxruntime runs a .tflite model's .onnx twin (same name).",
+    )
+    share_models: bool = Field(
+        False,
+        description="Pipelines that name the same model file, delegates, threads and name share one "
+        "loaded model (one interpreter); inference on it is serialized.",
     )
 
 
@@ -279,31 +285,6 @@ class DefaultsConfig(Strict):
     threads: int | None = Field(None, ge=1, le=64, description="CPU threads of models that name none.")
 
 
-class EveryTrigger(Strict):
-    every_s: float = Field(ge=0.001, le=86400, description="Run at a fixed period, in seconds.")
-
-
-class SourceTrigger(Strict):
-    source: str = Field(description="Run on each new frame or sample of this source.")
-    min_interval_s: float = Field(0.0, ge=0, le=86400, description="Skip news closer together than this.")
-
-
-def _trigger_entry(value: Any) -> Any:
-    return {"source": value} if isinstance(value, str) else value
-
-
-def _trigger_kind(value: Any) -> str:
-    data = value if isinstance(value, dict) else vars(value) if hasattr(value, "__dict__") else {}
-    return "every" if "every_s" in data else "source"
-
-
-TriggerConfig = Annotated[
-    Annotated[SourceTrigger, Tag("source")] | Annotated[EveryTrigger, Tag("every")],
-    Discriminator(_trigger_kind),
-    BeforeValidator(_trigger_entry),
-]
-
-
 class EnsembleConfig(Strict):
     combine: Literal["mean", "vote"] = Field("mean", description="Weighted mean of probabilities or vote.")
 
@@ -316,7 +297,10 @@ class CascadeConfig(Strict):
 
 class PipelineConfig(Strict):
     name: Name = Field(description="Pipeline name, used in topics.")
-    trigger: TriggerConfig = Field(description="A source name, {source=..}, or {every_s=..}.")
+    trigger: TriggerConfig = Field(
+        description="A source name, a list of camera source names, {source=..}, {sources=[..]}, "
+        "or {every_s=..}."
+    )
     models: list[ModelConfig] = Field(min_length=1, description="One model, or an ensemble.")
     ensemble: EnsembleConfig | None = Field(None, description="Combine several models' outputs.")
     cascade: CascadeConfig | None = Field(None, description="Classify the first model's detections.")

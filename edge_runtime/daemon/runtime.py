@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from edge_runtime.config import Config
+from edge_runtime.config import Config, ModelConfig
 from edge_runtime.daemon.preflight import resolve_source_paths
-from edge_runtime.pipeline import Pipeline
+from edge_runtime.pipeline import Pipeline, load_model
+from edge_runtime.runtime.model import Model
 from edge_runtime.sources import build_source
 from edge_runtime.sources.base import Source
 
@@ -59,6 +60,7 @@ def build_runtime(
     event: Event,
     seq_start: Callable[[str], int],
     budget: ResultBudget,
+    load: Callable[[ModelConfig, Config], Model] = load_model,
 ) -> tuple[dict[str, Source], list[Pipeline]]:
     """The sources and pipelines of ``config``, built (models loaded) but not started; source
     state changes and delegate fallbacks are reported through ``event``."""
@@ -88,6 +90,7 @@ def build_runtime(
             seq_start=seq_start(pc.name),
             event=event,
             budget=budget if budget.limit is not None else None,
+            load=load,
         )
         pipelines.append(pipeline)
         for runner in pipeline.runners + ([pipeline.cascade] if pipeline.cascade else []):

@@ -1,10 +1,8 @@
 """The daemon: builds sources, pipelines and reporting from a Config and runs them until stopped.
 
-The main thread owns signals (SIGTERM and SIGINT stop it cleanly), the stop conditions
-(``--max-results``, ``--duration``, every pipeline finished) and shutdown: ``stopping`` is
-published, pipelines finish the inference in flight, sources close, the outbox is flushed while
-the broker is there, ``offline`` is published. A health timer publishes the retained health.
-"""
+The main thread owns signals, the stop conditions (``--max-results``, ``--duration``, every pipeline
+finished) and shutdown (``stopping``; in-flight inferences end; sources close; the outbox flushed
+while the broker is there; ``offline``). A health timer publishes the retained health."""
 
 from __future__ import annotations
 
@@ -28,9 +26,11 @@ from edge_runtime.daemon.update_host import ServiceUpdateHost
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
 from edge_runtime.healthwatch import DaemonHealth
-from edge_runtime.pipeline import Pipeline
+from edge_runtime.pipeline import Pipeline, load_model
+from edge_runtime.pipeline.runner import shared_loader
 from edge_runtime.redaction import redact_text
 from edge_runtime.reporting.reporter import Reporter
+from edge_runtime.runtime.shared import ModelRegistry
 from edge_runtime.sources.base import Source
 from edge_runtime.supervision import SUPERVISOR, spawn
 from edge_runtime.systemd import Notifier, watchdog_timeout
@@ -82,8 +82,7 @@ class Service:
         self._unhealthy = ""
         self.watch: DaemonHealth | None = None  # state-change events, READY gate, pauses, reloads
         self.result_listeners: list[Callable[[str, dict[str, Any]], None]] = []  # the HTTP API's
-
-    # -- building ----------------------------------------------------------------------------------
+        self.models = ModelRegistry()  # one loaded model per distinct file and settings, when shared
 
     def build(self) -> None:
         """Reporting first (so that build problems are reported), then sources and pipelines."""
@@ -115,12 +114,14 @@ class Service:
     def _build_runtime(self, config: Config) -> tuple[dict[str, Source], list[Pipeline]]:
         assert self.reporter is not None
         reporter = self.reporter
+        self.models = ModelRegistry()
         return build_runtime(
             config,
             emit=self._emit,
             event=reporter.event,
             seq_start=lambda name: max(reporter.last_seq(name), self._seqs.get(name, 0)),
             budget=self.budget,
+            load=shared_loader(self.models) if config.runtime.share_models else load_model,
         )
 
     def _emit(self, result: dict[str, Any]) -> None:
@@ -176,9 +177,8 @@ class Service:
             self.stop(f"thread {component} cannot be restarted: {error}")
 
     def _status_line(self) -> str:
-        if self.health is None:
-            return "starting"
-        return redact_text(self.health.summary(self.health.report(mark=False)))
+        health = self.health
+        return "starting" if health is None else redact_text(health.summary(health.report(mark=False)))
 
     def _watchdog_tick(self) -> None:
         problems = [] if self.watch is not None and self.watch.pause.settling() else self.problems()

@@ -23,12 +23,21 @@ from typing import Any, Protocol
 
 import numpy.typing as npt
 
-from edge_runtime.config import CascadeConfig, Config, EveryTrigger, ImageInput, ModelConfig, PipelineConfig
+from edge_runtime.config import (
+    CascadeConfig,
+    Config,
+    EveryTrigger,
+    ImageInput,
+    ModelConfig,
+    PipelineConfig,
+    SourceTrigger,
+)
 from edge_runtime.errors import EdgeRuntimeError, PipelineError
 from edge_runtime.fusion import StaleInput
 from edge_runtime.geometry import ImageTransform
+from edge_runtime.pipeline.fanin import RoundRobin
 from edge_runtime.pipeline.results import Triggered, classify_crops, combine, document
-from edge_runtime.pipeline.runner import CROP_SOURCE, ModelRunner, load_model
+from edge_runtime.pipeline.runner import CROP_SOURCE, ModelRunner, invoke_shared, load_model
 from edge_runtime.pipeline.stages import StageEngine
 from edge_runtime.pipeline.watch import Watcher, WatchSlot
 from edge_runtime.postprocess import ClassificationConfig
@@ -112,6 +121,10 @@ class Pipeline:
                     raise PipelineError(f"{where}: ensemble members must use classification post-processing")
         trigger = pc.trigger
         self.trigger_source = None if isinstance(trigger, EveryTrigger) else sources[trigger.source]
+        self.fan_in: RoundRobin | None = None  # several camera sources (trigger.sources)
+        if isinstance(trigger, SourceTrigger) and len(trigger.names) > 1:
+            self.fan_in = RoundRobin(where, [sources[name] for name in trigger.names])
+        self.source_results: dict[str, int] = {}  # results per trigger source
         self.seq = seq_start
         self.event = event
         self.budget = budget
@@ -138,6 +151,7 @@ class Pipeline:
         self._last_seq = 0
         self._next_tick: float | None = None
         self._infer_lock = threading.Lock()
+        self._shared = config.runtime.share_models  # models may be shared: lock each around its use
         self.monitor: Observer | None = None
         self.config_root = config
 
@@ -269,10 +283,16 @@ class Pipeline:
         """Trigger, fill, invoke, hand over, until stopped (False) or finished (True)."""
         trigger = self.config.trigger
         min_gap = 0.0 if isinstance(trigger, EveryTrigger) else trigger.min_interval_s
-        last_t = float("-inf")
+        last_t: dict[str, float] = {}  # per trigger source: frames of several cameras interleave
         while not self.engine.stopping.is_set():
             self.engine.last_progress = time.monotonic()
-            trig = self._wait()
+            trig = self._wait() if self.fan_in is None else self.fan_in.wait(self.engine.stopping)
+            if trig is None and self.fan_in is not None:
+                if self.fan_in.finished():
+                    self.fan_in.count_released()
+                    log.info("pipeline %s: every trigger source finished", self.name)
+                    return True
+                continue
             if trig is None:
                 source = self.trigger_source
                 if source is not None and source.finished:
@@ -285,10 +305,10 @@ class Pipeline:
             if self.paused:
                 self.paused_skips += 1
                 continue
-            if trig.t_mono - last_t < min_gap:
+            if trig.t_mono - last_t.get(trig.source, float("-inf")) < min_gap:
                 self.rate_limited += 1
                 continue
-            last_t = trig.t_mono
+            last_t[trig.source] = trig.t_mono
             if self.budget is not None and not self.budget.take():
                 return True  # the run's --max-results is reached: produce nothing more
             self.triggers += 1
@@ -329,6 +349,9 @@ class Pipeline:
         frames: dict[str, Frame] = {}
         if trig.frame is not None:
             frames[trig.source] = trig.frame
+            if self.fan_in is not None:  # an input bound to any trigger source gets the triggering frame
+                for name in self.fan_in.names:
+                    frames[name] = trig.frame
         for runner in self.runners:
             for _, _, name in runner.images:
                 source = self.sources[name]
@@ -361,15 +384,18 @@ class Pipeline:
         runners = job.runners
         try:
             with self._infer_lock:
-                try:
-                    for runner in runners:
-                        runner.load(job.slot)
-                finally:
-                    self.engine.release_slot(job.slot)
                 current = runners[0] is self.runners[0]
-                t1 = time.perf_counter()
-                outputs = [r.invoke() for r in runners]  # copies: the next invoke does not touch them
-                invoke_ms = (time.perf_counter() - t1) * 1000
+                if not self._shared:
+                    try:
+                        for runner in runners:
+                            runner.load(job.slot)
+                    finally:
+                        self.engine.release_slot(job.slot)
+                    t1 = time.perf_counter()
+                    outputs = [r.invoke() for r in runners]  # copies: the next invoke does not touch them
+                    invoke_ms = (time.perf_counter() - t1) * 1000
+                else:
+                    outputs, invoke_ms = invoke_shared(runners, job.slot, self.engine.release_slot)
         except EdgeRuntimeError as exc:
             self._failed(exc)
             return None
@@ -405,6 +431,7 @@ class Pipeline:
             self.latency[key].add(value)
         self.seq += 1
         self.results += 1
+        self.source_results[job.trig.source] = self.source_results.get(job.trig.source, 0) + 1
         self.fps_out.tick()
         self.last_result = result
         self.emit(
@@ -425,7 +452,7 @@ class Pipeline:
             "results": self.results,
             "triggers": self.triggers,
             "skipped_stale": self.skipped,
-            "dropped_frames": self.dropped,
+            "dropped_frames": self.dropped + (self.fan_in.dropped if self.fan_in else 0),
             "rate_limited": self.rate_limited,
             "paused_skips": self.paused_skips,
             "errors": self.errors,

@@ -66,10 +66,11 @@ def classify_crops(
         if xb - xa < 2 or yb - ya < 2:
             continue
         crop = np.ascontiguousarray(frame.image[ya:yb, xa:xb])
-        classifier.fill({CROP_SOURCE: crop}, frame.t_mono)
-        t0 = time.perf_counter()
-        outs = classifier.invoke()
-        spent += (time.perf_counter() - t0) * 1000
+        with classifier.model.lock:  # the classifier may be shared with another pipeline
+            classifier.fill({CROP_SOURCE: crop}, frame.t_mono)
+            t0 = time.perf_counter()
+            outs = classifier.invoke()
+            spent += (time.perf_counter() - t0) * 1000
         det["class"] = classifier.post(outs, None)
     return spent
 

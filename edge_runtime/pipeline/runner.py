@@ -4,6 +4,7 @@ buffers, into the model or into staging buffers) and the post-processors of its 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from edge_runtime.fusion import ImageBuilder, SensorBuilder, StaleInput
 from edge_runtime.geometry import ImageTransform
 from edge_runtime.postprocess import Head, make_head, read_labels
 from edge_runtime.runtime.model import Model, TensorSpec
+from edge_runtime.runtime.shared import ModelRegistry
 from edge_runtime.sources.base import Frame, SensorSource, Source
 
 CROP_SOURCE = "crop"  # the image input of a cascade's classifier
@@ -38,6 +40,21 @@ def load_model(mc: ModelConfig, config: Config) -> Model:
         backend=config.runtime.backend,
         name=mc.name,
     )
+
+
+def shared_loader(registry: ModelRegistry) -> Callable[[ModelConfig, Config], Model]:
+    """:func:`load_model` through ``registry``: one loaded model per distinct file and settings."""
+
+    def load(mc: ModelConfig, config: Config) -> Model:
+        return registry.get(
+            config.resolve(mc.path),
+            delegates=list(mc.delegates or config.defaults.delegates),
+            threads=mc.threads or config.defaults.threads,
+            backend=config.runtime.backend,
+            name=mc.name,
+        )
+
+    return load
 
 
 class ModelRunner:
@@ -182,3 +199,27 @@ class ModelRunner:
         results = {name: pp.process(outputs, transform) for name, pp in self.heads.items()}
         results["event"] = any(r.get("event") for r in results.values())  # type: ignore[assignment]
         return results
+
+
+def invoke_shared(
+    runners: list[ModelRunner], slot: int, release: Callable[[int], None]
+) -> tuple[list[list[npt.NDArray[Any]]], float]:
+    """Each model's inputs loaded from staging ``slot``, invoked and read under the model's own
+    lock (another pipeline may share the model: :mod:`edge_runtime.runtime.shared`); ``slot`` is
+    given back after the last load. The time (ms) counts from the first load: it includes any
+    wait for a shared model."""
+    outputs: list[list[npt.NDArray[Any]]] = []
+    released = False
+    t1 = time.perf_counter()
+    try:
+        for i, runner in enumerate(runners):
+            with runner.model.lock:
+                runner.load(slot)
+                if i == len(runners) - 1:
+                    release(slot)
+                    released = True
+                outputs.append(runner.invoke())
+    finally:
+        if not released:
+            release(slot)
+    return outputs, (time.perf_counter() - t1) * 1000

@@ -8,6 +8,7 @@ array it is given against the input it is bound to.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,8 @@ class Model:
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.stem
+        # held around set inputs + invoke + read outputs when the model is shared (runtime.shared)
+        self.lock = threading.Lock()
         if backend == ONNXRUNTIME and not is_onnx_file(self.path):
             self.path = onnx_twin(self.path)
         started = time.perf_counter()
@@ -205,10 +208,11 @@ class Model:
             arrays = inputs
         if len(arrays) != len(self.inputs):
             raise InputError(f"{self.path.name}: expects {len(self.inputs)} inputs, got {len(arrays)}")
-        for position, array in enumerate(arrays):
-            self.set_input(position, array)
-        self.run()
-        return [self.output(i) for i in range(len(self.outputs))]
+        with self.lock:
+            for position, array in enumerate(arrays):
+                self.set_input(position, array)
+            self.run()
+            return [self.output(i) for i in range(len(self.outputs))]
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -141,6 +141,7 @@ class Source(abc.ABC):
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(config.reconnect)
         self._listeners: list[Callable[[str, str, str], None]] = []
+        self._news: list[threading.Event] = []  # set on every new sample (multi-source pipelines)
         self.finished = False
         self.heartbeat = time.monotonic()  # refreshed before every read: a stale one while "up" is a wedge
 
@@ -269,6 +270,12 @@ class Source(abc.ABC):
             self.samples += 1
             self.last_sample_mono = t_mono
             self._cond.notify_all()
+        for news in self._news:
+            news.set()
+
+    def add_news_event(self, event: threading.Event) -> None:
+        """``event`` is set after every new sample (one event can watch several sources)."""
+        self._news.append(event)
 
     def wait_for(self, after_seq: int, timeout: float) -> int:
         """Block until ``seq`` passes ``after_seq`` (returns the new seq) or ``timeout`` (returns

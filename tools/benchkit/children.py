@@ -191,6 +191,10 @@ def child_main(argv: Sequence[str]) -> int:
         _emit_result(child_bare(params))
     elif kind == "naive":
         _emit_result(child_naive(params))
+    elif kind == "twothread":
+        from benchkit.limit import child_two_thread
+
+        _emit_result(child_two_thread(params))
     else:
         raise SystemExit(f"bench: unknown child {kind!r}")
     return 0
