@@ -1,0 +1,133 @@
+"""The monitor thread: camera tamper checks off the inference path.
+
+One supervised thread (``monitor``) wakes ``check_hz`` times a second and looks at the newest frame
+of each camera with :meth:`~edge_runtime.sources.base.FrameSource.peek` (which leaves the frame to
+the pipelines). The hand-off is the camera's own latest-frame slot (depth 1): the pipelines never
+wait for the monitor and the monitor holds no queue; frames it did not get to are counted as
+``skipped``, and rounds that took longer than the period as ``behind``. State changes become
+``source.tamper`` events.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from edge_runtime.monitor.config import MonitorConfig
+from edge_runtime.monitor.tamper import TamperDetector
+from edge_runtime.sources.base import FrameSource
+from edge_runtime.supervision import Supervised, spawn
+
+log = logging.getLogger(__name__)
+
+Event = Callable[[str, str, dict[str, Any]], None]
+
+
+class _Camera:
+    def __init__(self, source: FrameSource, detector: TamperDetector) -> None:
+        self.source = source
+        self.detector = detector
+        self.last_seq = 0
+        self.checks = 0
+        self.skipped = 0
+        self.cost_ms_total = 0.0
+        self.cost_ms_max = 0.0
+
+
+class Monitor:
+    """The device's monitoring of its sources (see the module docstring)."""
+
+    def __init__(self, config: MonitorConfig, sources: Mapping[str, object], event: Event) -> None:
+        self.config = config
+        self.event = event
+        self.cameras: dict[str, _Camera] = {}
+        if config.tamper.enabled:
+            for name, source in sources.items():
+                if isinstance(source, FrameSource):
+                    self.cameras[name] = _Camera(source, TamperDetector(config.tamper))
+        self.behind = 0
+        self.rounds = 0
+        self._stop = threading.Event()
+        self._thread: Supervised | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._thread is not None or not self.cameras:
+            return
+        self._stop.clear()
+        self._thread = spawn("monitor", self._run, should_restart=lambda: not self._stop.is_set())
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def rebase(self, source: str | None = None) -> list[str]:
+        """Take the next frame of ``source`` (or of every camera) as its reference view."""
+        names = [source] if source is not None else list(self.cameras)
+        with self._lock:
+            for name in names:
+                self.cameras[name].detector.rebase()
+        return names
+
+    def _run(self) -> None:
+        period = 1.0 / self.config.tamper.check_hz
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.check_once()
+            self.rounds += 1
+            next_t += period
+            now = time.monotonic()
+            if now > next_t:  # this round overran the period: skip the rounds it ate
+                self.behind += 1
+                next_t = now + period if now - started > period else next_t + period
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+    def check_once(self) -> int:
+        """Check the newest frame of every camera that has a new one; returns how many were checked."""
+        checked = 0
+        for name, cam in self.cameras.items():
+            frame = cam.source.peek()
+            if frame is None or frame.seq <= cam.last_seq:
+                continue
+            if cam.last_seq and frame.seq > cam.last_seq + 1:
+                cam.skipped += frame.seq - cam.last_seq - 1
+            cam.last_seq = frame.seq
+            t0 = time.perf_counter()
+            with self._lock:
+                changes = cam.detector.update(frame.image, frame.t_mono)
+            cost = (time.perf_counter() - t0) * 1000
+            cam.checks += 1
+            cam.cost_ms_total += cost
+            cam.cost_ms_max = max(cam.cost_ms_max, cost)
+            checked += 1
+            for state, active, value in changes:
+                verb = "is" if active else "is no longer"
+                message = f"camera {name} {verb} {state}"
+                log.warning(message) if active else log.info(message)
+                self.event(
+                    "source.tamper",
+                    message,
+                    {"source": name, "state": state, "active": active, "value": round(value, 3)},
+                )
+        return checked
+
+    def stats(self) -> dict[str, Any]:
+        """The ``monitor`` section of the health document."""
+        cameras: dict[str, Any] = {}
+        for name, cam in self.cameras.items():
+            with self._lock:
+                detector = cam.detector.stats()
+            cameras[name] = {
+                **detector,
+                "checks": cam.checks,
+                "skipped": cam.skipped,
+                "check_ms_mean": round(cam.cost_ms_total / cam.checks, 4) if cam.checks else None,
+                "check_ms_max": round(cam.cost_ms_max, 4),
+            }
+        return {"tamper": cameras, "behind": self.behind}
