@@ -24,6 +24,7 @@ from edge_runtime.daemon.commands import DaemonCommands
 from edge_runtime.daemon.preflight import preflight, resolve_source_paths
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
+from edge_runtime.monitor.service import Monitor
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.redaction import redact_text
 from edge_runtime.reporting.commands import Command, CommandError
@@ -106,6 +107,7 @@ class Service:
         self._unhealthy = ""
         self.result_listeners: list[Callable[[str, dict[str, Any]], None]] = []  # the HTTP API's
         self._http: Any = None
+        self.monitor: Monitor | None = None
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -126,6 +128,7 @@ class Service:
             sources=lambda: {name: s.stats() for name, s in self.sources.items()},
             outbox=self.reporter.outbox_stats,
             mqtt=self.reporter.stats,
+            extra=self._monitor_health,
         )
         if self.config.http.enabled:  # reads the token and TLS files now: without them, no start
             from edge_runtime.daemon.http_host import ServiceHost
@@ -315,8 +318,17 @@ class Service:
             source.start()
         for pipeline in self.pipelines:
             pipeline.start()
+        if self.reporter is not None:  # monitoring follows the sources of the running config
+            self.monitor = Monitor(self.config.monitor, self.sources, self.event)
+            self.monitor.start()
+
+    def _monitor_health(self) -> dict[str, Any]:
+        monitor = self.monitor
+        return {} if monitor is None else {"monitor": monitor.stats()}
 
     def _stop_runtime(self, timeout: float = 2.0) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
         for pipeline in self.pipelines:
             pipeline.request_stop()
         deadline = time.monotonic() + timeout

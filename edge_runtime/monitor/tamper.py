@@ -195,7 +195,7 @@ class TamperDetector:
     def stats(self) -> dict[str, object]:
         st = self.last
         return {
-            "states": self.active(),
+            "states": {name: s.active for name, s in self.states.items()},
             "brightness": None if st is None else round(st.mean, 2),
             "contrast": None if st is None else round(st.std, 2),
             "sharpness": None if st is None else round(st.sharpness, 2),

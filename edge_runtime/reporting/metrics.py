@@ -179,6 +179,8 @@ def families(doc: Mapping[str, Any], disk_path: str = "") -> list[Metric]:
             source=name,
         )
 
+    _monitor_families(f, doc.get("monitor") or {})
+
     outbox = doc.get("outbox")
     if outbox is not None:
         f.gauge("outbox_depth", "Messages waiting in the outbox.", outbox.get("depth"))
@@ -213,6 +215,57 @@ def families(doc: Mapping[str, Any], disk_path: str = "") -> list[Metric]:
         path=disk_path,
     )
     return list(f.families.values())
+
+
+def _monitor_families(f: _Families, monitor: Mapping[str, Any]) -> None:
+    """The ``monitor`` section of the health document (``edge_runtime.monitor``)."""
+    for name, cam in (monitor.get("tamper") or {}).items():
+        for state, active in (cam.get("states") or {}).items():
+            f.gauge(
+                "source_tamper",
+                "1 while the camera is in this tamper state.",
+                active,
+                source=name,
+                state=state,
+            )
+        f.gauge(
+            "source_brightness",
+            "Mean brightness of the last checked frame (0-255).",
+            cam.get("brightness"),
+            source=name,
+        )
+        f.gauge(
+            "source_contrast",
+            "Brightness standard deviation of the last checked frame.",
+            cam.get("contrast"),
+            source=name,
+        )
+        f.gauge(
+            "source_sharpness",
+            "Sharpness of the last checked frame (Laplacian variance / variance).",
+            cam.get("sharpness"),
+            source=name,
+        )
+        f.gauge(
+            "source_view_correlation",
+            "Correlation of the view with its reference (1 = unmoved).",
+            cam.get("view_correlation"),
+            source=name,
+        )
+        f.gauge(
+            "source_frozen_seconds",
+            "Seconds the camera has shown the same frame.",
+            cam.get("frozen_s"),
+            source=name,
+        )
+        f.counter("monitor_checks", "Frames checked for tamper.", cam.get("checks"), source=name)
+        f.counter(
+            "monitor_skipped_frames",
+            "Frames the tamper checks did not look at.",
+            cam.get("skipped"),
+            source=name,
+        )
+    f.counter("monitor_behind", "Monitor rounds that overran their period.", monitor.get("behind"))
 
 
 class MetricsServer:
