@@ -36,6 +36,7 @@ def config(tmp_path: Path, video: Path, monitor: dict[str, Any]) -> dict[str, An
     return {
         "device": {"id": "test", "state_dir": str(tmp_path / "state")},
         "mqtt": {"enabled": False},
+        "http": {"enabled": False},
         "monitor": monitor,
         "sources": {"camera": {"type": "camera", "uri": str(video), "realtime": True}},
         "pipelines": [

@@ -190,6 +190,8 @@ class Service:
                 sink.publish(result)
             for listener in self.result_listeners:
                 listener("result", result)
+            if self.monitor is not None:
+                self.monitor.observe(result)
             if self.budget.limit is not None and self.emitted >= self.budget.limit:
                 self.stop("max results reached")
 

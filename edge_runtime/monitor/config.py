@@ -62,7 +62,37 @@ class TamperConfig(BaseModel):
         return self
 
 
+class QualityConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Keep model-quality statistics of every pipeline's results.")
+    short_window_s: float = Field(60.0, ge=1, le=86400, description="Span of the short window (12 buckets).")
+    long_window_s: float = Field(
+        3600.0, ge=1, le=7 * 86400, description="Span of the long window (60 buckets)."
+    )
+    low_confidence: float = Field(0.5, ge=0, le=1, description="Results below this top-1 confidence are low.")
+    min_results: int = Field(
+        20, ge=1, le=1_000_000, description="Results a window needs before rules judge it."
+    )
+    min_mean_confidence: float = Field(
+        0.5, ge=0, le=1, description="monitor.low_confidence when the short window's mean is below this."
+    )
+    class_drop_percent: float = Field(
+        80.0,
+        gt=0,
+        le=100,
+        description="monitor.class_rate_drop when a class rate fell this much (short vs long).",
+    )
+    min_class_rate: float = Field(
+        0.05, ge=0, le=1, description="Only classes at least this frequent in the long window are watched."
+    )
+    for_s: float = Field(300.0, ge=0, le=86400, description="A rule must hold this long to fire or clear.")
+
+
 class MonitorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tamper: TamperConfig = Field(default_factory=TamperConfig, description="Camera health and tamper checks.")
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig, description="Model-quality statistics and their rules."
+    )

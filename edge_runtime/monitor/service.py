@@ -1,4 +1,5 @@
-"""The monitor thread: camera tamper checks off the inference path.
+"""The device's monitoring: camera tamper checks off the inference path, and the model-quality
+statistics of the results (:mod:`.quality`, fed by the daemon's emit).
 
 One supervised thread (``monitor``) wakes ``check_hz`` times a second and looks at the newest frame
 of each camera with :meth:`~edge_runtime.sources.base.FrameSource.peek` (which leaves the frame to
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge_runtime.monitor.config import MonitorConfig
+from edge_runtime.monitor.quality import Quality
 from edge_runtime.monitor.tamper import TamperDetector
 from edge_runtime.sources.base import FrameSource
 from edge_runtime.supervision import Supervised, spawn
@@ -48,6 +50,7 @@ class Monitor:
             for name, source in sources.items():
                 if isinstance(source, FrameSource):
                     self.cameras[name] = _Camera(source, TamperDetector(config.tamper))
+        self.quality = Quality(config.quality, event) if config.quality.enabled else None
         self.behind = 0
         self.rounds = 0
         self._stop = threading.Event()
@@ -73,6 +76,12 @@ class Monitor:
             for name in names:
                 self.cameras[name].detector.rebase()
         return names
+
+    def observe(self, result: Mapping[str, Any]) -> None:
+        """A result document as emitted (on the emitting thread: a few additions, no I/O unless a
+        rule changes)."""
+        if self.quality is not None:
+            self.quality.observe(result, time.monotonic())
 
     def _run(self) -> None:
         period = 1.0 / self.config.tamper.check_hz
@@ -130,4 +139,5 @@ class Monitor:
                 "check_ms_mean": round(cam.cost_ms_total / cam.checks, 4) if cam.checks else None,
                 "check_ms_max": round(cam.cost_ms_max, 4),
             }
-        return {"tamper": cameras, "behind": self.behind}
+        quality = None if self.quality is None else self.quality.stats(time.monotonic())
+        return {"tamper": cameras, "behind": self.behind, "quality": quality}

@@ -266,6 +266,61 @@ def _monitor_families(f: _Families, monitor: Mapping[str, Any]) -> None:
             source=name,
         )
     f.counter("monitor_behind", "Monitor rounds that overran their period.", monitor.get("behind"))
+    for pipeline, heads in (monitor.get("quality") or {}).items():
+        for head, q in heads.items():
+            for window in ("short", "long"):
+                w = q.get(window) or {}
+                labels = {"pipeline": pipeline, "head": head, "window": window}
+                f.gauge("quality_results", "Results in the window.", w.get("results"), **labels)
+                f.gauge(
+                    "quality_confidence_mean", "Mean top-1 confidence.", w.get("confidence_mean"), **labels
+                )
+                f.gauge(
+                    "quality_confidence_std",
+                    "Std of the top-1 confidence.",
+                    w.get("confidence_std"),
+                    **labels,
+                )
+                f.gauge(
+                    "quality_low_confidence_share",
+                    "Share of results below the low-confidence threshold.",
+                    w.get("low_confidence_share"),
+                    **labels,
+                )
+                f.gauge(
+                    "quality_boxes_per_result", "Detections per result.", w.get("boxes_per_result"), **labels
+                )
+                for qname, value in (w.get("confidence_quantiles") or {}).items():
+                    quantile = str(float(qname.removeprefix("p")) / 100)
+                    f.gauge(
+                        "quality_confidence_quantile",
+                        "Top-1 confidence quantiles (20-bin histogram).",
+                        value,
+                        **labels,
+                        quantile=quantile,
+                    )
+                for cls, rate in (w.get("class_rates") or {}).items():
+                    f.gauge(
+                        "quality_class_rate",
+                        "Share of results (or boxes) of this class.",
+                        rate,
+                        **labels,
+                        cls=cls,
+                    )
+            f.gauge(
+                "quality_low_mean_confidence",
+                "1 while the low-confidence rule is active.",
+                q.get("low_mean_confidence"),
+                pipeline=pipeline,
+                head=head,
+            )
+            f.gauge(
+                "quality_class_rate_drops",
+                "Classes whose rate dropped (rule active).",
+                len(q.get("class_rate_drops") or []),
+                pipeline=pipeline,
+                head=head,
+            )
 
 
 class MetricsServer:
