@@ -93,14 +93,16 @@ def test_the_daemon_reports_a_covered_camera_in_events_health_and_metrics(tmp_pa
     assert metrics["edge_runtime_monitor_checks"].samples[0].value == cam["checks"]
 
 
-def test_tamper_checks_can_be_turned_off(tmp_path: Path) -> None:
+@pytest.mark.parametrize("off", ["tamper", "quality"])
+def test_each_part_can_be_turned_off(tmp_path: Path, off: str) -> None:
     rng = np.random.default_rng(2)
     video = write_video(tmp_path / "plain.avi", [noisy(scene(1), rng) for _ in range(10)], 20.0)
-    service = Service(
-        validate(config(tmp_path, video, {"tamper": {"enabled": False}}), tmp_path),
-        [Collect()],
-        duration_s=60,
-    )
+    monitor = {off: {"enabled": False}}
+    service = Service(validate(config(tmp_path, video, monitor), tmp_path), [Collect()], duration_s=60)
     service.run(install_signals=False)
     assert service.health is not None
-    assert service.health.report(mark=False)["monitor"] == {"tamper": {}, "behind": 0}
+    doc = service.health.report(mark=False)["monitor"]
+    if off == "tamper":
+        assert doc["tamper"] == {} and doc["quality"]["digits"]["default"]["long"]["results"] == 10
+    else:
+        assert doc["quality"] is None and doc["tamper"]["camera"]["checks"] >= 1

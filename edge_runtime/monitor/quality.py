@@ -7,7 +7,8 @@ the low-confidence count, per-class counts (at most ``MAX_CLASSES`` classes) and
 memory is bounded by buckets x (bins + classes), whatever the result rate. Quantiles are read from
 the merged histogram (to a bin's width, 0.05, interpolated inside the bin).
 
-Rules, evaluated at most once a second (ten times per short window when that is shorter), each with the tamper checks' hysteresis:
+Rules, evaluated at most once a second (ten times per short window when that is shorter), each
+with the tamper checks' hysteresis:
 
 - ``monitor.low_confidence``: the short window's mean confidence is below ``min_mean_confidence``
   for ``for_s`` seconds (and back above it for ``for_s`` to clear);
