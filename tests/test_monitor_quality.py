@@ -71,6 +71,7 @@ def digits_config(tmp_path: Path, video: Path, quality: dict[str, Any]) -> dict[
 def run(
     tmp_path: Path, images: list[np.ndarray[Any, Any]], quality: dict[str, Any]
 ) -> tuple[Service, Collect, list[tuple[str, dict[str, Any]]]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     video = tmp_path / "digits.avi"
     write_digits_video(video, images, fps=FPS)
     sink = Collect()
@@ -167,3 +168,24 @@ def test_windows_stay_bounded_and_quantiles_read_the_histogram() -> None:
     s = hq.stats(20000 * 1.8)["long"]
     assert s["results"] == pytest.approx(2000, abs=40)
     assert s["confidence_quantiles"]["p50"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_the_daemon_reports_drift_against_the_manifest_reference(tmp_path: Path) -> None:
+    """The bundled digits model's manifest carries a reference (tools/monitor_reference.py): the
+    held-out stream through camera, pipeline and emit stays ok; then the rotated digits drift."""
+    images, _ = heldout()
+    rotated = [np.ascontiguousarray(np.rot90(i)) for i in images]
+    quiet = {**RULES, "min_mean_confidence": 0.0}
+    service, _, events = run(tmp_path / "a", list(images), quiet)
+    assert service.health is not None
+    report = service.health.report(mark=False)["monitor"]["drift"]["digits"]
+    assert report["level"] == "ok" and report["psi"] < 0.1, report
+    assert [f for k, f in events if k == "monitor.drift"] == []
+    service, _, events = run(tmp_path / "b", list(images) + rotated, quiet)
+    drift = [f for k, f in events if k == "monitor.drift"]
+    assert drift and drift[-1]["level"] == "drift", drift
+    assert service.health is not None
+    doc = service.health.report(mark=False)
+    assert doc["monitor"]["drift"]["digits"]["level"] == "drift"
+    levels = [s.value for m in families(doc) if m.name == "edge_runtime_drift_level" for s in m.samples]
+    assert levels == [2.0]

@@ -24,6 +24,7 @@ from edge_runtime.daemon.commands import DaemonCommands
 from edge_runtime.daemon.preflight import preflight, resolve_source_paths
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
+from edge_runtime.monitor.drift import manifest_reference
 from edge_runtime.monitor.service import Monitor
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.redaction import redact_text
@@ -321,7 +322,8 @@ class Service:
         for pipeline in self.pipelines:
             pipeline.start()
         if self.reporter is not None:  # monitoring follows the sources of the running config
-            self.monitor = Monitor(self.config.monitor, self.sources, self.event)
+            refs = {p.name: manifest_reference(p.runners[0].model.path) for p in self.pipelines}
+            self.monitor = Monitor(self.config.monitor, self.sources, self.event, refs)
             self.monitor.start()
 
     def _monitor_health(self) -> dict[str, Any]:

@@ -89,10 +89,22 @@ class QualityConfig(BaseModel):
     for_s: float = Field(300.0, ge=0, le=86400, description="A rule must hold this long to fire or clear.")
 
 
+class DriftConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(
+        True,
+        description="Compare each pipeline's outputs with its model's reference (when the manifest has one).",
+    )
+    window: int = Field(500, ge=10, le=100_000, description="Recent results compared with the reference.")
+    min_results: int = Field(100, ge=10, le=100_000, description="Results needed before a level is given.")
+
+
 class MonitorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tamper: TamperConfig = Field(default_factory=TamperConfig, description="Camera health and tamper checks.")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift against a reference (PSI).")
     quality: QualityConfig = Field(
         default_factory=QualityConfig, description="Model-quality statistics and their rules."
     )

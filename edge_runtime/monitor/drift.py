@@ -79,9 +79,33 @@ def reference(scores: npt.NDArray[np.floating[Any]], labels: Sequence[str]) -> d
 
 def load_reference(path: str | Path) -> dict[str, Any]:
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    if doc.get("v") != 1 or doc.get("kind") != "top1":
-        raise ValueError(f"{path}: not a version 1 top1 reference")
-    return dict(doc)
+    return checked(doc, str(path))
+
+
+def checked(doc: Any, where: str) -> dict[str, Any]:
+    """``doc`` if it is a usable reference, else ValueError."""
+    if not isinstance(doc, dict) or doc.get("v") != 1 or doc.get("kind") != "top1":
+        raise ValueError(f"{where}: not a version 1 top1 reference")
+    labels, rates, hist = doc.get("labels"), doc.get("class_rates"), doc.get("confidence_hist")
+    if not isinstance(labels, list) or not isinstance(rates, list) or not isinstance(hist, list):
+        raise ValueError(f"{where}: a reference needs labels, class_rates and confidence_hist")
+    if not (len(labels) == len(rates) == len(hist)) or any(len(row) != BINS for row in hist):
+        raise ValueError(f"{where}: labels, class_rates and confidence_hist do not match")
+    return doc
+
+
+def manifest_reference(model_path: Path) -> dict[str, Any] | None:
+    """The ``monitor_reference`` of ``model_path``'s entry in the ``manifest.json`` beside it
+    (bundled models and models installed by an update carry one), or None."""
+    manifest = model_path.parent / "manifest.json"
+    try:
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for entry in (doc.get("models") or {}).values():
+        if isinstance(entry, dict) and entry.get("file") == model_path.name and "monitor_reference" in entry:
+            return checked(entry["monitor_reference"], f"{manifest}: {model_path.name}")
+    return None
 
 
 class LiveDrift:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge_runtime.monitor.config import MonitorConfig
+from edge_runtime.monitor.drift import LiveDrift
 from edge_runtime.monitor.quality import Quality
 from edge_runtime.monitor.tamper import TamperDetector
 from edge_runtime.sources.base import FrameSource
@@ -42,7 +43,14 @@ class _Camera:
 class Monitor:
     """The device's monitoring of its sources (see the module docstring)."""
 
-    def __init__(self, config: MonitorConfig, sources: Mapping[str, object], event: Event) -> None:
+    def __init__(
+        self,
+        config: MonitorConfig,
+        sources: Mapping[str, object],
+        event: Event,
+        references: Mapping[str, dict[str, Any] | None] | None = None,
+    ) -> None:
+        """``references``: per pipeline, its first model's drift reference (or None)."""
         self.config = config
         self.event = event
         self.cameras: dict[str, _Camera] = {}
@@ -51,6 +59,14 @@ class Monitor:
                 if isinstance(source, FrameSource):
                     self.cameras[name] = _Camera(source, TamperDetector(config.tamper))
         self.quality = Quality(config.quality, event) if config.quality.enabled else None
+        d = config.drift
+        self.drift = {
+            name: LiveDrift(ref, d.window, d.min_results)
+            for name, ref in (references or {}).items()
+            if ref is not None and d.enabled
+        }
+        self.drift_levels: dict[str, str] = {}
+        self._drift_due = 0.0
         self.behind = 0
         self.rounds = 0
         self._stop = threading.Event()
@@ -80,8 +96,36 @@ class Monitor:
     def observe(self, result: Mapping[str, Any]) -> None:
         """A result document as emitted (on the emitting thread: a few additions, no I/O unless a
         rule changes)."""
+        now = time.monotonic()
         if self.quality is not None:
-            self.quality.observe(result, time.monotonic())
+            self.quality.observe(result, now)
+        live = self.drift.get(str(result.get("pipeline")))
+        body = result.get("result") or {}
+        top = body.get("top") if body.get("type") == "classification" else None
+        if live is not None and top:
+            live.add(str(top[0]["label"]), float(top[0]["score"]))
+            if now >= self._drift_due:
+                self._drift_due = now + 1.0
+                self._drift_events()
+
+    def _drift_events(self) -> None:
+        """A ``monitor.drift`` event when a pipeline's level changes (ok, watch, drift)."""
+        for name, live in self.drift.items():
+            report = live.report()
+            lvl = report["level"]
+            before = self.drift_levels.get(name, "unknown")
+            if lvl in {"unknown", before}:
+                continue
+            self.drift_levels[name] = lvl
+            if before == "unknown" and lvl == "ok":
+                continue
+            message = f"pipeline {name}: drift level {lvl} (PSI {report['psi']})"
+            (log.warning if lvl != "ok" else log.info)(message)
+            self.event(
+                "monitor.drift",
+                message,
+                {"pipeline": name, "active": lvl != "ok", "level": lvl, "previous": before, **report},
+            )
 
     def _run(self) -> None:
         period = 1.0 / self.config.tamper.check_hz
@@ -140,4 +184,5 @@ class Monitor:
                 "check_ms_max": round(cam.cost_ms_max, 4),
             }
         quality = None if self.quality is None else self.quality.stats(time.monotonic())
-        return {"tamper": cameras, "behind": self.behind, "quality": quality}
+        drift = {name: live.report() for name, live in self.drift.items()}
+        return {"tamper": cameras, "behind": self.behind, "quality": quality, "drift": drift}

@@ -119,3 +119,18 @@ def monitor_families(f: Families, monitor: Mapping[str, Any]) -> None:
                 pipeline=pipeline,
                 head=head,
             )
+    for pipeline, report in (monitor.get("drift") or {}).items():
+        for kind in ("psi_class_rates", "psi_confidence"):
+            f.gauge(
+                "drift_psi",
+                "Population stability index of the outputs against the model's reference.",
+                report.get(kind),
+                pipeline=pipeline,
+                kind=kind.removeprefix("psi_"),
+            )
+        f.gauge(
+            "drift_level",
+            "Drift level: 0 ok, 1 watch, 2 drift (absent until enough results).",
+            {"ok": 0, "watch": 1, "drift": 2}.get(str(report.get("level"))),
+            pipeline=pipeline,
+        )
