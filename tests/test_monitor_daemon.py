@@ -106,3 +106,37 @@ def test_each_part_can_be_turned_off(tmp_path: Path, off: str) -> None:
         assert doc["tamper"] == {} and doc["quality"]["digits"]["default"]["long"]["results"] == 10
     else:
         assert doc["quality"] is None and doc["tamper"]["camera"]["checks"] >= 1
+
+
+def test_latency_histograms_count_every_result_and_render_for_prometheus(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    rng = np.random.default_rng(4)
+    video = write_video(tmp_path / "plain.avi", [noisy(scene(1), rng) for _ in range(40)], 40.0)
+    sink = Collect()
+    data = config(tmp_path, video, {})
+    data["sources"]["camera"]["realtime"] = False  # lock-step: every frame gives a result
+    service = Service(validate(data, tmp_path), [sink], duration_s=60)
+    service.run(install_signals=False)
+    assert service.health is not None
+    doc = service.health.report(mark=False)
+    total = doc["monitor"]["latency_histograms"]["digits"]["total"]
+    assert total["count"] == len(sink.results) == 40
+    assert total["sum_s"] == pytest.approx(
+        sum(r["latency_ms"]["total"] for r in sink.results) / 1000, rel=1e-3
+    )
+    counts = [n for _, n in total["buckets"]]
+    assert counts == sorted(counts) and total["buckets"][-1] == ["+Inf", 40]
+
+    class Fixed:
+        def collect(self) -> Any:
+            return families(doc)
+
+    registry = CollectorRegistry()
+    registry.register(Fixed())
+    text = generate_latest(registry).decode()
+    name = "edge_runtime_pipeline_latency_histogram_seconds"
+    assert f'{name}_bucket{{le="+Inf",pipeline="digits",stage="total"}} 40.0' in text
+    assert (
+        'edge_runtime_pipeline_latency_histogram_seconds_count{pipeline="digits",stage="invoke"} 40.0' in text
+    )

@@ -19,6 +19,7 @@ from typing import Any
 
 from edge_runtime.monitor.config import MonitorConfig
 from edge_runtime.monitor.drift import LiveDrift
+from edge_runtime.monitor.latency import LatencyHistograms
 from edge_runtime.monitor.quality import Quality
 from edge_runtime.monitor.tamper import TamperDetector
 from edge_runtime.sources.base import FrameSource
@@ -66,6 +67,7 @@ class Monitor:
             if ref is not None and d.enabled
         }
         self.drift_levels: dict[str, str] = {}
+        self.latency = LatencyHistograms()
         self._drift_due = 0.0
         self.behind = 0
         self.rounds = 0
@@ -97,6 +99,7 @@ class Monitor:
         """A result document as emitted (on the emitting thread: a few additions, no I/O unless a
         rule changes)."""
         now = time.monotonic()
+        self.latency.observe(result)
         if self.quality is not None:
             self.quality.observe(result, now)
         live = self.drift.get(str(result.get("pipeline")))
@@ -185,4 +188,10 @@ class Monitor:
             }
         quality = None if self.quality is None else self.quality.stats(time.monotonic())
         drift = {name: live.report() for name, live in self.drift.items()}
-        return {"tamper": cameras, "behind": self.behind, "quality": quality, "drift": drift}
+        return {
+            "tamper": cameras,
+            "behind": self.behind,
+            "quality": quality,
+            "drift": drift,
+            "latency_histograms": self.latency.stats(),
+        }

@@ -14,6 +14,10 @@ class Families(Protocol):
 
     def counter(self, name: str, doc: str, value: Any, **labels: str) -> None: ...
 
+    def histogram(
+        self, name: str, doc: str, buckets: list[tuple[str, float]], total: float, **labels: str
+    ) -> None: ...
+
 
 def monitor_families(f: Families, monitor: Mapping[str, Any]) -> None:
     """The ``monitor`` section of the health document (``edge_runtime.monitor``)."""
@@ -134,3 +138,14 @@ def monitor_families(f: Families, monitor: Mapping[str, Any]) -> None:
             {"ok": 0, "watch": 1, "drift": 2}.get(str(report.get("level"))),
             pipeline=pipeline,
         )
+    for pipeline, stages in (monitor.get("latency_histograms") or {}).items():
+        for stage, h in stages.items():
+            buckets = [(str(le), float(n)) for le, n in h["buckets"]]
+            f.histogram(
+                "pipeline_latency_histogram_seconds",
+                "Latency per stage since start (cumulative buckets; aggregate across devices with rate()).",
+                buckets,
+                float(h["sum_s"]),
+                pipeline=pipeline,
+                stage=stage,
+            )
