@@ -211,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level or getattr(args, "default_level", "warning"))
+    from edge_runtime.nativelogs import configure_native_logging
+
+    configure_native_logging(logging.getLogger().level)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

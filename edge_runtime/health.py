@@ -8,8 +8,10 @@ parameters so tests can point them at a tree of real files.
 and builds the JSON-ready document::
 
     {"v": 1, "device": str, "ts": float (epoch s, 3 decimals), "version": str, "uptime_s": float,
-     "state": "ok" | "degraded",
-     "problems": [str, ...],                  # empty when "ok"
+     "state": "ok" | "degraded" | "failing",  # derived by edge_runtime.healthstate
+     "problems": [str, ...],                  # every reason, failing ones first; empty when "ok"
+     "components": {"pipeline/NAME" | "source/NAME" | "outbox" | "mqtt" | "system" | ...:
+                    {"state", "reasons": [str, ...]}},
      "pipelines": {name: {"fps_in", "fps_out", "results", "triggers", "dropped_frames",
                           "skipped_stale", "rate_limited", "paused_skips", "errors", "last_error",
                           "paused",
@@ -26,9 +28,10 @@ and builds the JSON-ready document::
                 "disk_free_bytes", "open_fds", "threads"},
      ...}                                                                   # keys from ``extra``
 
-The state is ``degraded`` when a source is ``down``, a pipeline counted errors since the previous
-report, the outbox dropped messages since the previous report, or MQTT is disconnected; each cause
-is one line of ``problems``. Counters are totals since start; "since the previous report" is
+The state and its reasons are derived by :func:`edge_runtime.healthstate.assess` (see
+``docs/health.md``); each cause is one line of ``problems``. The document is bounded: past
+``max_bytes`` its longest per-source lists are cut and ``truncated`` is set (counted in
+:attr:`HealthReporter.truncations`). Counters are totals since start; "since the previous report" is
 measured against the last :meth:`HealthReporter.report` call with ``mark=True`` (the periodic
 report), so Prometheus scrapes (``mark=False``) do not move that window.
 """
@@ -43,6 +46,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from edge_runtime import healthstate
+from edge_runtime.healthstate import MAX_HEALTH_BYTES, HealthLimits
+
 __all__ = [
     "CpuMeter",
     "HealthReporter",
@@ -50,6 +56,7 @@ __all__ = [
     "cpu_seconds",
     "disk_free_bytes",
     "load_average",
+    "memory_bytes",
     "open_fds",
     "peak_rss_bytes",
     "process_rss_bytes",
@@ -151,6 +158,16 @@ def disk_free_bytes(path: str | os.PathLike[str]) -> int | None:
         current = current.parent
 
 
+def memory_bytes(proc: str = "/proc") -> tuple[int | None, int | None]:
+    """(MemAvailable, MemTotal) of the machine in bytes from ``{proc}/meminfo``."""
+    try:
+        text = (Path(proc) / "meminfo").read_text(encoding="ascii", errors="replace")
+        fields = {k: v.split()[0] for k, _, v in (line.partition(":") for line in text.splitlines()) if v}
+        return int(fields["MemAvailable"]) * 1024, int(fields["MemTotal"]) * 1024
+    except (OSError, ValueError, KeyError, IndexError):
+        return None, None
+
+
 def open_fds(proc: str = "/proc") -> int | None:
     """Open file descriptors of this process."""
     try:
@@ -246,15 +263,10 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _delta(now: int, before: int) -> int:
-    """Growth of a counter; a counter that went backwards (restarted) counts from zero."""
-    return now - before if now >= before else now
-
-
 class HealthReporter:
     """Builds the health document from live statistics; see the module docstring for its shape."""
 
-    def __init__(  # noqa: PLR0917 (the live figures it reads, one callable each)
+    def __init__(  # noqa: PLR0913, PLR0917 (the live figures it reads, one callable each; bounds)
         self,
         version: str,
         device: str,
@@ -269,6 +281,8 @@ class HealthReporter:
         proc_root: str = "/proc",
         started: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        limits: HealthLimits | None = None,
+        max_bytes: int = MAX_HEALTH_BYTES,
     ) -> None:
         """``started`` is the ``clock()`` reading uptime counts from (default: now)."""
         self.version = version
@@ -285,12 +299,16 @@ class HealthReporter:
         self.started = clock() if started is None else started
         self.cpu = CpuMeter()
         self._lock = threading.Lock()
-        self._errors_marked: dict[str, int] = {}
-        self._dropped_marked = 0
+        self.limits = limits or HealthLimits()
+        self.max_bytes = max_bytes
+        self.truncations = 0
+        """Documents cut to ``max_bytes`` (the health document's refusal counter)."""
+        self._marked: dict[str, int] | None = None
 
     def system(self, advance: bool = True) -> Stats:
         """The ``system`` section: process CPU/memory/fds/threads, load, temperatures, disk."""
         load = load_average()
+        available, total = memory_bytes(self.proc_root)
         return {
             "cpu_percent": self.cpu.percent(advance),
             "cpu_seconds": round(cpu_seconds(), 3),
@@ -300,6 +318,8 @@ class HealthReporter:
             "load_avg": None if load is None else list(load),
             "temperature_c": temperatures_c(self.sys_root),
             "disk_free_bytes": disk_free_bytes(self.state_dir),
+            "mem_available_bytes": available,
+            "mem_total_bytes": total,
             "open_fds": open_fds(self.proc_root),
             "threads": thread_count(self.proc_root),
         }
@@ -310,41 +330,17 @@ class HealthReporter:
         sources = {name: _normalise_source(s) for name, s in self.sources().items()}
         outbox = self.outbox()
         mqtt = self.mqtt()
-        problems: list[str] = []
-        for name, s in sources.items():
-            if s["state"] == "down":
-                cause = s.get("last_error") or "no data"
-                problems.append(f"source {name} is down: {cause}")
         with self._lock:
-            for name, p in pipelines.items():
-                errors = int(p["errors"])
-                new = _delta(errors, self._errors_marked.get(name, 0))
-                if new > 0:
-                    last = p.get("last_error") or "unknown error"
-                    problems.append(
-                        f"pipeline {name}: {_count(new, 'error')} since the last report (last: {last})"
-                    )
-                if mark:
-                    self._errors_marked[name] = errors
-            if outbox is not None:
-                dropped = int(outbox.get("dropped") or 0)
-                new = _delta(dropped, self._dropped_marked)
-                if new > 0:
-                    problems.append(f"outbox dropped {_count(new, 'message')} since the last report")
-                if mark:
-                    self._dropped_marked = dropped
             system = self.system(advance=mark)
-        if mqtt is not None and not mqtt.get("connected", False):
-            cause = mqtt.get("last_error") or "not connected"
-            problems.append(f"mqtt disconnected: {cause}")
         doc: Stats = {
             "v": 1,
             "device": self.device,
             "ts": round(time.time(), 3),
             "version": self.version,
             "uptime_s": round(self.clock() - self.started, 3),
-            "state": "degraded" if problems else "ok",
-            "problems": problems,
+            "state": "ok",
+            "problems": [],
+            "components": {},
             "pipelines": pipelines,
             "sources": sources,
             "outbox": outbox,
@@ -357,6 +353,18 @@ class HealthReporter:
             if clash:
                 raise ValueError(f"health extra keys clash with built-in keys: {', '.join(clash)}")
             doc.update(extra)
+        with self._lock:
+            health = healthstate.assess(doc, self._marked, self.limits)
+            if mark:
+                self._marked = healthstate.counters(doc)
+        doc["state"], doc["problems"], doc["components"] = (
+            health.state,
+            list(health.reasons),
+            health.as_dict(),
+        )
+        if healthstate.bound_document(doc, self.max_bytes):
+            self.truncations += 1
+        doc["truncations"] = self.truncations
         return doc
 
     def summary(self, doc: Mapping[str, Any] | None = None) -> str:
@@ -380,7 +388,7 @@ class HealthReporter:
         line = ", ".join(parts)
         problems = doc.get("problems") or []
         if problems:
-            line += f"; degraded: {problems[0]}"
+            line += f"; {doc.get('state', 'degraded')}: {problems[0]}"
             if len(problems) > 1:
                 line += f" (+{len(problems) - 1} more)"
         return line

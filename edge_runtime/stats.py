@@ -33,22 +33,46 @@ class LatencyWindow:
 
 
 class RateMeter:
-    """Events per second over a sliding window of ``window_s`` seconds."""
+    """Events per second over a sliding window of the last ``window_s`` seconds.
+
+    The rate is the number of events in ``(now - window, now]`` divided by the window, where the
+    window is ``window_s`` once the meter has run that long and the time since it started (or
+    since :meth:`reset`) before: a steady 1 Hz source reads 1.0, 20 events in the first second
+    read 20.0, and the rate decays to 0 within ``window_s`` after the events stop. The clock is
+    monotonic (injectable for tests); a process that was stopped (SIGSTOP) sees the pause as
+    time without events, never as a burst.
+    """
 
     def __init__(self, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if window_s <= 0:
+            raise ValueError(f"window_s must be positive, not {window_s}")
         self.window_s = window_s
         self.clock = clock
         self._times: deque[float] = deque()
         self._lock = threading.Lock()
+        self._start = clock()
+        self._last: float | None = None
+
+    def reset(self) -> None:
+        """Forget every event; the window starts again now."""
+        with self._lock:
+            self._times.clear()
+            self._start = self.clock()
 
     def tick(self) -> None:
         now = self.clock()
         with self._lock:
             self._times.append(now)
+            self._last = now
             self._trim(now)
 
+    def last_age(self) -> float | None:
+        """Seconds since the last event (None: no event yet), however long ago it was."""
+        last = self._last
+        return None if last is None else round(self.clock() - last, 3)
+
     def _trim(self, now: float) -> None:
-        while self._times and now - self._times[0] > self.window_s:
+        while self._times and self._times[0] <= now - self.window_s:
             self._times.popleft()
 
     def rate(self) -> float:
@@ -56,7 +80,7 @@ class RateMeter:
         with self._lock:
             self._trim(now)
             n = len(self._times)
-            if n < 2:
-                return 0.0
-            span = max(now - self._times[0], 1e-9)
-            return round(n / span, 3)
+            span = min(self.window_s, now - self._start)
+        if n == 0 or span <= 0:
+            return 0.0
+        return round(n / span, 3)

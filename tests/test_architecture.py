@@ -20,6 +20,20 @@ PACKAGE = ROOT / "edge_runtime"
 # shrank below the limit must leave this list).
 MAX_LINES = 400
 LARGE_MODULES: dict[str, str] = {
+    "edge_runtime/reporting/outbox.py": (
+        "one SQLite connection under one lock: bounds, eviction, the free-disk reserve, seq and "
+        "corruption handling share its transactions and counters (the disk arithmetic is in "
+        "reporting/diskbudget.py, salvage and seq reservations in reporting/seqstate.py)"
+    ),
+    "edge_runtime/reporting/mqtt.py": (
+        "one paho client's life: connect with backoff, the loop, the forwarder and its acknowledgements; "
+        "the in-order delivery across reconnects depends on how these share the in-flight list"
+    ),
+    "edge_runtime/pipeline/pipeline.py": (
+        "one pipeline's domain: triggers, inference, numbering, and the hooks updates and the HTTP API "
+        "use; the thread engine (stages.py), the runner, the result document and the probation watch "
+        "are already apart"
+    ),
     "edge_runtime/updates/store.py": (
         "the crash-safety protocol of the model store (pointers, probation, history, pruning) is "
         "one state machine under one lock; split, its invariants would span files"

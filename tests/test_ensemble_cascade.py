@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from devkit.accuracy import floor
 from devkit.paths import MODELS
 from edge_runtime.config import validate
 from edge_runtime.daemon.service import Service
@@ -118,7 +119,8 @@ def test_ensemble_mean_is_the_weighted_mean_of_its_members(tmp_path: Path, backe
         for entry in result["top"][:3]:
             assert combined[entry["index"]] == pytest.approx(expected[entry["index"]], abs=2e-4)
         correct += int(result["top"][0]["label"]) == int(labels[r["trigger"]["seq"] - 1])
-    assert correct / len(results) >= 0.95
+    # both members read these digits at the manifest's figure; their weighted mean no worse
+    assert correct / len(results) >= floor("digits", "int8_mjpg_roundtrip"), (correct, len(results))
 
 
 def test_ensemble_vote_follows_the_weighted_majority(tmp_path: Path, backend_name: str) -> None:
@@ -212,8 +214,13 @@ def test_cascade_classifies_each_detected_digit(tmp_path: Path, backend_name: st
                     matched += 1
                     agree += int(det["class"]["top"][0]["label"]) == gt_class
                     break
-    assert matched >= 0.8 * sum(int((c >= 0).sum()) for c in classes)
-    assert agree / matched >= 0.8, (agree, matched)
+    objects = sum(int((c >= 0).sum()) for c in classes)
+    # the detector finds the digits at its manifest recall (less 1.5 points) through this video
+    assert matched >= floor("detect", "int8", "recall") * objects, (matched, objects)
+    # no manifest figure for digits classified from the detector's crops (upscaled canvases,
+    # stretched crops): measured 103 of 119 (0.866) on these 60 frames, every frame processed
+    # (deterministic), the floor 1.5 points below it
+    assert agree / matched >= 0.866 - 0.015, (agree, matched)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

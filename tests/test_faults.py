@@ -166,7 +166,8 @@ def test_five_broker_restarts_lose_no_result(
     for seq, copies in received(sub).items():
         assert all(c == copies[0] for c in copies), f"seq {seq} delivered with different contents"
     mqtt = stats_line(log, "reporting", "mqtt")
-    assert mqtt["connects"] >= 6, mqtt  # the first connection and one after each restart
+    # exactly one connect per broker (re)start, as the README promises: no connection flapping
+    assert mqtt["connects"] == 6, mqtt  # the first connection and one after each of 5 restarts
     assert stats_line(log, "reporting", "outbox")["dropped"] == 0
 
 
@@ -267,10 +268,7 @@ def test_camera_file_replaced_with_garbage_goes_down_and_comes_back(
         down = next(h for h in healths(sub) if h["sources"]["camera"]["state"] == "down")
         assert any("source camera is down" in p for p in down["problems"]), down["problems"]
         assert str(video) in down["sources"]["camera"]["last_error"]
-        time.sleep(0.5)
         during = daemon.count()
-        time.sleep(1.5)
-        assert daemon.count() == during, "results from a garbage file"
         assert daemon.proc.poll() is None, "the daemon died on a garbage video file"
         spare.write_bytes(good)
         os.replace(spare, video)
@@ -283,6 +281,19 @@ def test_camera_file_replaced_with_garbage_goes_down_and_comes_back(
     assert "Traceback" not in log
     seqs = [r["seq"] for r in daemon.results]
     assert seqs == list(range(1, len(seqs) + 1)), "seq continues through the outage"
+    # no result from the garbage file: no frame was captured while the source was down. The
+    # source reports "down" after its last good read and "up" before its next one (one thread, in
+    # that order), so every result's frame time lies outside each (down, up) interval of events.
+    events = [m.json() for m in sub.messages(topic(device, "events"))]
+    changes = [(e["kind"], e["ts"]) for e in events if e["kind"] in ("source.down", "source.up")]
+    outages = [
+        (t0, t1)
+        for (k0, t0), (k1, t1) in itertools.pairwise(changes)
+        if (k0, k1) == ("source.down", "source.up")
+    ]
+    assert outages, changes
+    inside = [r["seq"] for r in daemon.results for t0, t1 in outages if t0 < r["frame_ts"] < t1]
+    assert not inside, f"results from frames captured while the camera was down: {inside[:10]}"
 
 
 def test_a_stalled_camera_stream_is_reported_down_and_recovers(
@@ -434,6 +445,14 @@ def test_after_a_full_disk_is_freed_results_flow_to_the_broker_again(
     assert "Traceback" not in daemon.log()
 
 
+def dropped_on_disk(state: Path) -> int:
+    """The outbox's persisted drop counter, read beside the running daemon (WAL: readers do not
+    block the writer)."""
+    with contextlib.closing(sqlite3.connect(f"file:{state / 'outbox.sqlite'}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_outbox_max_bytes_bounds_it_by_dropping_the_oldest(
     tmp_path: Path, tmpfs: Callable[[str], Path]
 ) -> None:
@@ -442,19 +461,40 @@ def test_outbox_max_bytes_bounds_it_by_dropping_the_oldest(
     config = full_rate(
         digits_config(tmp_path, port=free_port(), state=state, extra=f"[outbox]\nmax_bytes = {cap}\n")
     )
+    peak = 0
+    sampling = threading.Event()
+
+    def sample() -> None:  # the disk the state folder takes, while the daemon writes
+        nonlocal peak
+        while not sampling.wait(0.02):
+            usage = shutil.disk_usage(state)
+            peak = max(peak, usage.used)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     with Daemon(config, "--quiet") as daemon:
         assert wait_until(lambda: "is full: dropping" in daemon.log(), 60, 0.2), daemon.log()[-3000:]
-        time.sleep(1.0)
+        dropping = dropped_on_disk(state)
+        # keep producing well past the cap: another cap's worth of results dropped
+        assert wait_until(lambda: dropped_on_disk(state) >= dropping + cap // 200, 60, 0.2)
         assert daemon.proc.poll() is None
         assert daemon.stop() == 0
+    sampling.set()
+    sampler.join(5)
     log = daemon.log()
     outbox = stats_line(log, "reporting", "outbox")
     results = stats_line(log, "pipeline", "digits")["results"]
     assert outbox["store_errors"] == 0, outbox
     assert outbox["dropped"] > 0 and outbox["bytes"] <= cap, outbox
     assert outbox["put"] == outbox["depth"] + outbox["dropped"] >= results, (outbox, results)
-    used = sum(p.stat().st_size for p in state.iterdir() if p.is_file())
-    assert used < 16 * 1024 * 1024
+    # Disk use derived from the cap, not from the 16 MiB mount: measured (2 cores, 2026-12) at a
+    # peak of 1.8 x cap while writing (the database, its WAL between checkpoints, the -shm index)
+    # and 1.3 x cap after the stop (WAL checkpointed away). The bounds leave 60 % over that; an
+    # outbox that did not evict, or a WAL that was never truncated, grows by about the payload
+    # rate (~150 KB/s here) and passes 3 x cap within the run.
+    files = {p.name: p.stat().st_size for p in state.iterdir() if p.is_file()}
+    assert sum(files.values()) <= 2 * cap, files
+    assert peak <= 3 * cap, (peak, cap)
 
 
 def test_outbox_max_bytes_keeps_a_small_disk_from_filling(
@@ -469,7 +509,11 @@ def test_outbox_max_bytes_keeps_a_small_disk_from_filling(
         assert wait_until(
             lambda: "is full: dropping" in daemon.log() or "disk full" in daemon.log(), 60, 0.2
         ), daemon.log()[-3000:]
-        time.sleep(2.0)
+        # go on writing until another cap's worth of results (~200 bytes each) was dropped
+        dropping = dropped_on_disk(state)
+        assert wait_until(lambda: dropped_on_disk(state) >= dropping + cap // 200, 60, 0.2), daemon.log()[
+            -3000:
+        ]
         assert daemon.stop() == 0
     outbox = stats_line(daemon.log(), "reporting", "outbox")
     assert outbox["store_errors"] == 0, outbox

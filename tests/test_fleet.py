@@ -824,9 +824,16 @@ def test_real_daemon_probation_failure_rolls_back_and_halts(
         assert not [
             m for m in sub.messages("edge/dev1/events") if str(m.json().get("kind", "")).startswith("model.")
         ]
-        time.sleep(2.5)  # two health intervals
-        assert _health_sha(sub, "dev0") == original["dev0"]
-        assert _health_sha(sub, "dev1") == original["dev1"]
+        # read the serving model from health reports made after the rollback, not the last one
+        # that happened to arrive (it may predate the rollback)
+        after = rolled[-1]["ts"]
+        for name in names:
+
+            def fresh(ms: list[Any], name: str = name) -> bool:
+                return any(m.topic == f"edge/{name}/health" and m.json()["ts"] > after for m in ms)
+
+            assert sub.wait_for(fresh, 30), f"no health from {name} after the rollback"
+            assert _health_sha(sub, name) == original[name]
 
 
 @pytest.mark.slow

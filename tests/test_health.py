@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -376,8 +377,10 @@ def test_stop_frees_the_port(live: Live, tmp_path: Path) -> None:
     _scrape(first.url)
     first.stop()
     first.stop()  # idempotent
-    with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    # refused, not a timeout: nothing listens on the port any more
+    with pytest.raises(urllib.error.URLError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert isinstance(refused.value.reason, ConnectionRefusedError), refused.value
     with MetricsServer(reporter, port=port) as second:
         assert "edge_runtime_build_info" in _scrape(second.url)
 

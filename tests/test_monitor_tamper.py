@@ -160,9 +160,9 @@ def test_the_monitor_thread_reports_tamper_on_a_real_camera_source(tmp_path: Pat
             events.append((kind, message, fields))
 
     config = MonitorConfig(tamper=TamperConfig(hold_s=0.5, check_hz=20))
-    monitor = Monitor(config, {"cam": camera}, event)
+    monitor = Monitor(event)
     camera.start()
-    monitor.start()
+    monitor.start(config, {"cam": camera})
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not camera.finished:

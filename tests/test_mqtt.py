@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import jsonschema
 
 from devkit.broker import Mosquitto
 from devkit.daemon import Daemon, digits_config, stats_line
+from devkit.delivery import assert_drained_in_order
 from devkit.mqtt_client import Subscriber
 from devkit.pki import TestPki
 from devkit.processes import free_port, wait_until
@@ -95,9 +98,15 @@ def test_kill_9_gives_the_last_will_and_sigterm_a_clean_offline(tmp_path: Path, 
 
 
 def test_broker_outage_loses_no_result(tmp_path: Path, broker: Mosquitto) -> None:
+    # a device id of its own: while the broker is down another suite on the host may start a
+    # broker on the freed port, and the daemon must not share topics with anything there
+    device = f"outage-{uuid.uuid4().hex[:8]}"
     metrics_port = free_port()
     config = digits_config(
-        tmp_path, port=broker.port, extra=f"[metrics]\nenabled = true\nport = {metrics_port}\n"
+        tmp_path,
+        port=broker.port,
+        device=device,
+        extra=f"[metrics]\nenabled = true\nport = {metrics_port}\n",
     )
 
     def outbox_depth() -> float:
@@ -107,53 +116,70 @@ def test_broker_outage_loses_no_result(tmp_path: Path, broker: Mosquitto) -> Non
                     return float(line.split()[-1])
         return -1.0
 
+    results = f"edge/{device}/pipelines/digits/results"
     with Subscriber(
-        broker.host, broker.port, ["edge/dev1/#"], client_id="outage-sub", persistent=True
+        broker.host, broker.port, [f"edge/{device}/#"], client_id=f"sub-{device}", persistent=True
     ) as sub:
         with Daemon(config) as daemon:
-            assert sub.wait_for(lambda ms: len([m for m in ms if "/results" in m.topic]) >= 20, 30), (
-                daemon.log()
-            )
+            assert sub.wait_for(lambda ms: len([m for m in ms if m.topic == results]) >= 20, 30), daemon.log()
             connections = sub.connections
             broker.stop()
-            depths = []
-            for _ in range(10):
-                time.sleep(1.0)
-                depths.append(outbox_depth())
-            assert depths[-1] > depths[0] > 0, depths  # results pile up in the outbox
+            # results pile up in the outbox (20/s): waited for, not slept for
+            assert wait_until(lambda: outbox_depth() >= 60, 30), outbox_depth()
             broker.start()
-            sub.wait_ready(after=connections)
+            assert sub.wait_ready(30, after=connections), f"the subscriber did not reconnect: {sub.errors()}"
+            reconnected = time.time()
             # the backlog drains while results keep coming (20/s): at most the newest one or two
             # are between the outbox and their acknowledgement at any moment
             assert wait_until(lambda: outbox_depth() <= 2, 30), f"the outbox did not drain: {outbox_depth()}"
             produced = daemon.count()
-            assert sub.wait_for(lambda ms: max(seqs(sub), default=0) >= produced, 30)
+            assert sub.wait_for(lambda ms: max(seqs(sub, device), default=0) >= produced, 30)
+            # health is published directly, only while connected: wait for one made after the
+            # reconnect instead of reading whatever last arrived (there may be none yet)
+            assert sub.wait_for(
+                lambda ms: any(
+                    m.topic == f"edge/{device}/health" and m.json()["ts"] >= reconnected for m in ms
+                ),
+                30,
+            ), "no health report after the reconnect"
             assert daemon.stop() == 0
-        got = seqs(sub)
-        last = stats_line(daemon.log(), "pipeline", "digits")["results"]
+        got = seqs(sub, device)
+        log = daemon.log()
+        last = stats_line(log, "pipeline", "digits")["results"]
         assert got == list(range(1, last + 1)), f"missing: {sorted(set(range(1, last + 1)) - set(got))[:20]}"
-        health = sub.json("edge/dev1/health")[-1]
-        assert health["outbox"]["dropped"] == 0
+        assert_drained_in_order(sub.messages(results), last)
+        assert stats_line(log, "reporting", "outbox")["dropped"] == 0
+        healths = sub.json(f"edge/{device}/health")
+        assert healths and all(h["outbox"]["dropped"] == 0 for h in healths)
+        assert healths[-1]["outbox"]["store_errors"] == 0
 
 
 def test_results_from_before_a_kill_9_while_the_broker_is_down_arrive_after_restart(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
-    config = digits_config(tmp_path, port=broker.port)
+    device = f"kill9-{uuid.uuid4().hex[:8]}"  # the port is free while the broker is down
+    config = digits_config(tmp_path, port=broker.port, device=device)
     broker.stop()
     with Daemon(config) as daemon:
         assert wait_until(lambda: daemon.count() >= 30, 30), daemon.log()
         daemon.kill9()
         before = [r["seq"] for r in daemon.results]
+    assert before == list(range(1, len(before) + 1))
     broker.start()
-    with Subscriber(broker.host, broker.port, ["edge/dev1/pipelines/+/results"]) as sub:
+    results = f"edge/{device}/pipelines/digits/results"
+    with Subscriber(broker.host, broker.port, [results]) as sub:
         with Daemon(config, "--max-results", "5") as daemon2:
-            assert sub.wait_for(lambda ms: set(before) <= set(seqs(sub)), 30), (before[-5:], seqs(sub)[-5:])
-            daemon2.proc.wait(30)
-        got = seqs(sub)
-        assert got[: len(before)] == before
-        # seq went on counting after the restart
-        assert max(got) >= max(before) + 1
+            assert daemon2.proc.wait(60) == 0, daemon2.log()[-3000:]
+            after = [r["seq"] for r in daemon2.results]
+            # seq goes on from the stored one (which may be past the last printed one: a result
+            # is stored before it is printed)
+            assert after[0] > before[-1] and after == list(range(after[0], after[0] + 5)), (before, after)
+            assert sub.wait_for(lambda ms: max(seqs(sub, device), default=0) >= after[-1], 30), (
+                before[-5:],
+                seqs(sub, device)[-5:],
+            )
+        # what was printed before the kill arrives first, in order, then the new results
+        assert_drained_in_order(sub.messages(results), after[-1])
 
 
 def test_tls_and_password(tmp_path: Path, pki: TestPki, make_broker: Any) -> None:
@@ -185,9 +211,10 @@ def test_tls_and_password(tmp_path: Path, pki: TestPki, make_broker: Any) -> Non
         ),
     ):
         config = digits_config(tmp_path, port=broker.port, mqtt=mqtt, device=name)
-        with Daemon(config) as daemon:
-            assert wait_until(functools.partial(_logged, daemon, expected), 30), daemon.log()
-            time.sleep(2.5)  # a few more attempts, with backoff
+        # at debug level every attempt is logged: wait for three attempts (the first at WARNING,
+        # the repeats at DEBUG) instead of sleeping through "a few" of them
+        with Daemon(config, "--set", "device.log_level=debug") as daemon:
+            assert wait_until(functools.partial(_logged, daemon, expected, 3), 60), daemon.log()
             assert daemon.stop() == 0
         log = daemon.log()
         assert expected in log
@@ -209,8 +236,8 @@ def test_tls_and_password(tmp_path: Path, pki: TestPki, make_broker: Any) -> Non
         assert "wrong\n" not in log and "s3cret-pw" not in log
 
 
-def _logged(daemon: Daemon, text: str) -> bool:
-    return text in daemon.log()
+def _logged(daemon: Daemon, text: str, times: int = 1) -> bool:
+    return daemon.log().count(text) >= times
 
 
 def _command(
@@ -234,10 +261,28 @@ def test_every_command_and_every_malformed_command(tmp_path: Path, broker: Mosqu
         assert reply["ok"] and reply["config"]["device"]["id"] == "dev1"
         reply = _command(sub, broker, "pipeline.pause", {"id": "pa", "pipeline": "digits"}, "pa")
         assert reply["ok"] and reply["paused"] is True
-        time.sleep(0.5)
-        paused_at = max(seqs(sub))
-        time.sleep(1.5)
-        assert max(seqs(sub)) <= paused_at + 1
+        # Paused: the daemon's own result count stops. Two health reports generated after the
+        # reply (ts later than it) show the pipeline paused with the same count; every result up
+        # to that count reaches the subscriber and none beyond it, whatever the machine's load.
+        replied = sub.messages("edge/dev1/reply/pa")[-1].time
+
+        def paused_healths(ms: list[Any]) -> list[dict[str, Any]]:
+            return [
+                h["pipelines"]["digits"]
+                for h in (m.json() for m in ms if m.topic == "edge/dev1/health")
+                if h["ts"] > replied and h["pipelines"]["digits"]["paused"]
+            ]
+
+        def settled(ms: list[Any]) -> bool:  # an inference in flight at the pause may still finish
+            counts = [h["results"] for h in paused_healths(ms)]
+            return any(a == b for a, b in itertools.pairwise(counts))
+
+        assert sub.wait_for(settled, 20), paused_healths(sub.messages())
+        counts = [h["results"] for h in paused_healths(sub.messages())]
+        paused_at = next(a for a, b in itertools.pairwise(counts) if a == b)
+        assert counts[-1] == paused_at, counts
+        assert sub.wait_for(lambda ms: max(seqs(sub)) >= paused_at, 20)
+        assert max(seqs(sub)) == paused_at, "a result was produced while paused"
         reply = _command(sub, broker, "pipeline.resume", {"id": "re", "pipeline": "digits"}, "re")
         assert reply["ok"] and reply["paused"] is False
         assert sub.wait_for(lambda ms: max(seqs(sub)) > paused_at + 3, 20)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from devkit.accuracy import floor
 from edge_runtime.errors import PipelineError
 from edge_runtime.geometry import plan
 from edge_runtime.postprocess import (
@@ -726,12 +727,7 @@ def test_detector_finds_the_held_out_digits(backend_name: str) -> None:
     images = quantize(data["images"].astype(np.float64)[..., None] / 255.0, inp.quant)
     found = [post.detections(model.invoke([x[None]])) for x in images]
     precision, recall = precision_recall(found, data["boxes"], data["classes"])
-    floor = 0.8
-    manifest = MODELS / "manifest.json"
-    if manifest.exists():
-        entry = json.loads(manifest.read_text()).get("models", {}).get("detect", {})
-        figures = entry.get("accuracy", {}).get("int8")
-        if figures:
-            floor = min(floor, figures["precision"] - 0.05, figures["recall"] - 0.05)
-    assert precision >= floor, (precision, recall, floor)
-    assert recall >= floor, (precision, recall, floor)
+    # the manifest's figures were measured with this decoding (score >= 0.4, class-agnostic NMS at
+    # IoU 0.45: DetectionConfig's defaults) on the same 200 held-out canvases (408 digits)
+    assert precision >= floor("detect", "int8", "precision"), (precision, recall)
+    assert recall >= floor("detect", "int8", "recall"), (precision, recall)

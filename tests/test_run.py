@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import random
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from devkit.accuracy import floor
 from devkit.paths import MODELS
 from devkit.processes import socat_pair, stop_process, wait_until
 from edge_runtime.demo import write_digits_video
@@ -121,7 +123,8 @@ trigger = "camera"
     assert [r["seq"] for r in results] == list(range(1, len(images) + 1))
     predicted = np.array([int(r["result"]["top"][0]["label"]) for r in results])
     accuracy = float(np.mean(predicted == labels))
-    assert accuracy >= 0.95, accuracy
+    # the video is the manifest's MJPG round trip of the same held-out digits
+    assert accuracy >= floor("digits", "int8_mjpg_roundtrip"), accuracy
     stats = stats_from_log(log, "pipeline", "digits")
     assert stats["results"] == len(images) and stats["dropped_frames"] == 0
     camera = stats_from_log(log, "source", "camera")
@@ -197,6 +200,9 @@ class VibrationWriter:
         self.changes: list[tuple[float, str]] = []
         self.garbled = 0
         self.written = 0
+        self.times: list[float] = []
+        """Wall time after each good line was written."""
+        self.garbled_times: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -235,8 +241,10 @@ class VibrationWriter:
                 if rand.random() < self.garbage:
                     os.write(fd, rand.choice(garbage))
                     self.garbled += 1
+                    self.garbled_times.append(time.time())
                 os.write(fd, f"{row[0]:.4f},{row[1]:.4f},{row[2]:.4f}\n".encode())
                 self.written += 1
+                self.times.append(time.time())
                 t_next += 1 / SAMPLE_RATE_HZ
                 delay = t_next - time.time()
                 if delay > 0:
@@ -297,6 +305,16 @@ def daemon(config: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
                 proc.kill()
 
 
+def log_time(log: str, text: str) -> float:
+    """The wall time (epoch s) of the first log line containing ``text`` (``%(asctime)s``: local
+    time, millisecond resolution)."""
+    for line in log.splitlines():
+        if text in line:
+            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            return stamp.timestamp()
+    raise AssertionError(f"no {text!r} in the log:\n{log[-2000:]}")
+
+
 def test_fused_state_follows_the_serial_stream_with_garbage_mixed_in(tmp_path: Path) -> None:
     images, _ = heldout(150)
     write_digits_video(tmp_path / "digits.avi", list(images), fps=10.0)
@@ -322,9 +340,17 @@ def test_fused_state_follows_the_serial_stream_with_garbage_mixed_in(tmp_path: P
     assert correct / judged >= 0.9, (correct, judged)
     states_seen = {r["result"]["state"]["top"][0]["label"] for r in results}
     assert states_seen == {"idle", "running", "fault"}
+    # The writer runs before the daemon opened the port and after it closed it (start-up and
+    # shutdown take seconds on a loaded machine: 1491 of 1710 lines were once read, all of them
+    # written while the port was open). Compared with what was written while the source was up,
+    # minus 0.1 s at either end for the pty's latency, no line is lost and each garbled one counted.
+    up, stopped = log_time(log, "source vib is up"), log_time(log, "source vib is stopped")
+    assert stopped - up >= 10.0, (up, stopped)
+    while_open = sum(up + 0.1 < t < stopped - 0.1 for t in writer.times)
+    garbled_while_open = sum(up + 0.1 < t < stopped - 0.1 for t in writer.garbled_times)
     source = stats_from_log(log, "source", "vib")
-    assert source["parse_errors_total"] >= writer.garbled * 0.8
-    assert source["lines"] >= writer.written * 0.9
+    assert source["lines"] >= while_open, (source["lines"], while_open, writer.written)
+    assert source["parse_errors_total"] >= garbled_while_open, (source, garbled_while_open)
 
 
 def test_serial_unplugged_and_back_results_resume(tmp_path: Path) -> None:

@@ -287,7 +287,14 @@ def test_traversal_looking_command_arguments_are_refused(tmp_path: Path, broker:
         "a traversal argument was used as a path"
     )
     assert not (state / "downloads").exists() or not any((state / "downloads").iterdir())
-    expected = {"models", "outbox.sqlite", "outbox.sqlite-shm", "outbox.sqlite-wal", "outbox.sqlite.lock"}
+    expected = {
+        "models",
+        "outbox.sqlite",
+        "outbox.sqlite-shm",
+        "outbox.sqlite-wal",
+        "outbox.sqlite.lock",
+        "seq.json",
+    }
     assert {p.name for p in state.iterdir()} <= expected, sorted(state.iterdir())
 
 

@@ -29,6 +29,19 @@ from devkit.processes import wait_until
 SOAK_S = float(os.environ.get("EDGE_RUNTIME_SOAK_S", "600"))
 MB = 1024 * 1024
 RSS_GROWTH_LIMIT = 10 * MB
+LEAK_SLOPE_LIMIT = 1.0
+"""MB/min: the bound on RSS growth within the stretches between broker restarts (the slope
+fitted to each stretch with its own intercept, pooled: :func:`pooled_slope_per_min`).
+
+Why this estimator and this figure. Each reconnect adds a step to RSS (buffers for the outage's
+backlog, 0.1-0.9 MB measured), so the plain least-squares slope over the 40 s after the warm-up of
+the 60-s CI form swings with the steps: 0.57, 0.65, 0.78 and 2.5 MB/min in four runs on 2026-12-01
+(2 cores shared with other work); the old bound (10 MB over those 40 s, i.e. 15 MB/min) let any
+leak below 15 MB/min through. Within the stretches the same four runs gave 0.0, 0.06, 0.81 and 0.71
+MB/min. A leak of 1 MB/min grows RSS by 1 MB/min inside every stretch, on top of what the run
+measures without it (never below 0 so far), so it reads at least 1.0: not below this bound. The
+margin for a run without a leak is thin in the 60-s form (0.19 MB/min above the highest measured);
+the 10-minute run, with 2-minute stretches, separates the two clearly (0.10 MB/min measured)."""
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(SOAK_S * 1.5 + 300)]
 
@@ -40,11 +53,18 @@ class SeqSubscriber(Subscriber):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.seqs: set[int] = set()
         self.deliveries = 0
+        self.highest = 0
+        self.out_of_turn: list[tuple[int, int]] = []
+        """(seq, highest before it) for each first arrival that was not highest + 1 (raw order)."""
         super().__init__(*args, **kwargs)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         seq = int(json.loads(msg.payload)["seq"])
         with self._cond:
+            if seq not in self.seqs:  # a repeat is an at-least-once redelivery
+                if seq != self.highest + 1 and len(self.out_of_turn) < 100:
+                    self.out_of_turn.append((seq, self.highest))
+                self.highest = max(self.highest, seq)
             self.seqs.add(seq)
             self.deliveries += 1
             self._cond.notify_all()
@@ -117,6 +137,24 @@ def slope_per_min(points: list[tuple[float, float]]) -> float:
     return 60.0 * sum((t - mean_t) * (v - mean_v) for t, v in points) / var
 
 
+def pooled_slope_per_min(points: list[tuple[float, float]], breaks: list[float]) -> float:
+    """The least-squares slope (per minute) of (seconds, value) points shared by the stretches
+    that ``breaks`` (times) cut them into, each stretch with its own intercept: steps at the
+    breaks do not count as a slope, a steady growth in every stretch does."""
+    stretches: dict[int, list[tuple[float, float]]] = collections.defaultdict(list)
+    for t, v in points:
+        stretches[sum(b < t for b in breaks)].append((t, v))
+    num = den = 0.0
+    for stretch in stretches.values():
+        if len(stretch) < 2:
+            continue
+        mean_t = statistics.fmean(t for t, _ in stretch)
+        mean_v = statistics.fmean(v for _, v in stretch)
+        num += sum((t - mean_t) * (v - mean_v) for t, v in stretch)
+        den += sum((t - mean_t) ** 2 for t, _ in stretch)
+    return 60.0 * num / den if den else 0.0
+
+
 def test_soak_at_full_rate_with_broker_restarts(
     tmp_path: Path, make_broker: Callable[..., Mosquitto]
 ) -> None:
@@ -176,6 +214,8 @@ def test_soak_at_full_rate_with_broker_restarts(
     print(figures["summary"])
 
     assert not missing, f"{len(missing)} results never reached the subscriber: {missing[:20]}"
+    # drained in order: on the raw arrival sequence, every new seq is the next one
+    assert not sub.out_of_turn, f"first arrivals out of turn (seq, highest before): {sub.out_of_turn[:10]}"
     assert "Traceback" not in log
     assert figures["outbox"]["dropped"] == 0 and figures["outbox"]["store_errors"] == 0
     assert len(restarts) == 4 and all(r["reconnected_s"] is not None for r in restarts), restarts
@@ -183,7 +223,7 @@ def test_soak_at_full_rate_with_broker_restarts(
         assert (r["fds_after"], r["threads_after"]) == (r["fds_before"], r["threads_before"]), r
     rss = figures["rss"]
     assert rss["growth_bytes"] < RSS_GROWTH_LIMIT, rss
-    assert rss["slope_mb_per_min"] * (duration * 2 / 3) / 60 < RSS_GROWTH_LIMIT / MB, rss
+    assert rss["slope_between_restarts_mb_per_min"] < LEAK_SLOPE_LIMIT, rss
     fds, threads = figures["fds"], figures["threads"]
     assert (fds["end"], threads["end"]) == (fds["baseline"], threads["baseline"]), (fds, threads)
     assert fds["max_connected"] <= fds["baseline"] + 2, fds  # no creeping descriptors
@@ -249,6 +289,9 @@ def summarise(
             "max_bytes": max(s.rss for s in warm),
             "growth_bytes": int(max(s.rss for s in warm) - rss_base),
             "slope_mb_per_min": round(slope_per_min([(s.t, s.rss / MB) for s in warm]), 3),
+            "slope_between_restarts_mb_per_min": round(
+                pooled_slope_per_min([(s.t, s.rss / MB) for s in warm], [r["at_s"] for r in restarts]), 3
+            ),
         },
         "fds": {
             "first": samples[0].fds,
@@ -272,7 +315,8 @@ def summarise(
         f"(back in {', '.join(str(r['reconnected_s']) for r in restarts)} s); "
         f"RSS {samples[0].rss / MB:.1f} -> {rss['baseline_bytes'] / MB:.1f} (after warm-up) -> "
         f"{rss['end_bytes'] / MB:.1f} MB, max {rss['max_bytes'] / MB:.1f} MB, growth "
-        f"{rss['growth_bytes'] / MB:.2f} MB, slope {rss['slope_mb_per_min']} MB/min; "
+        f"{rss['growth_bytes'] / MB:.2f} MB, slope {rss['slope_mb_per_min']} MB/min "
+        f"({rss['slope_between_restarts_mb_per_min']} between restarts); "
         f"fds {fds_base} -> {end_fds}; threads {threads_base} -> {end_threads}"
     )
     return figures

@@ -70,9 +70,16 @@ def test_config_and_uri_kinds() -> None:
     for uri, kind in kinds.items():
         assert uri_kind(uri) == kind, uri
     assert redact("rtsp://user:pw@cam.local/s") == "rtsp://***@cam.local/s"
-    for bad in ({"uri": -1}, {"uri": " "}, {"uri": 0, "fps": 0}, {"uri": 0, "exposure": 3}):
-        with pytest.raises(ValidationError):
+    refusals: list[tuple[dict[str, Any], str, str]] = [
+        ({"uri": -1}, "uri", "a device index cannot be negative"),
+        ({"uri": " "}, "uri", "uri is empty"),
+        ({"uri": 0, "fps": 0}, "fps", "greater than 0"),
+        ({"uri": 0, "exposure": 3}, "exposure", "Extra inputs are not permitted"),  # no such setting
+    ]
+    for bad, field, message in refusals:
+        with pytest.raises(ValidationError, match=message) as refused:
             CameraConfig.model_validate({"type": "camera", **bad})
+        assert [e["loc"] for e in refused.value.errors()] == [(field,)], (bad, refused.value)
 
 
 # -- files --------------------------------------------------------------------------------------------------

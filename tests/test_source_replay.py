@@ -27,6 +27,7 @@ from edge_runtime.sources import (
     SourceConfig,
     build_source,
 )
+from edge_runtime.sources.replay import RESYNC_S
 
 FAST_RECONNECT = {"initial_s": 0.1, "max_s": 0.5, "factor": 2.0, "jitter": 0.1}
 
@@ -53,21 +54,31 @@ def running(source: ReplaySource) -> Iterator[ReplaySource]:
         assert not source.alive
 
 
+def assert_on_schedule(times: np.ndarray, step: float, resyncs: int) -> None:
+    """Stored sample times keep the recorded spacing exactly, except where playback fell more than
+    RESYNC_S behind and the schedule restarted from "now" (``resyncs`` of them): there the gap is
+    longer by over RESYNC_S, never shorter. Checked whether or not the replay resynced."""
+    gaps = np.diff(times)
+    off = np.flatnonzero(np.abs(gaps - step) > 1e-6)
+    assert len(off) == resyncs, (resyncs, gaps[off].tolist())
+    assert all(gaps[i] > step + RESYNC_S for i in off), gaps[off].tolist()
+
+
 def test_csv_rows_play_in_order_on_their_schedule(tmp_path: Path) -> None:
     rows = [(i * 0.05, float(i), -float(i)) for i in range(21)]  # 1 s of data
     path = write_csv(tmp_path / "rec.csv", rows)
+    started = time.monotonic()  # before the start: the first row cannot be stored earlier
     with running(ReplaySource("rec", config(path))) as source:
-        assert wait_until(lambda: source.samples >= 1)
-        started = time.monotonic()
-        assert wait_until(lambda: source.state == "finished", 15), source.stats()
-        elapsed = time.monotonic() - started
+        assert wait_until(lambda: source.state == "finished", 30), source.stats()
+        finished = time.monotonic()
         times, ax = source.buffers.window("ax")
         assert ax.tolist() == [r[1] for r in rows]
         assert source.buffers.window("ay")[1].tolist() == [r[2] for r in rows]
         assert "t" not in source.buffers.channels
-        assert 0.9 <= elapsed < 10.0  # never faster than recorded; slower only on a stalled box
-        if source.resyncs == 0:
-            assert np.diff(times) == pytest.approx(0.05, abs=1e-6)
+        assert_on_schedule(times, 0.05, source.resyncs)
+        # never faster than recorded: each row waits for its due time, the first is due at start
+        assert started <= times[0] and times[-1] - times[0] >= 1.0 - 1e-6
+        assert finished - started >= 1.0 - 1e-6
         assert source.finished and source.rows == 21
 
 
@@ -76,13 +87,14 @@ def test_speed_scales_the_schedule(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "rec.csv", rows)
     started = time.monotonic()
     with running(ReplaySource("rec", config(path, speed=4.0))) as source:
-        assert wait_until(lambda: source.state == "finished", 15), source.stats()
-        elapsed = time.monotonic() - started
+        assert wait_until(lambda: source.state == "finished", 30), source.stats()
+        finished = time.monotonic()
         times, _ = source.buffers.window("ax")
         assert len(times) == 21
-        assert 0.45 <= elapsed < 1.9
-        if source.resyncs == 0:
-            assert np.diff(times) == pytest.approx(0.025, abs=1e-6)
+        # 4x: the spacing is a quarter of the recorded one, 0.5 s in all (a speed ignored would
+        # give 0.1 s gaps and take 2 s: the exact schedule check fails on it)
+        assert_on_schedule(times, 0.025, source.resyncs)
+        assert finished - started >= 0.5 - 1e-6
 
 
 def test_bad_rows_are_counted_and_skipped(tmp_path: Path) -> None:
@@ -131,8 +143,7 @@ def test_loop_keeps_playing_with_a_steady_interval(tmp_path: Path) -> None:
         assert source.loops >= 3
         times, ax = source.buffers.window("ax")
         assert ax[:15].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] * 3
-        if source.resyncs == 0:  # the gap at the wrap is the mean row interval
-            assert np.diff(times) == pytest.approx(0.05, abs=1e-6)
+        assert_on_schedule(times, 0.05, source.resyncs)  # the gap at the wrap is the mean row interval
 
 
 def test_missing_file_is_down_until_it_appears(tmp_path: Path) -> None:
@@ -162,9 +173,7 @@ def test_stop_interrupts_a_long_wait(tmp_path: Path) -> None:
     source = ReplaySource("rec", config(path))
     source.start()
     assert wait_until(lambda: source.rows == 1)
-    started = time.monotonic()
-    source.stop()
-    assert time.monotonic() - started < 1.5
+    source.stop()  # joins for at most 2 s: a wait it did not interrupt leaves the thread alive
     assert not source.alive and source.state == "stopped" and source.rows == 1
 
 

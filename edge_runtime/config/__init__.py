@@ -23,7 +23,6 @@ from edge_runtime.config.schema import (
     DeviceConfig,
     EnsembleConfig,
     EveryTrigger,
-    HealthConfig,
     ImageInput,
     MetricsConfig,
     ModelConfig,
@@ -39,6 +38,7 @@ from edge_runtime.config.schema import (
     default_state_dir,
 )
 from edge_runtime.config.updates import UpdatesConfig
+from edge_runtime.healthstate import HealthConfig  # [health] lives next to its rules
 
 __all__ = [
     "BUNDLED_MODELS",

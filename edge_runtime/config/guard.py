@@ -64,6 +64,7 @@ _OPTIONS = _d(GUARDED, "options handed to a native delegate library")
 _MODEL_FILE = _d(FILE, "a model file the daemon reads")
 _LABELS = _d(FILE, "a labels file: its lines are published in results")
 _TUNING = _d(FREE, "how a pipeline runs; bounded by the schema")
+_PROVIDER = _d(FREE, "an ONNX Runtime execution provider built into the installed engine; no file or library")
 
 
 _INPUT_TUNING = [
@@ -115,6 +116,7 @@ def _model_entries(prefix: str) -> dict[str, Decision]:
         f"{prefix}.delegates[].backends": _TUNING,
         f"{prefix}.delegates[].library": _LIBRARY,
         f"{prefix}.delegates[].options": _OPTIONS,
+        f"{prefix}.delegates[].name": _PROVIDER,
     }
     for name in _INPUT_TUNING:
         entries[f"{prefix}.inputs[].{name}"] = _TUNING
@@ -138,6 +140,7 @@ _SOURCE_TUNING = [
     "speed",
     "channels",
     "capacity",
+    "max_channels",
     "baudrate",
     "bytesize",
     "parity",
@@ -166,6 +169,7 @@ POLICY: dict[str, Decision] = {
     "defaults.delegates[].backends": _TUNING,
     "defaults.delegates[].library": _LIBRARY,
     "defaults.delegates[].options": _OPTIONS,
+    "defaults.delegates[].name": _PROVIDER,
     "mqtt.enabled": _d(GUARDED, "off cuts the device from its operators for good"),
     "mqtt.host": _d(ENDPOINT, "with TLS or credentials, the broker is who receives the password"),
     "mqtt.port": _d(ENDPOINT, "with TLS or credentials, the broker is who receives the password"),
@@ -192,7 +196,12 @@ POLICY: dict[str, Decision] = {
     "mqtt.max_command_bytes": _d(FREE, "bounded by the schema"),
     "outbox.max_bytes": _d(FREE, "bounded by the schema"),
     "outbox.max_count": _d(FREE, "bounded by the schema"),
+    "outbox.reserve_bytes": _d(FREE, "free disk kept for the daemon's own state; bounded by the schema"),
     "health.interval_s": _d(FREE, "bounded by the schema"),
+    **{
+        f"health.{name}": _d(FREE, "a threshold of the derived health state; bounded by the schema")
+        for name in ("max_bytes", "min_memory_available", "parse_error_share", "stale_s", "start_grace_s")
+    },
     "metrics": _d(GUARDED, "a listening socket: what the device exposes on the network, and where"),
     "http": _d(GUARDED, "a listening socket with predict, camera views and its token and TLS files"),
     "monitor": _d(GUARDED, "tamper detection: a sender must not blind it before covering the camera"),

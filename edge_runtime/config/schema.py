@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from edge_runtime.config.updates import UpdatesConfig
+from edge_runtime.healthstate import HealthConfig
 from edge_runtime.http.config import HttpConfig
 from edge_runtime.monitor.config import MonitorConfig
 from edge_runtime.names import NAME_RE, NAME_RULE
@@ -148,7 +149,10 @@ class MqttConfig(Strict):
 
 class OutboxConfig(Strict):
     max_bytes: int = Field(
-        64 * 1024 * 1024, ge=4096, le=1 << 40, description="Outbox size bound; the oldest go first."
+        64 * 1024 * 1024, ge=4096, le=1 << 40, description="Outbox bound on disk (db + log); oldest go first."
+    )
+    reserve_bytes: int = Field(
+        512 * 1024, ge=0, le=1 << 30, description="Free disk kept; below it nothing new is stored."
     )
     max_count: int = Field(
         200_000, ge=10, le=1_000_000_000, description="Outbox message bound; the oldest go first."
@@ -172,10 +176,6 @@ class MetricsConfig(Strict):
         description="Wall-clock seconds a connection has to send its request and read the answer.",
     )
     backlog: int = Field(128, ge=1, le=4096, description="Listen backlog (capped by net.core.somaxconn).")
-
-
-class HealthConfig(Strict):
-    interval_s: float = Field(30.0, ge=0.1, le=86400, description="Seconds between health reports.")
 
 
 def _model_entry(value: Any) -> Any:

@@ -15,6 +15,7 @@ from edge_runtime import __version__
 if TYPE_CHECKING:
     from edge_runtime.config import Config
     from edge_runtime.health import HealthReporter
+    from edge_runtime.healthwatch import DaemonHealth
     from edge_runtime.pipeline import Pipeline
     from edge_runtime.reporting.reporter import Reporter
     from edge_runtime.sources.base import Source
@@ -36,6 +37,7 @@ class Daemon(Protocol):
     updater: Any
     reporter: Reporter | None
     result_listeners: list[Listener]
+    watch: DaemonHealth | None
 
 
 class ServiceHost:
@@ -52,6 +54,9 @@ class ServiceHost:
             "version": __version__,
             "uptime_s": round(time.monotonic() - s.started_mono, 3),
             "pipelines": [p.name for p in s.pipelines],
+            "health": None
+            if s.watch is None
+            else {"state": s.watch.changes.device, "problems": s.watch.changes.problems},
         }
 
     def http_health(self) -> dict[str, Any]:

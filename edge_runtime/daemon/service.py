@@ -13,56 +13,31 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from edge_runtime import __version__
 from edge_runtime.config import Config, load_config
 from edge_runtime.daemon.commands import DaemonCommands
-from edge_runtime.daemon.preflight import preflight, resolve_source_paths
+from edge_runtime.daemon.preflight import preflight
+from edge_runtime.daemon.runtime import ResultBudget, Sink, build_runtime, start_runtime, stop_runtime
+from edge_runtime.daemon.servers import LocalServers
+from edge_runtime.daemon.update_host import ServiceUpdateHost
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
-from edge_runtime.monitor.drift import manifest_reference
+from edge_runtime.healthwatch import DaemonHealth
 from edge_runtime.monitor.service import Monitor
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.redaction import redact_text
-from edge_runtime.reporting.commands import Command, CommandError
 from edge_runtime.reporting.reporter import Reporter
-from edge_runtime.sources import build_source
 from edge_runtime.sources.base import Source
 from edge_runtime.supervision import SUPERVISOR, spawn
 from edge_runtime.systemd import Notifier, watchdog_timeout
 from edge_runtime.updates.updater import Updater, store_config
 
 log = logging.getLogger(__name__)
-
-
-class Sink(Protocol):
-    def publish(self, result: dict[str, Any]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class ResultBudget:
-    """At most ``limit`` results in total (None: unlimited); thread-safe."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.used = 0
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            if self.limit is not None and self.used >= self.limit:
-                return False
-            self.used += 1
-            return True
-
-    def give_back(self) -> None:
-        with self._lock:
-            self.used = max(0, self.used - 1)
 
 
 class Service:
@@ -100,15 +75,14 @@ class Service:
         self._seqs: dict[str, int] = {}
         self._swap_lock = threading.RLock()
         self._health_thread: threading.Thread | None = None
-        self._metrics: Any = None
+        self._servers: LocalServers | None = None
         self.notifier = Notifier()
         self.watchdog_s = watchdog_timeout()
         self._reload_requested = threading.Event()
         self.exit_code = 0
         self._unhealthy = ""
-        self.result_listeners: list[Callable[[str, dict[str, Any]], None]] = []  # the HTTP API's
-        self._http: Any = None
-        self.monitor: Monitor | None = None
+        self.watch: DaemonHealth | None = None  # state-change events, READY gate, pauses, reloads
+        self.monitor, self.result_listeners = Monitor.with_listeners(self.event)  # and the HTTP API's
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -117,7 +91,9 @@ class Service:
         self.reporter = Reporter(self.config, __version__, [p.name for p in self.config.pipelines])
         SUPERVISOR.forget()
         SUPERVISOR.on_crash = self._thread_crashed
-        self.updater = Updater(self)
+        self.updater = Updater(ServiceUpdateHost(self))
+        self.watch = watch = DaemonHealth(self.reporter.event, self.config)
+        watch.attach_store(self.updater.store)
         DaemonCommands(self, self.updater).register(self.reporter.dispatcher)
         self.config = store_config(self.config, self.updater.store, startup=True)
         self.sources, self.pipelines = self._build_runtime(self.config)
@@ -129,57 +105,24 @@ class Service:
             sources=lambda: {name: s.stats() for name, s in self.sources.items()},
             outbox=self.reporter.outbox_stats,
             mqtt=self.reporter.stats,
-            extra=self._monitor_health,
+            extra=lambda: {**watch.extra(), "monitor": self.monitor.stats()},
+            limits=watch.limits,
+            max_bytes=self.config.health.max_bytes,
         )
-        if self.config.http.enabled:  # reads the token and TLS files now: without them, no start
-            from edge_runtime.daemon.http_host import ServiceHost
-            from edge_runtime.http.server import HttpServer
+        from edge_runtime.daemon.http_host import ServiceHost
 
-            self._http = HttpServer(self.config.http, ServiceHost(self), self.config.resolve)
+        self._servers = LocalServers(self.config, lambda: ServiceHost(self))
 
     def _build_runtime(self, config: Config) -> tuple[dict[str, Source], list[Pipeline]]:
-        if any(p.startswith("demo:") for p in config.paths()):
-            from edge_runtime.demo import ensure_assets
-
-            ensure_assets(config.device.state_dir)
-        sources = {
-            name: build_source(name, resolve_source_paths(config, sc)) for name, sc in config.sources.items()
-        }
-        for source in sources.values():
-            source.add_listener(self._source_event)
-        pipelines: list[Pipeline] = []
         assert self.reporter is not None
-        for pc in config.pipelines:
-            pipeline = Pipeline(
-                pc,
-                config,
-                sources,
-                self._emit,
-                device=config.device.id,
-                seq_start=max(self.reporter.last_seq(pc.name), self._seqs.get(pc.name, 0)),
-                event=self.reporter.event,
-                budget=self.budget if self.budget.limit is not None else None,
-            )
-            pipelines.append(pipeline)
-            for runner in pipeline.runners + ([pipeline.cascade] if pipeline.cascade else []):
-                model = runner.model
-                backend = f"{model.backend.name} {model.backend.version}"
-                log.info(
-                    "pipeline %s: model %s (%s) %s, backend %s",
-                    pc.name, model.name, model.sha256[:12], model.placement, backend,
-                )  # fmt: skip
-                if model.failures:
-                    self.reporter.event(
-                        "delegate.fallback",
-                        f"pipeline {pc.name}: model {model.name}: {model.placement}",
-                        {"pipeline": pc.name, "model": model.name, "delegate": model.delegate},
-                    )
-        return sources, pipelines
-
-    def _source_event(self, name: str, state: str, detail: str) -> None:
-        if self.reporter is not None and state in ("up", "down", "finished"):
-            message = f"source {name} is {state}" + (f": {detail}" if detail else "")
-            self.reporter.event(f"source.{state}", message, {"source": name})
+        reporter = self.reporter
+        return build_runtime(
+            config,
+            emit=self._emit,
+            event=reporter.event,
+            seq_start=lambda name: max(reporter.last_seq(name), self._seqs.get(name, 0)),
+            budget=self.budget,
+        )
 
     def _emit(self, result: dict[str, Any]) -> None:
         with self._emit_lock:
@@ -191,30 +134,12 @@ class Service:
                 sink.publish(result)
             for listener in self.result_listeners:
                 listener("result", result)
-            if self.monitor is not None:
-                self.monitor.observe(result)
             if self.budget.limit is not None and self.emitted >= self.budget.limit:
                 self.stop("max results reached")
-
-    # -- the host of the updater (edge_runtime.updates.host.UpdateHost) ------------------------------
-
-    @property
-    def stopping(self) -> bool:
-        return self.stop_event.is_set()
-
-    def pipeline(self, name: str) -> Pipeline:
-        for p in self.pipelines:
-            if p.name == name:
-                return p
-        raise CommandError(f"no pipeline {name!r}")
 
     def event(self, kind: str, message: str, fields: dict[str, Any]) -> None:
         if self.reporter is not None:
             self.reporter.event(kind, message, fields)
-
-    def reply(self, command: Command, body: dict[str, Any]) -> None:
-        if self.reporter is not None:
-            self.reporter.dispatcher.reply(command, body)
 
     # -- running -----------------------------------------------------------------------------------
 
@@ -257,7 +182,7 @@ class Service:
         return redact_text(self.health.summary(self.health.report(mark=False)))
 
     def _watchdog_tick(self) -> None:
-        problems = self.problems()
+        problems = [] if self.watch is not None and self.watch.pause.settling() else self.problems()
         if problems:
             if problems[0] != self._unhealthy:
                 log.error("watchdog: not pinging systemd: %s", "; ".join(problems))
@@ -293,23 +218,8 @@ class Service:
         self._health_thread = spawn(
             "health", self._health_loop, should_restart=lambda: not self.stop_event.is_set()
         )
-        if self._http is not None:
-            from edge_runtime.http.server import HttpError
-
-            try:
-                self._http.start()
-            except HttpError as exc:  # the daemon's work goes on without its local HTTP face
-                log.error("%s; running without the HTTP API", exc)
-                self.reporter.event("http.unavailable", str(exc), {})
-        if self.config.metrics.enabled:
-            from edge_runtime.reporting.metrics import MetricsServer
-            from edge_runtime.reporting.metrics_http import Limits
-
-            assert self.health is not None
-            m = self.config.metrics
-            limits = Limits(backlog=m.backlog, max_connections=m.max_connections, timeout_s=m.timeout_s)
-            self._metrics = MetricsServer(self.health, m.host, m.port, limits=limits, refresh_s=m.refresh_s)
-            self._metrics.start()
+        assert self._servers is not None and self.health is not None
+        self._servers.start(self.health, self.reporter.event)
         log.info(
             "edge-runtime %s running: device %s, %d pipelines, %d sources, mqtt %s",
             __version__, self.config.device.id, len(self.pipelines), len(self.sources),
@@ -317,38 +227,21 @@ class Service:
         )  # fmt: skip
 
     def _start_runtime(self) -> None:
-        for source in self.sources.values():
-            source.start()
-        for pipeline in self.pipelines:
-            pipeline.start()
-        if self.reporter is not None:  # monitoring follows the sources of the running config
-            refs = {p.name: manifest_reference(p.runners[0].model.path) for p in self.pipelines}
-            self.monitor = Monitor(self.config.monitor, self.sources, self.event, refs)
-            self.monitor.start()
-
-    def _monitor_health(self) -> dict[str, Any]:
-        monitor = self.monitor
-        return {} if monitor is None else {"monitor": monitor.stats()}
+        start_runtime(self.sources.values(), self.pipelines, self.monitor, self.config.monitor)
 
     def _stop_runtime(self, timeout: float = 2.0) -> None:
-        if self.monitor is not None:
-            self.monitor.stop()
-        for pipeline in self.pipelines:
-            pipeline.request_stop()
-        deadline = time.monotonic() + timeout
-        for pipeline in self.pipelines:
-            pipeline.stop(max(0.05, deadline - time.monotonic()))
-        for source in self.sources.values():
-            source.stop(max(0.05, deadline - time.monotonic()))
+        stop_runtime(self.sources.values(), self.pipelines, timeout, self.monitor)
 
     def publish_health(self) -> dict[str, Any]:
         assert self.health is not None and self.reporter is not None
         report = self.health.report()
         report["reloads"] = self.reloads
         report["threads"] = {"crashes": SUPERVISOR.total_crashes(), "crashed": SUPERVISOR.stats()}
+        if self.watch is not None:
+            self.watch.changes.update_doc(report)
         self.reporter.publish_health(report)
-        if self._metrics is not None:
-            self._metrics.refresh(report)
+        if self._servers is not None:
+            self._servers.refresh(report)
         return report
 
     def _health_loop(self) -> None:
@@ -358,8 +251,8 @@ class Service:
         next_t = time.monotonic() + min(interval, 2.0)
         while not self.stop_event.wait(self._health_wait(next_t)):
             try:
-                if self._metrics is not None and time.monotonic() < next_t:
-                    self._metrics.refresh()
+                if self._servers is not None and time.monotonic() < next_t:
+                    self._servers.refresh()
                     continue
                 self.publish_health()
             except (EdgeRuntimeError, OSError, ValueError) as exc:
@@ -369,8 +262,9 @@ class Service:
 
     def _health_wait(self, next_report: float) -> float:
         wait = next_report - time.monotonic()
-        if self._metrics is not None:
-            wait = min(wait, self._metrics.due_in())
+        due = self._servers.metrics_due_in() if self._servers is not None else None
+        if due is not None:
+            wait = min(wait, due)
         return max(0.0, wait)
 
     def run(self, install_signals: bool = True) -> int:
@@ -386,13 +280,14 @@ class Service:
                 self.reporter.stop(flush_timeout=1.0)
             raise
         self.start()
-        self.notifier.ready(self._status_line())
+        self._announce_ready()
         ping_every = self.watchdog_s / 2 if self.watchdog_s else None
         next_ping = time.monotonic()
         next_status = time.monotonic() + 5.0
         try:
             while not self.stop_event.wait(0.1):
                 now = time.monotonic()
+                self._announce_ready()
                 if self._reload_requested.is_set():
                     self._reload_requested.clear()
                     self._do_reload()
@@ -411,6 +306,17 @@ class Service:
             self.shutdown(self.config.device.stop_timeout_s)
         return self.exit_code
 
+    def _announce_ready(self) -> None:
+        """Each main-loop turn: pause detection, and READY=1 once every pipeline produced a result
+        or the start grace passed."""
+        assert self.watch is not None
+        limit = max((self.watchdog_s or 30.0) / 2, 1.0)  # the stuck limit of problems()
+        self.watch.pause.tick(settle_s=limit, min_gap_s=limit / 2)
+        with self._swap_lock:
+            stats = {p.name: {"results": p.results, "finished": p.finished} for p in self.pipelines}
+        if self.watch.ready(stats, time.monotonic() - self.started_mono):
+            self.notifier.ready(self._status_line())
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop within ``timeout`` s: pipelines (the inference in flight ends), sources, then
         the outbox is flushed while the broker is there and ``offline`` is published."""
@@ -423,10 +329,8 @@ class Service:
             self._stop_runtime(min(2.0, timeout / 3))
         for sink in self.sinks:
             sink.close()
-        if self._metrics is not None:
-            self._metrics.stop()
-        if self._http is not None:
-            self._http.stop()
+        if self._servers is not None:
+            self._servers.stop()
         if self.reporter is not None:
             self.reporter.stop(flush_timeout=max(0.5, deadline - time.monotonic() - 1.5))
             log.info("reporting mqtt stats: %s", json.dumps(self.reporter.stats()))
@@ -440,7 +344,20 @@ class Service:
 
     def reload(self) -> str:
         """Re-read the config file; restart sources and pipelines on it. The MQTT connection
-        stays unless its section changed. A config that does not build leaves the old one running."""
+        stays unless its section changed. A config that does not load (bad TOML, a schema error,
+        a missing model) or does not build leaves the old one running, with a
+        ``config.reload_failed`` event and the health degraded until a reload succeeds."""
+        try:
+            summary = self._reload()
+        except EdgeRuntimeError as exc:
+            if self.watch is not None:
+                self.watch.reloaded(exc)
+            raise
+        if self.watch is not None:
+            self.watch.reloaded(None)
+        return summary
+
+    def _reload(self) -> str:
         if self.config_path is None:
             raise EdgeRuntimeError(
                 "reload: this daemon runs the embedded default; there is no file to re-read"
@@ -467,7 +384,7 @@ class Service:
                     pipeline.watch_slot.allow()
                 message = " ".join(str(exc).split())
                 log.error("reload failed, the running config goes on: %s", message)
-                self.reporter.event("config.reload_failed", f"reload failed: {message}", {})
+                # the config.reload_failed event: reload() sends it, for this and every other stage
                 if isinstance(exc, EdgeRuntimeError):
                     raise
                 raise EdgeRuntimeError(f"reload failed: {message}") from exc

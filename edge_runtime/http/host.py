@@ -21,7 +21,9 @@ class Host(Protocol):
     """The daemon, as the HTTP server sees it."""
 
     def http_status(self) -> dict[str, Any]:
-        """``{"device", "state", "version", "uptime_s", "pipelines": [names]}``."""
+        """``{"device", "state", "version", "uptime_s", "pipelines": [names], "health"}``; ``health``
+        is the derived state of the last periodic report: ``{"state", "problems"}`` (state None
+        before the first report)."""
 
     def http_health(self) -> dict[str, Any]:
         """The health document, the same as the MQTT health topic's (made now, not marking)."""

@@ -107,7 +107,9 @@ def routes(ctx: Context) -> list[Route]:
 
     async def readyz(request: Request) -> Response:
         ready, reasons = readiness(ctx)
-        body = {"ready": ready, "pipelines": {k: v or "ready" for k, v in reasons.items()}}
+        health = ctx.host.http_status().get("health") or {}
+        ready = ready and health.get("state") != "failing"  # results are being lost: not ready
+        body = {"ready": ready, "pipelines": {k: v or "ready" for k, v in reasons.items()}, "health": health}
         return json_response(body, 200 if ready else 503)
 
     async def api_status(request: Request) -> Response:

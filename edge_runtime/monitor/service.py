@@ -28,6 +28,7 @@ from edge_runtime.supervision import Supervised, spawn
 log = logging.getLogger(__name__)
 
 Event = Callable[[str, str, dict[str, Any]], None]
+Listener = Callable[[str, dict[str, Any]], None]
 
 
 class _Camera:
@@ -42,30 +43,16 @@ class _Camera:
 
 
 class Monitor:
-    """The device's monitoring of its sources (see the module docstring)."""
+    """The device's monitoring of its sources and results (see the module docstring)."""
 
-    def __init__(
-        self,
-        config: MonitorConfig,
-        sources: Mapping[str, object],
-        event: Event,
-        references: Mapping[str, dict[str, Any] | None] | None = None,
-    ) -> None:
-        """``references``: per pipeline, its first model's drift reference (or None)."""
-        self.config = config
+    def __init__(self, event: Event, listeners: list[Listener] | None = None) -> None:
+        """Idle until :meth:`start`; with ``listeners`` (the daemon's result listeners) it adds
+        itself there to see every emitted result."""
         self.event = event
+        self.config = MonitorConfig()
         self.cameras: dict[str, _Camera] = {}
-        if config.tamper.enabled:
-            for name, source in sources.items():
-                if isinstance(source, FrameSource):
-                    self.cameras[name] = _Camera(source, TamperDetector(config.tamper))
-        self.quality = Quality(config.quality, event) if config.quality.enabled else None
-        d = config.drift
-        self.drift = {
-            name: LiveDrift(ref, d.window, d.min_results)
-            for name, ref in (references or {}).items()
-            if ref is not None and d.enabled
-        }
+        self.quality: Quality | None = None
+        self.drift: dict[str, LiveDrift] = {}
         self.drift_levels: dict[str, str] = {}
         self.latency = LatencyHistograms()
         self._drift_due = 0.0
@@ -74,14 +61,48 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: Supervised | None = None
         self._lock = threading.Lock()
+        if listeners is not None:
+            listeners.append(self._on_result)
 
-    def start(self) -> None:
-        if self._thread is not None or not self.cameras:
-            return
-        self._stop.clear()
-        self._thread = spawn("monitor", self._run, should_restart=lambda: not self._stop.is_set())
+    @classmethod
+    def with_listeners(cls, event: Event) -> tuple[Monitor, list[Listener]]:
+        """A monitor and a list of result listeners that holds it (the daemon's)."""
+        listeners: list[Listener] = []
+        return cls(event, listeners), listeners
+
+    def start(
+        self,
+        config: MonitorConfig,
+        sources: Mapping[str, object],
+        references: Mapping[str, dict[str, Any] | None] | None = None,
+    ) -> None:
+        """Monitor ``sources`` and the results under ``config`` (again after a reload: the windows
+        start over). ``references``: per pipeline, its first model's drift reference (or None)."""
+        self.stop()
+        self.config = config
+        self.cameras = {}
+        if config.tamper.enabled:
+            for name, source in sources.items():
+                if isinstance(source, FrameSource):
+                    self.cameras[name] = _Camera(source, TamperDetector(config.tamper))
+        self.quality = Quality(config.quality, self.event) if config.quality.enabled else None
+        d = config.drift
+        self.drift = {
+            name: LiveDrift(ref, d.window, d.min_results)
+            for name, ref in (references or {}).items()
+            if ref is not None and d.enabled
+        }
+        self.drift_levels = {}
+        if self.cameras:
+            self._stop.clear()
+            self._thread = spawn("monitor", self._run, should_restart=lambda: not self._stop.is_set())
+
+    def _on_result(self, kind: str, doc: dict[str, Any]) -> None:
+        if kind == "result":
+            self.observe(doc)
 
     def stop(self, timeout: float = 2.0) -> None:
+        """End the monitor thread (statistics stay readable)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -1,11 +1,11 @@
 """Calibration data: one adapter per kind, each yielding samples the model's float inputs take.
 
-Kinds: a folder of images (labels from sub-folder names), a video file, an ``.npz`` of input
-arrays (labels in ``labels`` or ``<output>_labels``), and daemon captures (a folder of
-``NAME.json`` + ``NAME.jpg`` pairs; the JSON may hold ``label`` and non-image ``inputs``). Images go
-through :class:`edge_runtime.fusion.ImageBuilder`, the pipeline's own preprocessing, with the
-image binding of ``--config``/``--pipeline`` when given, so calibration sees what inference sees.
-Every bad input is an :class:`OptimizeError` with one line saying which file and why.
+Kinds: a folder of images (labels from sub-folder names), a video file, an ``.npz`` of input arrays
+(labels in ``labels`` or ``<output>_labels``), and daemon captures (a folder of ``NAME.json`` +
+``NAME.jpg`` pairs; the JSON may hold ``label`` and non-image ``inputs``). Images go through
+:class:`edge_runtime.fusion.ImageBuilder`, the pipeline's own preprocessing, with the image binding of
+``--config``/``--pipeline`` when given, so calibration sees what inference sees. Every bad input is an
+:class:`OptimizeError` with one line saying which file and why.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ from edge_runtime.runtime.model import TensorSpec
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mjpg", ".mjpeg"})
-# Bounds: at most this many samples are read, and at most this many bytes of input arrays kept.
-MAX_SAMPLES_LIMIT = 100_000
-MAX_BYTES = 1 << 30
+MAX_SAMPLES_LIMIT, MAX_BYTES = 100_000, 1 << 30  # at most this many samples read, bytes of arrays kept
 
 
 @dataclass(frozen=True)

@@ -432,6 +432,9 @@ class Pipeline:
             "last_error": self.last_error,
             "fps_in": self.fps_in.rate(),
             "fps_out": self.fps_out.rate(),
+            "last_trigger_age_s": self.fps_in.last_age(),
+            "last_result_age_s": self.fps_out.last_age(),
+            "finished": self.finished,
             "paused": self.paused,
             "latency_ms": {k: v.percentiles() for k, v in self.latency.items()},
             "models": [

@@ -12,7 +12,10 @@ report's "since the last report" window alone.
 
 Exposed families (all prefixed ``edge_runtime_``; times in seconds, as Prometheus wants):
 
-- ``build_info{version,device}``, ``uptime_seconds``, ``health_ok``, ``problems``
+- ``build_info{version,device}``, ``uptime_seconds``, ``health_ok`` (1 only when the derived state
+  is ok: 0 while results are lost), ``health_state`` (0 ok, 1 degraded, 2 failing), ``problems``,
+  ``component_ok{component}`` (one per component of the derived state), ``pipeline_ok``,
+  ``source_ok``, ``outbox_ok``, ``health_truncations_total``
 - per ``pipeline``: ``pipeline_results_total``, ``pipeline_triggers_total``,
   ``pipeline_dropped_frames_total``, ``pipeline_skipped_stale_total``, ``pipeline_errors_total``,
   ``pipeline_fps_in``, ``pipeline_fps_out``, ``pipeline_paused``,
@@ -20,7 +23,8 @@ Exposed families (all prefixed ``edge_runtime_``; times in seconds, as Prometheu
 - per ``source``: ``source_up{type}`` (1 up, 0 otherwise), ``source_reconnects_total``,
   ``source_samples_total``, ``source_parse_errors_total``, ``source_rate_hz`` (serial rate or
   camera fps), ``source_last_sample_age_seconds``
-- ``outbox_depth``, ``outbox_bytes``, ``outbox_dropped_total``, ``outbox_oldest_age_seconds``
+- ``outbox_depth``, ``outbox_bytes``, ``outbox_dropped_total``, ``outbox_oldest_age_seconds``,
+  ``outbox_store_errors_total`` (results and events that could not be stored)
 - ``mqtt_connected``, ``mqtt_reconnects_total`` (reconnections that succeeded, health's
   ``mqtt.reconnects``)
 - ``metrics_snapshot_age_seconds`` (how old the served snapshot is)
@@ -145,8 +149,38 @@ def families(doc: Mapping[str, Any], disk_path: str = "") -> list[Metric]:
         device=doc["device"],
     )
     f.gauge("uptime_seconds", "Seconds since the daemon started.", doc.get("uptime_s"))
-    f.gauge("health_ok", "1 when the health state is ok, 0 when degraded.", doc.get("state") == "ok")
+    f.gauge(
+        "health_ok", "1 when the health state is ok, 0 when degraded or failing.", doc.get("state") == "ok"
+    )
+    f.gauge(
+        "health_state",
+        "Derived health state: 0 ok, 1 degraded, 2 failing.",
+        {"ok": 0, "degraded": 1, "failing": 2}.get(str(doc.get("state")), 2),
+    )
     f.gauge("problems", "Problems in the health document.", len(doc.get("problems") or []))
+    f.counter("health_truncations", "Health documents cut to their size bound.", doc.get("truncations"))
+    components: Mapping[str, Mapping[str, Any]] = doc.get("components") or {}
+    for key, c in components.items():
+        f.gauge(
+            "component_ok",
+            "1 when this component's derived state is ok.",
+            c.get("state") == "ok",
+            component=key,
+        )
+        kind, _, name = key.partition("/")
+        if kind in ("pipeline", "source") and name:
+            f.gauge(
+                f"{kind}_ok",
+                f"1 when the {kind}'s derived state is ok.",
+                c.get("state") == "ok",
+                **{kind: name},
+            )
+        elif kind == "outbox":
+            f.gauge(
+                "outbox_ok",
+                "1 when every result is stored (no store errors, disk above the reserve).",
+                c.get("state") == "ok",
+            )
 
     for name, p in (doc.get("pipelines") or {}).items():
         for key, help_ in (
@@ -200,6 +234,9 @@ def families(doc: Mapping[str, Any], disk_path: str = "") -> list[Metric]:
         f.gauge("outbox_depth", "Messages waiting in the outbox.", outbox.get("depth"))
         f.gauge("outbox_bytes", "Bytes waiting in the outbox.", outbox.get("bytes"))
         f.counter("outbox_dropped", "Messages dropped by the outbox bounds.", outbox.get("dropped"))
+        f.counter(
+            "outbox_store_errors", "Results and events that could not be stored.", outbox.get("store_errors")
+        )
         f.gauge("outbox_oldest_age_seconds", "Age of the oldest waiting message.", outbox.get("oldest_age_s"))
     mqtt = doc.get("mqtt")
     if mqtt is not None:

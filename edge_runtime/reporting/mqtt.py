@@ -36,6 +36,10 @@ MAX_QUEUED_DIRECT = 1024
 STALL_S = 60.0  # in-flight messages unacknowledged this long while connected are sent again
 
 
+def _writes_stay_on_the_network_thread(client: Any, userdata: Any, sock: Any) -> None:
+    """paho's socket-write callback: nothing to do, loop() on the network thread writes."""
+
+
 def read_password(path: Path) -> str:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -83,13 +87,17 @@ class MqttLink:
             reconnect_on_failure=False,
         )
         self.client.enable_logger(logging.getLogger("edge_runtime.paho"))
+        # Without a loop thread of its own (the network thread drives loop()), paho writes a new
+        # packet to the socket from the publishing thread itself, while loop() may be writing too:
+        # two threads pop the send queue and send concurrently, so adjacent messages went out
+        # swapped (seen at full rate: seq 1470 before 1469) and a partial write could interleave two
+        # packets. With a socket-write callback paho only queues the packet and wakes select();
+        # every write is then made by loop() on the network thread, in order.
+        self.client.on_socket_register_write = _writes_stay_on_the_network_thread
         self.client.max_inflight_messages_set(cfg.max_inflight)
         # paho keeps unacknowledged QoS 1 messages in memory: bounded, so a flood of commands
         # whose replies the broker is slow to take cannot grow it (the outbox holds the rest)
         self.client.max_queued_messages_set(cfg.max_inflight + MAX_QUEUED_DIRECT)
-        self.client.will_set(
-            topics.status, status_payload("offline", version, pipelines, reason="lost"), qos=1, retain=True
-        )
         if cfg.username:
             password = read_password(password_file) if password_file is not None else None
             self.client.username_pw_set(cfg.username, password)
@@ -126,6 +134,8 @@ class MqttLink:
         self._inflight: list[tuple[int, Any, float]] = []  # (outbox id, MQTTMessageInfo, sent at)
         self._last_id = 0
         self._last_ack = time.monotonic()
+        self._forwarding_on = 0  # the connection (``connects``) the forwarder last published on
+        self._resent: set[int] = set()  # outbox ids in flight across a reconnect: paho sends them again
         self._wake = threading.Event()  # a new message in the outbox, an acknowledgement, a stop
         outbox.watch(self._wake)
         self._net: threading.Thread | None = None
@@ -231,13 +241,19 @@ class MqttLink:
     def _network(self) -> None:
         from paho.mqtt.client import MQTT_ERR_SUCCESS
 
-        first = True
+        from edge_runtime.recovery import tcp_probe, wait_for_peer
+
+        probe, first = tcp_probe(self.cfg.host, self.cfg.port), True
         while not self._stop.is_set() and not self._closing:
             if not first:
                 self.reconnects += 1
-                if self._stop.wait(self._backoff.next_delay()):
+                if wait_for_peer(self._stop, self._backoff.next_delay(), probe):
+                    self._backoff.reset()  # the broker's port accepts again: connect now
+                if self._stop.is_set():
                     break
             first = False
+            lost = status_payload("offline", self.version, self.pipelines, reason="lost")
+            self.client.will_set(self.topics.status, lost, qos=1, retain=True)  # ts: this connection's
             try:
                 if self._v5:
                     self.client.connect(
@@ -304,8 +320,18 @@ class MqttLink:
                 "mqtt: %d messages unacknowledged for %.0f s; sending again", len(self._inflight), STALL_S
             )
             self._inflight.clear()
+            self._resent.clear()
             self._last_id = 0
             self._last_ack = time.monotonic()
+        if self.connects != self._forwarding_on:  # a new connection since the last look
+            self._forwarding_on = self.connects
+            self._resent = {entry[0] for entry in self._inflight}
+        if self._resent and any(entry[0] in self._resent for entry in self._inflight):
+            # paho sends what was in flight again right after the CONNACK: nothing newer goes out
+            # before the broker acknowledged it, so the backlog drains in order after a reconnect
+            self._wake.wait(0.05)
+            return
+        self._resent.clear()
         room = self.cfg.max_inflight - len(self._inflight)
         if room <= 0:
             self._wake.wait(0.05)  # an acknowledgement makes room
@@ -375,20 +401,21 @@ class MqttLink:
         """Publish the final status (retained) when connected and disconnect cleanly, so the
         broker does not send the last will."""
         self._closing = True
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # the whole stop, whatever the broker does
         if state_payload is not None and self.connected.is_set():
             info = self.client.publish(self.topics.status, state_payload, qos=1, retain=True)
-            while not info.is_published() and self.connected.is_set() and time.monotonic() < deadline:
+            half = time.monotonic() + timeout / 2  # a frozen broker never acknowledges it
+            while not info.is_published() and self.connected.is_set() and time.monotonic() < half:
                 time.sleep(0.01)
         if self.connected.is_set():
             self.client.disconnect()
-            while self.connected.is_set() and time.monotonic() < deadline + 1.0:
+            while self.connected.is_set() and time.monotonic() < deadline - 0.1:
                 time.sleep(0.01)
         self._stop.set()
         self._wake.set()
         for thread in (self._fwd, self._net):
             if thread is not None:
-                thread.join(timeout)
+                thread.join(max(0.05, deadline - time.monotonic()))
         self.outbox.unwatch(self._wake)
         try:
             self._collect_acks()

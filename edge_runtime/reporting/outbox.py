@@ -7,7 +7,9 @@ before a checkpoint, never the database. Each pipeline's last ``seq`` is upserte
 transaction as its message, so a restart neither repeats nor skips a sequence number.
 
 The outbox is bounded (message count and payload bytes): when full, the oldest messages are dropped
-and counted in a persisted ``dropped`` counter. One connection serves every thread behind a lock;
+and counted in a persisted ``dropped`` counter. The write-ahead log is bounded by ``wal_bytes``,
+and below ``reserve_bytes`` of free disk nothing new is stored (:class:`OutboxError`, ``ENOSPC``)
+until space returns: see :mod:`.diskbudget`. One connection serves every thread behind a lock;
 a ``<name>.lock`` file (flock) keeps a second process or instance off the same database.
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.reporting.diskbudget import default_wal_bytes, files_bytes, reserve_error
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +117,24 @@ def _make_dirs(directory: Path) -> None:
 class Outbox:
     """A bounded, durable FIFO of MQTT messages plus each pipeline's last ``seq``; thread-safe."""
 
-    def __init__(self, path: Path, max_bytes: int = 64 * 1024 * 1024, max_count: int = 200_000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = 64 * 1024 * 1024,
+        max_count: int = 200_000,
+        *,
+        wal_bytes: int | None = None,
+        reserve_bytes: int = 0,
+    ) -> None:
         if max_bytes < 1 or max_count < 1:
             raise ValueError(f"outbox bounds must be positive: max_bytes={max_bytes}, max_count={max_count}")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.max_count = max_count
+        self.wal_bytes = wal_bytes if wal_bytes is not None else default_wal_bytes(max_bytes)
+        self.reserve_bytes = reserve_bytes
+        self.refused_reserve = 0
+        """Puts refused because free disk was below ``reserve_bytes``."""
         self.corrupt_moved_to: Path | None = None  # set by open_outbox when it replaced a corrupt file
         self._lock = threading.Lock()
         self._closed = False
@@ -159,14 +174,12 @@ class Outbox:
             if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
                 raise OutboxError(f"{self.path}: outbox cannot use a WAL journal on this filesystem")
             conn.execute("PRAGMA synchronous=NORMAL")
-            # keep the write-ahead log small next to the bound: a checkpoint every ~1/8 of
-            # max_bytes (at least 16 pages), and the log file truncated back after it
+            # keep the write-ahead log small: a checkpoint every wal_bytes (at least 16 pages),
+            # and the log file truncated back to wal_bytes after it
             page = conn.execute("PRAGMA page_size").fetchone()[0] or 4096
-            pages = max(16, min(1000, self.max_bytes // 8 // page))
+            pages = max(16, self.wal_bytes // page)
             conn.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
-            conn.execute(
-                f"PRAGMA journal_size_limit={int(min(8 * 1024 * 1024, max(65536, self.max_bytes // 8)))}"
-            )
+            conn.execute(f"PRAGMA journal_size_limit={int(max(self.wal_bytes, 16 * page))}")
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise OutboxCorruptError(f"{self.path}: outbox database is corrupt: {check}")
@@ -255,6 +268,7 @@ class Outbox:
         ids: list[int] = []
         with self._lock:
             conn = self._live()
+            self._check_reserve()
             with self._transaction(conn, "put"):
                 for topic, payload, qos, retain, seq in items:
                     ids.append(conn.execute(_INSERT, (topic, payload, qos, int(retain), now)).lastrowid or 0)
@@ -270,6 +284,32 @@ class Outbox:
                 log.warning("outbox %s is full: dropping the oldest messages until acks make room", self.path)
             self._dropping = self._dropping or dropped > 0
         return ids
+
+    def _check_reserve(self) -> None:
+        low = (
+            reserve_error(self.path.parent, self.reserve_bytes, self._reusable())
+            if self.reserve_bytes
+            else None
+        )
+        if low is not None:
+            self.refused_reserve += 1
+            raise OutboxError(low.errno, low.strerror, str(self.path))
+
+    def _reusable(self) -> int:
+        try:
+            page = self._conn.execute("PRAGMA page_size").fetchone()[0]
+            return int(self._conn.execute("PRAGMA freelist_count").fetchone()[0] * page)
+        except sqlite3.Error:
+            return 0
+
+    def reusable_bytes(self) -> int:
+        """Free pages inside the database file: room for new messages without growing it."""
+        with self._lock:
+            return 0 if self._closed else self._reusable()
+
+    def disk_bytes(self) -> int:
+        """Bytes the outbox takes on disk: the database, its write-ahead log and shared memory file."""
+        return files_bytes(self.path)
 
     def peek(self, limit: int = 100, after_id: int = 0) -> list[OutboxMessage]:
         """Up to ``limit`` messages with ``id > after_id``, oldest first."""
@@ -380,7 +420,14 @@ def _move_aside(path: Path) -> Path:
     return target
 
 
-def open_outbox(path: Path, max_bytes: int = 64 * 1024 * 1024, max_count: int = 200_000) -> Outbox:
+def open_outbox(
+    path: Path,
+    max_bytes: int = 64 * 1024 * 1024,
+    max_count: int = 200_000,
+    *,
+    wal_bytes: int | None = None,
+    reserve_bytes: int = 0,
+) -> Outbox:
     """Open the outbox; a corrupt file is moved to ``<name>.corrupt-<UTC time>`` and a fresh one started.
 
     The returned outbox's ``corrupt_moved_to`` names the moved file (for the daemon's event), else None.
@@ -388,10 +435,10 @@ def open_outbox(path: Path, max_bytes: int = 64 * 1024 * 1024, max_count: int = 
     """
     path = Path(path)
     try:
-        return Outbox(path, max_bytes, max_count)
+        return Outbox(path, max_bytes, max_count, wal_bytes=wal_bytes, reserve_bytes=reserve_bytes)
     except OutboxCorruptError as exc:
         moved = _move_aside(path)
         log.warning("%s; moved it to %s and started an empty outbox", exc, moved)
-    box = Outbox(path, max_bytes, max_count)
+    box = Outbox(path, max_bytes, max_count, wal_bytes=wal_bytes, reserve_bytes=reserve_bytes)
     box.corrupt_moved_to = moved
     return box

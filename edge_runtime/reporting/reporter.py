@@ -17,7 +17,9 @@ from typing import Any
 from edge_runtime.config import Config
 from edge_runtime.redaction import redact_text, redact_tree
 from edge_runtime.reporting.commands import CommandDispatcher
+from edge_runtime.reporting.diskbudget import payload_bound
 from edge_runtime.reporting.outbox import Outbox, OutboxError, open_outbox
+from edge_runtime.reporting.seqstate import SeqReservations, salvage
 from edge_runtime.reporting.topics import Topics, dumps, event_payload, status_payload
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class Reporter:
         self.outbox: Outbox | None = None
         self.link: Any = None
         self.store_errors = 0
+        self.last_store_error = ""
         self._final_outbox: dict[str, Any] | None = None
         self._last_store_log = float("-inf")
         self._logged_errors = 0
@@ -47,16 +50,58 @@ class Reporter:
             return
         state = config.device.state_dir
         self.outbox = open_outbox(
-            state / "outbox.sqlite", max_bytes=config.outbox.max_bytes, max_count=config.outbox.max_count
+            state / "outbox.sqlite",
+            max_bytes=payload_bound(config.outbox.max_bytes),
+            max_count=config.outbox.max_count,
+            reserve_bytes=config.outbox.reserve_bytes,
         )
+        self.seq_file = SeqReservations(state / "seq.json")
+        self._seq_floor: dict[str, int] = {}
         self.link = self._make_link(config)
         moved = getattr(self.outbox, "corrupt_moved_to", None)
         if moved is not None:
-            self.event(
-                "outbox.corrupt",
-                f"the outbox was unreadable and was moved to {moved}; a new one was started",
-                {},
-            )
+            self._recover(moved)
+
+    def _recover(self, moved: Path) -> None:
+        """After a corrupt outbox was moved aside: store its intact messages again (they are
+        delivered like any other) and continue each pipeline's ``seq`` above everything it or the
+        reservation file knew."""
+        assert self.outbox is not None
+        found = salvage(moved)
+        stored = 0
+        for start in range(0, len(found.rows), 500):
+            batch = found.rows[start : start + 500]
+            try:
+                self.outbox.put_many([(t, p, q, r, None) for t, p, q, r in batch])
+                stored += len(batch)
+            except OutboxError as exc:
+                log.error("salvaged messages from %s not stored: %s", moved, exc)
+                break
+        names = set(found.seqs) | set(self.pipelines)
+        for name in names:
+            self._seq_floor[name] = max(found.seqs.get(name, 0), self.seq_file.reserved(name))
+        if not found.is_database:
+            lost = f"the file is not a readable database ({found.error}): how many it held is unknown"
+        elif found.unreadable is not None:
+            lost = f"{found.unreadable} unreadable"
+        else:
+            lost = f"at most {found.lost_at_most} unreadable ({found.error})"
+        message = (
+            f"the outbox was unreadable and was moved to {moved}; a new one was started; "
+            f"{stored} intact messages salvaged and queued again, {lost}; seq continues above "
+            + (", ".join(f"{k}={v}" for k, v in sorted(self._seq_floor.items())) or "0")
+        )
+        self.event(
+            "outbox.corrupt",
+            message,
+            {
+                "moved_to": str(moved),
+                "salvaged": stored,
+                "lost": found.unreadable,
+                "lost_at_most": found.lost_at_most,
+                "seq_floor": self._seq_floor,
+            },
+        )
 
     def _make_link(self, config: Config) -> Any:
         from edge_runtime.reporting.mqtt import MqttLink
@@ -107,14 +152,17 @@ class Reporter:
                 retain=True,
             )
 
-    def stop(self, flush_timeout: float = 5.0) -> None:
-        """Flush what the outbox holds while the broker is there, then ``offline`` and disconnect."""
+    def stop(self, flush_timeout: float = 5.0, disconnect_timeout: float = 1.0) -> None:
+        """Flush what the outbox holds while the broker is there (up to ``flush_timeout``), then
+        ``offline`` and disconnect (up to ``disconnect_timeout``, even from a frozen broker)."""
         self.dispatcher.stop()
         if self.link is not None:
             flushed = self.link.flush(flush_timeout)
             if not flushed and self.outbox is not None:
                 log.info("outbox keeps %d messages for the next start", self.outbox.stats()["depth"])
-            self.link.stop(status_payload("offline", self.version, self.pipelines))
+            self.link.stop(
+                status_payload("offline", self.version, self.pipelines), timeout=disconnect_timeout
+            )
         if self.outbox is not None:
             self._final_outbox = self.outbox_stats()
             self.outbox.close()
@@ -122,7 +170,14 @@ class Reporter:
     # -- what the daemon reports ----------------------------------------------------------------
 
     def last_seq(self, pipeline: str) -> int:
-        return self.outbox.last_seq(pipeline) if self.outbox is not None else 0
+        """The last ``seq`` of ``pipeline``: from the outbox, or after the outbox was lost (moved
+        aside, deleted) from the salvaged file and the reservation file, so none is reused."""
+        if self.outbox is None:
+            return 0
+        stored = self.outbox.last_seq(pipeline)
+        if stored == 0:
+            stored = self.seq_file.reserved(pipeline)
+        return max(stored, self._seq_floor.get(pipeline, 0))
 
     def publish(self, result: dict[str, Any]) -> None:
         """A result (a sink): stored in the outbox with its seq, then forwarded."""
@@ -130,6 +185,7 @@ class Reporter:
             return
         pipeline = result["pipeline"]
         qos = self.config.mqtt.results.qos
+        self.seq_file.ensure(pipeline, int(result["seq"]))
         try:
             self.outbox.put(
                 self.topics.results(pipeline),
@@ -141,6 +197,7 @@ class Reporter:
         except OutboxError as exc:
             with self._lock:
                 self.store_errors += 1
+                self.last_store_error = str(exc)
             self._store_error(f"result {pipeline}/{result['seq']}", exc)
 
     def _store_error(self, what: str, exc: Exception) -> None:
@@ -174,7 +231,10 @@ class Reporter:
         except OutboxError as exc:
             with self._lock:
                 self.store_errors += 1
+                self.last_store_error = str(exc)
             self._store_error(f"event {kind}", exc)
+            if self.link is not None:  # not stored (a full disk): still sent while connected
+                self.link.publish_now(self.topics.events, payload, qos=1)
 
     def publish_health(self, report: dict[str, Any]) -> bool:
         if self.link is None:
@@ -211,4 +271,12 @@ class Reporter:
             return self._final_outbox
         if self.outbox is None:
             return None
-        return {**self.outbox.stats(), "store_errors": self.store_errors}
+        return {
+            **self.outbox.stats(),
+            "store_errors": self.store_errors,
+            "last_store_error": self.last_store_error,
+            "disk_bytes": self.outbox.disk_bytes(),
+            "reusable_bytes": self.outbox.reusable_bytes(),
+            "refused_reserve": self.outbox.refused_reserve,
+            "seq_file_errors": self.seq_file.write_errors,
+        }

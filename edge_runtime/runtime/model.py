@@ -99,6 +99,7 @@ class Model:
         self.failures: list[DelegateFailure] = []
         self.delegate = ""
         self._interpreter: Any = None
+        self._error_text = ""  # the runtime's error buffer as of the last failed invoke
         self._delegate_object: Any = None
         for delegate in self.chain:
             try:
@@ -167,7 +168,17 @@ class Model:
         try:
             self._interpreter.invoke()
         except (RuntimeError, ValueError) as exc:
-            raise InvokeError(f"{self.path.name}: invoke failed: {exc}") from exc
+            raise InvokeError(f"{self.path.name}: invoke failed: {self._new_error_text(str(exc))}") from exc
+
+    def _new_error_text(self, text: str) -> str:
+        """What this failure added to the runtime's error text. The error reporter of LiteRT (and
+        tflite-runtime) never empties its buffer (``stringstream::clear()`` resets its flags, not its
+        text), so each error's message holds every earlier one: the same failure would read as a new
+        error every time (one event per failure instead of one per new error) and grow without end."""
+        seen, self._error_text = self._error_text, text
+        if seen and len(text) > len(seen) and text.startswith(seen):
+            return text[len(seen) :]
+        return text
 
     def output(self, position: int) -> npt.NDArray[Any]:
         """A copy of output ``position`` after :meth:`run`."""

@@ -29,12 +29,22 @@ log = logging.getLogger(__name__)
 
 
 class BackoffConfig(BaseModel):
-    """Reconnect delays: ``initial_s``, multiplied by ``factor`` after each failure, capped at ``max_s``."""
+    """Reconnect delays: ``initial_s``, multiplied by ``factor`` after each failure, capped at ``max_s``.
+
+    A source comes back at most ``max_s`` (plus jitter) after its peer does, sooner when the peer
+    can be watched (a device node or file that reappears: see :mod:`edge_runtime.recovery`).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     initial_s: float = Field(0.5, gt=0, le=3600, description="First delay after a failure, in seconds.")
-    max_s: float = Field(30.0, gt=0, le=86400, description="Longest delay between attempts, in seconds.")
+    max_s: float = Field(
+        1.0,
+        gt=0,
+        le=86400,
+        description="Longest delay between attempts, in seconds: bounds how long recovery takes "
+        "after the peer is back.",
+    )
     factor: float = Field(2.0, ge=1.0, le=100, description="Growth of the delay after each failure.")
     jitter: float = Field(0.1, ge=0, le=1, description="Random spread, as a share of the delay.")
 
@@ -121,6 +131,7 @@ class Source(abc.ABC):
         self.clock = clock
         self.state = "stopped"
         self.last_error = ""
+        self.down_cause = ""  # why the current outage began (last_error: the latest failure)
         self.reconnects = 0
         self.samples = 0
         self.last_sample_mono: float | None = None
@@ -141,10 +152,15 @@ class Source(abc.ABC):
 
     def _set_state(self, state: str, detail: str = "") -> None:
         if state == self.state:
+            if state == "down" and detail and detail != self.last_error:  # a new cause while down
+                self.last_error = detail
+                log.warning("source %s is still down: %s", self.name, detail)
             return
         self.state = state
         if detail:
             self.last_error = detail if state == "down" else self.last_error
+        if state == "down":
+            self.down_cause = detail or "no data"
         level = logging.WARNING if state == "down" else logging.INFO
         log.log(level, "source %s is %s%s", self.name, state, f": {detail}" if detail else "")
         for listener in self._listeners:
@@ -192,7 +208,7 @@ class Source(abc.ABC):
                 self._open()
             except SourceError as exc:
                 self._set_state("down", str(exc))
-                self._sleep(self._backoff.next_delay())
+                self._wait_reconnect()
                 self.reconnects += 1
                 continue
             self._set_state("up")
@@ -210,13 +226,25 @@ class Source(abc.ABC):
                 break
             if self.state != "down":
                 self._set_state("down", "stream ended or device gone")
-            self._sleep(self._backoff.next_delay())
+            self._wait_reconnect()
             self.reconnects += 1
         if self.finished:
             self._set_state("finished")
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
+
+    def _wait_reconnect(self) -> None:
+        """The backoff delay, cut short (and the backoff reset) when the peer is seen again."""
+        from edge_runtime.recovery import wait_for_peer
+
+        if wait_for_peer(self._stop, self._backoff.next_delay(), self._peer_probe()):
+            log.info("source %s: its device is back; reconnecting now", self.name)
+            self._backoff.reset()
+
+    def _peer_probe(self) -> Callable[[], bool] | None:
+        """A cheap check that the device is there again (None: none; subclasses override)."""
+        return None
 
     # -- subclass hooks --------------------------------------------------------------------------
 
@@ -266,4 +294,5 @@ class Source(abc.ABC):
             "reconnects": self.reconnects,
             "last_sample_age_s": None if age is None else round(age, 3),
             "last_error": self.last_error,
+            "down_cause": self.down_cause if self.state == "down" else "",
         }

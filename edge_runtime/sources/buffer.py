@@ -54,26 +54,40 @@ class Ring:
 
 
 class SensorBuffers:
-    """Named channels, each a :class:`Ring`, behind one lock."""
+    """Named channels, each a :class:`Ring`, behind one lock.
 
-    def __init__(self, capacity: int, channels: Iterable[str] = ()) -> None:
+    Channels named up front always exist; others are added as values arrive, up to
+    ``max_channels`` in all (None: no cap). Values for a channel past the cap are refused and
+    counted in :attr:`refused`, so input with ever new keys cannot grow memory.
+    """
+
+    def __init__(self, capacity: int, channels: Iterable[str] = (), max_channels: int | None = None) -> None:
         self.capacity = capacity
         self._lock = threading.Lock()
         self._rings: dict[str, Ring] = {c: Ring(capacity) for c in channels}
+        self.max_channels = max_channels
+        self.refused = 0
+        """Values refused because their channel would pass ``max_channels``."""
 
     @property
     def channels(self) -> list[str]:
         with self._lock:
             return list(self._rings)
 
-    def append(self, t: float, values: Mapping[str, float]) -> None:
-        """Store one line's values, all at time ``t``."""
+    def append(self, t: float, values: Mapping[str, float]) -> int:
+        """Store one line's values, all at time ``t``; returns how many were refused (cap)."""
+        refused = 0
         with self._lock:
             for name, value in values.items():
                 ring = self._rings.get(name)
                 if ring is None:
+                    if self.max_channels is not None and len(self._rings) >= self.max_channels:
+                        refused += 1
+                        continue
                     ring = self._rings[name] = Ring(self.capacity)
                 ring.append(t, value)
+            self.refused += refused
+        return refused
 
     def window(self, channel: str, since: float | None = None) -> tuple[FloatArray, FloatArray]:
         """Ordered copies of one channel's (times, values); empty arrays for an unknown channel."""

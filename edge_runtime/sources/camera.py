@@ -140,6 +140,7 @@ class CameraSource(Source):
         self._index = 0
         self._last_frame_at = 0.0
         self._recent: collections.deque[float] = collections.deque()
+        self._fps_since = clock()
 
     # -- consumers -----------------------------------------------------------------------------------
 
@@ -208,7 +209,9 @@ class CameraSource(Source):
         cap = cv2.VideoCapture(target, backends[api], params)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot open camera {self.label} (backend {api})")
+            from edge_runtime.recovery import why_unopenable
+
+            raise SourceError(f"cannot open camera {self.label} (backend {api}): {why_unopenable(target)}")
         if kind == "device":
             if self.cfg.width is not None:
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)
@@ -233,6 +236,14 @@ class CameraSource(Source):
         cap, self._cap = self._cap, None
         if cap is not None:
             cap.release()
+
+    def _peer_probe(self) -> Callable[[], bool] | None:
+        from edge_runtime.recovery import path_probe
+
+        uri = self.cfg.uri
+        if self.uri_kind in ("file", "device") and isinstance(uri, str) and uri.startswith("/"):
+            return path_probe(uri)
+        return None
 
     def _close(self) -> None:
         self._release()
@@ -342,10 +353,9 @@ class CameraSource(Source):
     def measured_fps(self) -> float:
         """Frames released per second over the last few seconds."""
         now = self.clock()
-        times = [t for t in list(self._recent) if t >= now - FPS_WINDOW_S]
-        if len(times) < 2:
-            return 0.0
-        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
+        count = sum(1 for t in list(self._recent) if t > now - FPS_WINDOW_S)
+        span = min(FPS_WINDOW_S, now - self._fps_since)  # decays to 0 within the window when frames stop
+        return count / span if count and span > 0 else 0.0
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()

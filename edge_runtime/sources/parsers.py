@@ -236,8 +236,13 @@ def parse_nmea(line: str) -> Values:
     return handler(fields)
 
 
+MAX_REASONS = 32
+"""Distinct parse-error reasons kept by an :class:`ErrorTally`; later new ones count as ``other``."""
+
+
 class ErrorTally:
-    """Thread-safe counts of rejected lines by reason (the ParseError message)."""
+    """Thread-safe counts of rejected lines by reason (the ParseError message), at most
+    :data:`MAX_REASONS` reasons (the rest are counted under ``other``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -246,6 +251,8 @@ class ErrorTally:
 
     def add(self, reason: str) -> None:
         with self._lock:
+            if reason not in self._counts and len(self._counts) >= MAX_REASONS - 1:
+                reason = "other"
             self._counts[reason] = self._counts.get(reason, 0) + 1
             self.total += 1
 

@@ -53,6 +53,13 @@ class ReplayConfig(SourceConfigBase):
     capacity: int = Field(
         default=4096, ge=2, le=10_000_000, description="Values kept per channel (ring buffer size)."
     )
+    max_channels: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Without 'channels': at most this many channels are discovered; values of "
+        "further keys are refused, counted (channels_refused) and logged once.",
+    )
 
 
 class ReplaySource(CountsParseErrors, Source):
@@ -63,7 +70,9 @@ class ReplaySource(CountsParseErrors, Source):
     def __init__(self, name: str, config: ReplayConfig, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(name, config, clock)
         self.cfg = config
-        self.buffers = SensorBuffers(config.capacity, config.channels or ())
+        self.buffers = SensorBuffers(
+            config.capacity, config.channels or (), None if config.channels else config.max_channels
+        )
         self.rows = 0
         """Rows played (stored)."""
         self.ignored = 0
@@ -71,6 +80,7 @@ class ReplaySource(CountsParseErrors, Source):
         self.loops = 0
         self.resyncs = 0
         self._errors = ErrorTally()
+        self._refusal_logged = False
         self._wanted = frozenset(config.channels) if config.channels is not None else None
         self._file: IO[bytes] | None = None
         self._header: list[str] = []
@@ -180,7 +190,12 @@ class ReplaySource(CountsParseErrors, Source):
         if not values:
             self.ignored += 1
             return
-        self.buffers.append(due, values)
+        if self.buffers.append(due, values) and not self._refusal_logged:
+            self._refusal_logged = True  # once: the count is in the stats and the health state
+            log.warning(
+                "replay %s: more than %d channels; values of new keys are refused and counted",
+                self.name, self.cfg.max_channels,
+            )  # fmt: skip
         self.rows += 1
         self._publish(due)
 
@@ -214,5 +229,7 @@ class ReplaySource(CountsParseErrors, Source):
             parse_errors=self.parse_errors,
             parse_errors_total=self.parse_errors_total,
             channels=self.buffers.channels,
+            max_channels=self.buffers.max_channels,
+            channels_refused=self.buffers.refused,
         )
         return out

@@ -62,6 +62,13 @@ class SerialConfig(SourceConfigBase):
     channels: list[str] | None = Field(
         default=None, description="Parsed values to keep, by channel name; default: all of them."
     )
+    max_channels: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Without 'channels': at most this many channels are discovered; values of "
+        "further keys are refused, counted (channels_refused) and logged once.",
+    )
     capacity: int = Field(
         default=4096, ge=2, le=10_000_000, description="Values kept per channel (ring buffer size)."
     )
@@ -152,7 +159,9 @@ class SerialSource(CountsParseErrors, Source):
     def __init__(self, name: str, config: SerialConfig, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(name, config, clock)
         self.cfg = config
-        self.buffers = SensorBuffers(config.capacity, config.channels or ())
+        self.buffers = SensorBuffers(
+            config.capacity, config.channels or (), None if config.channels else config.max_channels
+        )
         self.lines = 0
         """Good lines stored."""
         self.ignored = 0
@@ -164,6 +173,7 @@ class SerialSource(CountsParseErrors, Source):
         self._recent: collections.deque[float] = collections.deque()
         self._rate_since = 0.0
         self._port: Any = None
+        self._refusal_logged = False
 
     # -- Source hooks ---------------------------------------------------------------------------
 
@@ -200,6 +210,11 @@ class SerialSource(CountsParseErrors, Source):
             self.feed(data, self.clock())
         return True
 
+    def _peer_probe(self) -> Callable[[], bool] | None:
+        from edge_runtime.recovery import path_probe
+
+        return path_probe(self.cfg.port) if self.cfg.port.startswith("/") else None
+
     def _close(self) -> None:
         port, self._port = self._port, None
         if port is not None:
@@ -234,7 +249,13 @@ class SerialSource(CountsParseErrors, Source):
             if not values:
                 self.ignored += 1
                 return
-        self.buffers.append(t_mono, values)
+        if self.buffers.append(t_mono, values) and not self._refusal_logged:
+            self._refusal_logged = True  # once: the count is in the stats and the health state
+            log.warning(
+                "serial source %s: more than %d channels; values of new keys are refused and counted "
+                "(set 'channels' to choose, or raise 'max_channels')",
+                self.name, self.cfg.max_channels,
+            )  # fmt: skip
         self.lines += 1
         self._recent.append(t_mono)
         while self._recent[0] < t_mono - RATE_WINDOW_S:
@@ -260,5 +281,7 @@ class SerialSource(CountsParseErrors, Source):
             parse_errors_total=self.parse_errors_total,
             rate_hz=round(self.rate(), 2),
             channels=self.buffers.channels,
+            max_channels=self.buffers.max_channels,
+            channels_refused=self.buffers.refused,
         )
         return out

@@ -30,6 +30,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,10 @@ class ModelStore:
         self.keep = keep
         self.history_lines = history_lines
         self._lock = threading.RLock()
+        self.problems: dict[str, str] = {}
+        """pipeline -> what is wrong with its store (unreadable pointer, corrupt committed model);
+        cleared by the next commit."""
+        self.on_problem: Callable[[str, str], None] | None = None
 
     # --- paths -------------------------------------------------------------------------------
 
@@ -210,6 +215,7 @@ class ModelStore:
                 continue
             except (OSError, ValueError) as exc:
                 log.error("%s: %s is unreadable (%s); falling back", pipeline, path, exc)
+                self._problem(pipeline, f"{path.name} is unreadable ({exc})")
                 continue
             current = data.get("current") if isinstance(data, dict) else None
             previous = data.get("previous") if isinstance(data, dict) else None
@@ -220,11 +226,19 @@ class ModelStore:
                 or not all(_valid_entry(p) for p in previous)
             ):
                 log.error("%s: %s is not a valid pointer; falling back", pipeline, path)
+                self._problem(pipeline, f"{path.name} is not a valid pointer")
                 continue
             if name != "current.json":
                 log.warning("%s: using the previous pointer %s", pipeline, path)
             return {"current": current, "previous": previous}
         return {"current": None, "previous": []}
+
+    def _problem(self, pipeline: str, text: str) -> None:
+        """Record what is wrong with a pipeline's store (for the health state and an event)."""
+        if self.problems.get(pipeline) != text:
+            self.problems[pipeline] = text
+            if self.on_problem is not None:
+                self.on_problem(pipeline, text)
 
     def _write_state(self, pipeline: str, old: dict[str, Any], new: dict[str, Any]) -> None:
         directory = self.pipeline_dir(pipeline)
@@ -377,6 +391,7 @@ class ModelStore:
             entry = {"sha256": sha, "version": version, "committed_at": _now()}
             self._promote(pipeline, self._read_state(pipeline), entry)
             self._end_probation(pipeline)
+            self.problems.pop(pipeline, None)
             self.record(pipeline, "committed", sha, version)
             log.info("%s: model %s (version %s) committed", pipeline, sha, version)
             self._prune(pipeline)
@@ -444,6 +459,7 @@ class ModelStore:
                 if problem is None:
                     break
                 log.error("%s: committed model %s: %s; falling back", pipeline, current["sha256"], problem)
+                self._problem(pipeline, f"committed model {current['sha256'][:12]}: {problem}")
                 self.record(pipeline, "rolled back", current["sha256"], current["version"], problem)
                 old = {"current": current, "previous": previous}
                 current = previous.pop(0) if previous else None

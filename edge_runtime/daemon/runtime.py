@@ -1,0 +1,146 @@
+"""What a config runs: its sources and pipelines, built, started and stopped together.
+
+The daemon builds a whole new runtime before it touches the running one (a reload that fails to
+build leaves the old one running), then swaps it in with :func:`stop_runtime` and
+:func:`start_runtime`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from edge_runtime.config import Config
+from edge_runtime.daemon.preflight import resolve_source_paths
+from edge_runtime.monitor.config import MonitorConfig
+from edge_runtime.monitor.drift import manifest_reference
+from edge_runtime.monitor.service import Monitor
+from edge_runtime.pipeline import Pipeline
+from edge_runtime.sources import build_source
+from edge_runtime.sources.base import Source
+
+log = logging.getLogger(__name__)
+
+Event = Callable[[str, str, dict[str, Any]], None]
+
+
+class Sink(Protocol):
+    """Where results go besides the outbox (stdout, tests)."""
+
+    def publish(self, result: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ResultBudget:
+    """At most ``limit`` results in total (None: unlimited); thread-safe."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.limit is not None and self.used >= self.limit:
+                return False
+            self.used += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.used = max(0, self.used - 1)
+
+
+def build_runtime(
+    config: Config,
+    *,
+    emit: Callable[[dict[str, Any]], None],
+    event: Event,
+    seq_start: Callable[[str], int],
+    budget: ResultBudget,
+) -> tuple[dict[str, Source], list[Pipeline]]:
+    """The sources and pipelines of ``config``, built (models loaded) but not started; source
+    state changes and delegate fallbacks are reported through ``event``."""
+    if any(p.startswith("demo:") for p in config.paths()):
+        from edge_runtime.demo import ensure_assets
+
+        ensure_assets(config.device.state_dir)
+    sources = {
+        name: build_source(name, resolve_source_paths(config, sc)) for name, sc in config.sources.items()
+    }
+
+    def source_event(name: str, state: str, detail: str) -> None:
+        if state in ("up", "down", "finished"):
+            message = f"source {name} is {state}" + (f": {detail}" if detail else "")
+            event(f"source.{state}", message, {"source": name})
+
+    for source in sources.values():
+        source.add_listener(source_event)
+    pipelines: list[Pipeline] = []
+    for pc in config.pipelines:
+        pipeline = Pipeline(
+            pc,
+            config,
+            sources,
+            emit,
+            device=config.device.id,
+            seq_start=seq_start(pc.name),
+            event=event,
+            budget=budget if budget.limit is not None else None,
+        )
+        pipelines.append(pipeline)
+        for runner in pipeline.runners + ([pipeline.cascade] if pipeline.cascade else []):
+            model = runner.model
+            backend = f"{model.backend.name} {model.backend.version}"
+            log.info(
+                "pipeline %s: model %s (%s) %s, backend %s",
+                pc.name, model.name, model.sha256[:12], model.placement, backend,
+            )  # fmt: skip
+            if model.failures:
+                event(
+                    "delegate.fallback",
+                    f"pipeline {pc.name}: model {model.name}: {model.placement}",
+                    {"pipeline": pc.name, "model": model.name, "delegate": model.delegate},
+                )
+    return sources, pipelines
+
+
+def start_runtime(
+    sources: Iterable[Source],
+    pipelines: Iterable[Pipeline],
+    monitor: Monitor | None = None,
+    config: MonitorConfig | None = None,
+) -> None:
+    """Sources, pipelines, then the monitor (``edge_runtime.monitor``) on them."""
+    sources, pipelines = list(sources), list(pipelines)
+    for source in sources:
+        source.start()
+    for pipeline in pipelines:
+        pipeline.start()
+    if monitor is not None:
+        refs = {p.name: manifest_reference(p.runners[0].model.path) for p in pipelines}
+        monitor.start(config or MonitorConfig(), {s.name: s for s in sources}, refs)
+
+
+def stop_runtime(
+    sources: Iterable[Source],
+    pipelines: Iterable[Pipeline],
+    timeout: float = 2.0,
+    monitor: Monitor | None = None,
+) -> None:
+    """The monitor, pipelines (the inference in flight ends, the results handed over are emitted),
+    then sources, all within ``timeout``."""
+    if monitor is not None:
+        monitor.stop()
+    pipelines = list(pipelines)
+    for pipeline in pipelines:
+        pipeline.request_stop()
+    deadline = time.monotonic() + timeout
+    for pipeline in pipelines:
+        pipeline.stop(max(0.05, deadline - time.monotonic()))
+    for source in sources:
+        source.stop(max(0.05, deadline - time.monotonic()))
