@@ -77,7 +77,7 @@ def test_the_daemon_reports_a_covered_camera_in_events_health_and_metrics(tmp_pa
     sink = Collect()
     service = Service(validate(config(tmp_path, video, monitor), tmp_path), [sink], duration_s=60)
     events: list[tuple[str, dict[str, Any]]] = []
-    service.event = lambda kind, message, fields: events.append((kind, fields))  # type: ignore[method-assign]
+    service.monitor.event = lambda kind, message, fields: events.append((kind, fields))
     service.run(install_signals=False)
     assert service.stop_reason == "every pipeline finished", service.stop_reason
     assert len(sink.results) >= 60

@@ -77,7 +77,7 @@ def run(
     sink = Collect()
     service = Service(validate(digits_config(tmp_path, video, quality), tmp_path), [sink], duration_s=60)
     events: list[tuple[str, dict[str, Any]]] = []
-    service.event = lambda kind, message, fields: events.append((kind, fields))  # type: ignore[method-assign]
+    service.monitor.event = lambda kind, message, fields: events.append((kind, fields))
     service.run(install_signals=False)
     assert service.stop_reason == "every pipeline finished", service.stop_reason
     return service, sink, events
