@@ -165,6 +165,17 @@ def test_windows_stay_bounded_and_quantiles_read_the_histogram() -> None:
     assert len(hq.short.buckets) <= 13 and len(hq.long.buckets) <= 61
     hist = np.array([0] * 10 + [10] + [0] * 9)
     assert quantile(hist, 0.5) == pytest.approx(0.525)
+    many = Quality(QualityConfig(), lambda *a: None)
+    for i in range(5000):  # a 1000-class model: health shows the 20 most frequent
+        many.observe(
+            {
+                "pipeline": "m",
+                "result": {"type": "classification", "top": [{"label": str(i % 1000), "score": 0.9}]},
+            },
+            i * 0.01,
+        )
+    long = many.stats(50.0)["m"]["default"]["long"]
+    assert long["classes"] == 1000 and len(long["class_rates"]) == 20
     s = hq.stats(20000 * 1.8)["long"]
     assert s["results"] == pytest.approx(2000, abs=40)
     assert s["confidence_quantiles"]["p50"] == pytest.approx(0.5, abs=0.05)

@@ -31,6 +31,7 @@ from edge_runtime.monitor.tamper import Hysteresis
 
 BINS = 20
 MAX_CLASSES = 1000  # more labels than this are counted under "other"
+HEALTH_CLASSES = 20  # class rates shown in health and Prometheus (the most frequent)
 Event = Callable[[str, str, dict[str, Any]], None]
 
 
@@ -118,6 +119,18 @@ def observations(result: Mapping[str, Any]) -> dict[str, tuple[float | None, lis
     return found
 
 
+def _top_classes(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with its ``HEALTH_CLASSES`` most frequent class rates (the health document is
+    bounded; the rules see them all) and ``classes``, how many there were."""
+    rates = summary.get("class_rates")
+    if isinstance(rates, dict):
+        summary["classes"] = len(rates)
+        if len(rates) > HEALTH_CLASSES:
+            top = sorted(rates.items(), key=lambda kv: (-kv[1], kv[0]))[:HEALTH_CLASSES]
+            summary["class_rates"] = dict(sorted(top))
+    return summary
+
+
 class HeadQuality:
     """The windows and rule states of one pipeline head."""
 
@@ -181,8 +194,8 @@ class HeadQuality:
 
     def stats(self, t: float) -> dict[str, Any]:
         return {
-            "short": self.short.summary(t),
-            "long": self.long.summary(t),
+            "short": _top_classes(self.short.summary(t)),
+            "long": _top_classes(self.long.summary(t)),
             "low_mean_confidence": self.low_mean.active,
             "class_rate_drops": sorted(c for c, h in self.drops.items() if h.active),
         }
