@@ -5,7 +5,7 @@
 #                            when no --config is given: bundled model, bundled input, no broker)
 #   ./dev.sh test [PYTEST ARGS...]
 #                            set up .venv, .venv-tflite and the Debian packages the tests use
-#                            (mosquitto, socat, ffmpeg, curl, chromium), then run the suite under LiteRT and the
+#                            (mosquitto, socat, ffmpeg, curl, chromium, prometheus), then run the suite under LiteRT and the
 #                            runtime/model tests again under tflite-runtime and under ONNX Runtime
 #   ./dev.sh lint            ruff check, ruff format --check, mypy --strict
 #   ./dev.sh setup           only the set-up steps
@@ -74,7 +74,7 @@ setup_base() {
 
 setup_test() {
   setup_base
-  apt_ensure mosquitto mosquitto-clients socat ffmpeg systemd shellcheck faketime curl chromium chromium-driver
+  apt_ensure mosquitto mosquitto-clients socat ffmpeg systemd shellcheck faketime curl chromium chromium-driver prometheus
   if PY_TFL=$(pick_python 11); then
     venv_ensure .venv-tflite "$PY_TFL" ".[tflite-runtime,test]"
   else

@@ -41,6 +41,32 @@ def write_video(path: Path, frames: list[npt.NDArray[np.uint8]], fps: float) -> 
     return path
 
 
+def scene(seed: int, width: int = 640, height: int = 480) -> npt.NDArray[np.uint8]:
+    """A textured scene drawn with OpenCV: rectangles, discs and text on a coloured ground."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = [int(v) for v in rng.integers(60, 160, 3)]
+    for _ in range(40):
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        if rng.random() < 0.5:
+            cv2.rectangle(
+                img, (x, y), (x + int(rng.integers(10, 150)), y + int(rng.integers(10, 150))), colour, -1
+            )
+        else:
+            cv2.circle(img, (x, y), int(rng.integers(5, 60)), colour, -1)
+    cv2.putText(img, f"scene {seed}", (40, 240), cv2.FONT_HERSHEY_SIMPLEX, 2, (255, 255, 255), 3)
+    return img
+
+
+def noisy(img: npt.NDArray[np.uint8], rng: np.random.Generator, sigma: float = 3.0) -> npt.NDArray[np.uint8]:
+    """``img`` with sensor noise (so that consecutive frames of a live camera differ)."""
+    noise = rng.normal(0, sigma, img.shape)
+    return np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+
+
 def level_frames(count: int, width: int = 64, height: int = 48) -> list[npt.NDArray[np.uint8]]:
     """``count`` flat grey frames whose level encodes their index (see :func:`frame_index`)."""
     if count > 30:

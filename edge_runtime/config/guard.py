@@ -4,8 +4,8 @@
 :mod:`edge_runtime.config.fields`) is covered by exactly one most specific entry, a leaf pattern
 or a whole table. ``tests/test_attacks_config.py`` fails when a field is added to the schema
 without an entry here, and when an entry matches no field. Whole-table entries are only used for
-tables that are guarded as a whole (``mqtt.tls``, ``metrics``, ``http``, ``updates``), so a new field there
-is guarded until someone decides otherwise.
+tables that are guarded as a whole (``mqtt.tls``, ``metrics``, ``http``, ``monitor``,
+``updates``), so a new field there is guarded until someone decides otherwise.
 
 The rules:
 
@@ -205,6 +205,7 @@ POLICY: dict[str, Decision] = {
     },
     "metrics": _d(GUARDED, "a listening socket: what the device exposes on the network, and where"),
     "http": _d(GUARDED, "a listening socket with predict, camera views and its token and TLS files"),
+    "monitor": _d(GUARDED, "tamper detection: a sender must not blind it before covering the camera"),
     "updates": _d(GUARDED, "who may change the device's models, and how (keys, sources of downloads)"),
     "updates.max_bytes": _d(FREE, "bounded by the schema"),
     "updates.download_timeout_s": _d(FREE, "bounded by the schema"),

@@ -32,6 +32,7 @@ from edge_runtime.config.triggers import TriggerConfig
 from edge_runtime.config.updates import UpdatesConfig
 from edge_runtime.healthstate import HealthConfig
 from edge_runtime.http.config import HttpConfig
+from edge_runtime.monitor.config import MonitorConfig
 from edge_runtime.names import NAME_RE, NAME_RULE
 from edge_runtime.postprocess import PostprocessConfig
 from edge_runtime.runtime.delegates import CpuConfig, DelegateConfig
@@ -324,6 +325,9 @@ class Config(Strict):
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reports.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="Local HTTP API and page.")
+    monitor: MonitorConfig = Field(
+        default_factory=MonitorConfig, description="On-device monitoring: camera health and tamper."
+    )
     updates: UpdatesConfig = Field(default_factory=UpdatesConfig, description="Over-the-air model updates.")
     sources: dict[str, SourceConfig] = Field(default_factory=dict, description="Named inputs.")
     pipelines: list[PipelineConfig] = Field(min_length=1, description="What runs.")

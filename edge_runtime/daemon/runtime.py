@@ -15,6 +15,9 @@ from typing import Any, Protocol
 
 from edge_runtime.config import Config, ModelConfig
 from edge_runtime.daemon.preflight import resolve_source_paths
+from edge_runtime.monitor.config import MonitorConfig
+from edge_runtime.monitor.drift import manifest_reference
+from edge_runtime.monitor.service import Monitor
 from edge_runtime.pipeline import Pipeline, load_model
 from edge_runtime.runtime.model import Model
 from edge_runtime.sources import build_source
@@ -109,16 +112,33 @@ def build_runtime(
     return sources, pipelines
 
 
-def start_runtime(sources: Iterable[Source], pipelines: Iterable[Pipeline]) -> None:
+def start_runtime(
+    sources: Iterable[Source],
+    pipelines: Iterable[Pipeline],
+    monitor: Monitor | None = None,
+    config: MonitorConfig | None = None,
+) -> None:
+    """Sources, pipelines, then the monitor (``edge_runtime.monitor``) on them."""
+    sources, pipelines = list(sources), list(pipelines)
     for source in sources:
         source.start()
     for pipeline in pipelines:
         pipeline.start()
+    if monitor is not None:
+        refs = {p.name: manifest_reference(p.runners[0].model.path) for p in pipelines}
+        monitor.start(config or MonitorConfig(), {s.name: s for s in sources}, refs)
 
 
-def stop_runtime(sources: Iterable[Source], pipelines: Iterable[Pipeline], timeout: float = 2.0) -> None:
-    """Pipelines first (the inference in flight ends, the results handed over are emitted), then
-    sources, all within ``timeout``."""
+def stop_runtime(
+    sources: Iterable[Source],
+    pipelines: Iterable[Pipeline],
+    timeout: float = 2.0,
+    monitor: Monitor | None = None,
+) -> None:
+    """The monitor, pipelines (the inference in flight ends, the results handed over are emitted),
+    then sources, all within ``timeout``."""
+    if monitor is not None:
+        monitor.stop()
     pipelines = list(pipelines)
     for pipeline in pipelines:
         pipeline.request_stop()

@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,6 +26,7 @@ from edge_runtime.daemon.update_host import ServiceUpdateHost
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import HealthReporter
 from edge_runtime.healthwatch import DaemonHealth
+from edge_runtime.monitor.service import Monitor
 from edge_runtime.pipeline import Pipeline, load_model
 from edge_runtime.pipeline.runner import shared_loader
 from edge_runtime.redaction import redact_text
@@ -81,7 +82,7 @@ class Service:
         self.exit_code = 0
         self._unhealthy = ""
         self.watch: DaemonHealth | None = None  # state-change events, READY gate, pauses, reloads
-        self.result_listeners: list[Callable[[str, dict[str, Any]], None]] = []  # the HTTP API's
+        self.monitor, self.result_listeners = Monitor.with_listeners(self.event)  # and the HTTP API's
         self.models = ModelRegistry()  # one loaded model per distinct file and settings, when shared
 
     def build(self) -> None:
@@ -103,7 +104,7 @@ class Service:
             sources=lambda: {name: s.stats() for name, s in self.sources.items()},
             outbox=self.reporter.outbox_stats,
             mqtt=self.reporter.stats,
-            extra=watch.extra,
+            extra=lambda: {**watch.extra(), "monitor": self.monitor.stats()},
             limits=watch.limits,
             max_bytes=self.config.health.max_bytes,
         )
@@ -226,10 +227,10 @@ class Service:
         )  # fmt: skip
 
     def _start_runtime(self) -> None:
-        start_runtime(self.sources.values(), self.pipelines)
+        start_runtime(self.sources.values(), self.pipelines, self.monitor, self.config.monitor)
 
     def _stop_runtime(self, timeout: float = 2.0) -> None:
-        stop_runtime(self.sources.values(), self.pipelines, timeout)
+        stop_runtime(self.sources.values(), self.pipelines, timeout, self.monitor)
 
     def publish_health(self) -> dict[str, Any]:
         assert self.health is not None and self.reporter is not None

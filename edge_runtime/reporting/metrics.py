@@ -45,9 +45,10 @@ from typing import TYPE_CHECKING, Any
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.health import STAGES, HealthReporter
 from edge_runtime.reporting.metrics_http import BoundedHttpServer, Limits, Response
+from edge_runtime.reporting.monitor_metrics import monitor_families
 
 if TYPE_CHECKING:
-    from prometheus_client.metrics_core import Metric
+    from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,25 @@ class _Families:
         self._gauge = GaugeMetricFamily
         self._counter = CounterMetricFamily
         self.families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        self.histograms: dict[str, HistogramMetricFamily] = {}
 
     def gauge(self, name: str, doc: str, value: Any, **labels: str) -> None:
         self._add(name, doc, value, labels, counter=False)
 
     def counter(self, name: str, doc: str, value: Any, **labels: str) -> None:
         self._add(name, doc, value, labels, counter=True)
+
+    def histogram(
+        self, name: str, doc: str, buckets: list[tuple[str, float]], total: float, **labels: str
+    ) -> None:
+        """A cumulative histogram: ``buckets`` as (upper bound, cumulative count), ending with +Inf."""
+        from prometheus_client.metrics_core import HistogramMetricFamily
+
+        full = PREFIX + name
+        family = self.histograms.get(full)
+        if family is None:
+            family = self.histograms[full] = HistogramMetricFamily(full, doc, labels=list(labels))
+        family.add_metric(list(labels.values()), buckets, total)
 
     def _add(self, name: str, doc: str, value: Any, labels: dict[str, str], counter: bool) -> None:
         number = _number(value)
@@ -213,6 +227,8 @@ def families(doc: Mapping[str, Any], disk_path: str = "") -> list[Metric]:
             source=name,
         )
 
+    monitor_families(f, doc.get("monitor") or {})
+
     outbox = doc.get("outbox")
     if outbox is not None:
         f.gauge("outbox_depth", "Messages waiting in the outbox.", outbox.get("depth"))
@@ -249,7 +265,7 @@ def families(doc: Mapping[str, Any], disk_path: str = "") -> list[Metric]:
         system.get("disk_free_bytes"),
         path=disk_path,
     )
-    return list(f.families.values())
+    return [*f.families.values(), *f.histograms.values()]
 
 
 class MetricsServer:

@@ -1,0 +1,71 @@
+"""The Prometheus alerting rules (devices/prometheus/) checked by Debian's promtool, and every
+metric they name is one the daemon exports (read from a real health document's families)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+RULES = Path(__file__).resolve().parents[1] / "devices" / "prometheus"
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is missing: apt-get install prometheus (Debian bookworm: 2.42)")
+    return path
+
+
+def test_promtool_checks_the_rules_and_their_unit_tests_pass() -> None:
+    tool = promtool()
+    check = subprocess.run(
+        [tool, "check", "rules", "edge-runtime-rules.yml"],
+        check=False,
+        cwd=RULES,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0 and "SUCCESS: 8 rules found" in check.stdout, check.stdout + check.stderr
+    test = subprocess.run(
+        [tool, "test", "rules", "edge-runtime-rules.test.yml"],
+        check=False,
+        cwd=RULES,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
+
+
+def test_every_metric_the_rules_name_is_exported() -> None:
+    from edge_runtime.reporting.metrics import families
+
+    doc = {
+        "version": "x",
+        "device": "d",
+        "uptime_s": 1,
+        "state": "ok",
+        "problems": [],
+        "pipelines": {"p": {"results": 1, "fps_out": 1.0, "paused": False, "latency_ms": {}}},
+        "sources": {},
+        "outbox": {"depth": 0},
+        "mqtt": None,
+        "system": {"rss_bytes": 1},
+        "monitor": {
+            "tamper": {"c": {"states": {"covered": False}}},
+            "behind": 0,
+            "quality": {"p": {"default": {"short": {}, "long": {}, "low_mean_confidence": False}}},
+            "drift": {"p": {"level": "ok"}},
+        },
+    }
+    exported = set()
+    for family in families(doc):
+        exported |= {s.name for s in family.samples}
+    text = (RULES / "edge-runtime-rules.yml").read_text(encoding="utf-8")
+    named = set(re.findall(r"\b(edge_runtime_\w+)", text))
+    assert named and named <= exported, sorted(named - exported)
