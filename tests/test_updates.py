@@ -322,10 +322,11 @@ def test_download_refusals(server: str, tmp_path: Path) -> None:
 
 
 def test_download_size_limit_stops_an_endless_body(server: str, tmp_path: Path) -> None:
-    started = time.monotonic()
     message = refused("size", _fetch(server + "/endless", tmp_path / "m", max_bytes=300_000))
-    assert "more than 300000 bytes" in message
-    assert time.monotonic() - started < 3
+    assert "more than 300000 bytes" in message  # stopped by the limit, not by the body's end (655 MB)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("m", ".m"))], (
+        "a partial file was left"
+    )
 
 
 def test_download_timeouts(server: str, tmp_path: Path) -> None:
@@ -333,7 +334,9 @@ def test_download_timeouts(server: str, tmp_path: Path) -> None:
         started = time.monotonic()
         message = refused("download", _fetch(server + path, tmp_path / "m", timeout_s=0.4))
         assert words in message, message
-        assert time.monotonic() - started < 2.5
+        # the server holds /slow for 10 s and trickles /trickle until released: a download that
+        # ends well before that was cut by its 0.4 s deadline (12x margin for a loaded machine)
+        assert time.monotonic() - started < 5.0
 
 
 FILES = DownloadPolicy(allow_file=True)
