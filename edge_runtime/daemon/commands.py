@@ -10,12 +10,10 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 from edge_runtime import __version__
-from edge_runtime.config import Config
-from edge_runtime.daemon.config_update import apply_config_update, file_sha256
+from edge_runtime.daemon.config_update import ConfigHost, apply_config_update, file_sha256
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.redaction import redact_config
 from edge_runtime.reporting.commands import Command, CommandDispatcher, CommandError
@@ -29,20 +27,8 @@ def redact(value: Any, key: str = "") -> Any:
     return redact_config(value, key)
 
 
-class CommandHost(Protocol):
-    """The daemon, as its commands see it."""
-
-    @property
-    def config(self) -> Config: ...
-
-    @property
-    def config_path(self) -> Path | None: ...
-
-    @property
-    def overrides(self) -> Sequence[str]: ...
-
-    @property
-    def profile(self) -> str | None: ...
+class CommandHost(ConfigHost, Protocol):
+    """The daemon, as its commands see it: what ``config.update`` needs, and more."""
 
     @property
     def started_mono(self) -> float: ...
@@ -53,11 +39,7 @@ class CommandHost(Protocol):
     @property
     def sources(self) -> Mapping[str, Source]: ...
 
-    def reload(self) -> str: ...
-
     def publish_health(self) -> dict[str, Any]: ...
-
-    def event(self, kind: str, message: str, fields: dict[str, Any]) -> None: ...
 
 
 class DaemonCommands:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import ModelFileError, ModelFormatError
-from edge_runtime.runtime.modelfile import TFLITE_IDENTIFIER, ModelInfo, read_model_file
+from edge_runtime.runtime.modelfile import TFLITE_IDENTIFIER, ModelInfo, WeightSparsity, read_model_file
 from edge_runtime.runtime.onnxproto import ITEMSIZE, Graph, Initializer, Node, ValueInfo, array, parse_graph
 from edge_runtime.runtime.protobuf import fields, signed64
 from edge_runtime.runtime.quant import QuantParams
@@ -48,18 +48,6 @@ MAX_LAYOUT_HOPS = 4
 
 
 @dataclass(frozen=True)
-class WeightZeros:
-    tensor: str
-    op: str
-    elements: int
-    zeros: int
-
-    @property
-    def sparsity(self) -> float:
-        return self.zeros / self.elements if self.elements else 0.0
-
-
-@dataclass(frozen=True)
 class OnnxInfo:
     """Everything ``inspect`` and the onnxruntime backend need to know about an .onnx file."""
 
@@ -72,7 +60,7 @@ class OnnxInfo:
     inputs: tuple[ValueInfo, ...]
     outputs: tuple[ValueInfo, ...]
     nodes: tuple[Node, ...]
-    weights: tuple[WeightZeros, ...]
+    weights: tuple[WeightSparsity, ...]
     initializer_count: int
 
     needs_edgetpu = False  # for the delegate checks shared with TFLite models
@@ -260,10 +248,10 @@ def _output_edge(v: ValueInfo, nodes: tuple[Node, ...], constants: dict[str, Ini
     return v
 
 
-def _weights(nodes: tuple[Node, ...], constants: dict[str, Initializer]) -> tuple[WeightZeros, ...]:
+def _weights(nodes: tuple[Node, ...], constants: dict[str, Initializer]) -> tuple[WeightSparsity, ...]:
     produced_by = {out: n for n in nodes for out in n.outputs}
     seen: set[str] = set()
-    result: list[WeightZeros] = []
+    result: list[WeightSparsity] = []
     for node in nodes:
         position = WEIGHT_INPUTS.get(node.op_type)
         if position is None or len(node.inputs) <= position:
@@ -283,7 +271,7 @@ def _weights(nodes: tuple[Node, ...], constants: dict[str, Initializer]) -> tupl
             continue
         seen.add(name)
         zeros = int(np.count_nonzero(values == zero_point))
-        result.append(WeightZeros(name, node.op_type, int(values.size), zeros))
+        result.append(WeightSparsity(name, node.op_type, int(values.size), zeros))
     return tuple(result)
 
 
