@@ -9,7 +9,7 @@ from typing import Any
 from edge_runtime.errors import BackendUnavailableError, EdgeRuntimeError
 from edge_runtime.runtime.backend import get_backend
 from edge_runtime.runtime.model import Model
-from edge_runtime.runtime.modelfile import TensorInfo, read_model_file
+from edge_runtime.runtime.modelfile import TensorInfo, read_model_file, sparsity_json
 from edge_runtime.runtime.onnx_inspect import build_onnx_report, format_onnx_report
 from edge_runtime.runtime.onnxfile import is_onnx_file, onnx_twin
 from edge_runtime.runtime.quant import quant_fields
@@ -66,21 +66,7 @@ def build_report(
         "fully_integer": info.fully_integer,
         "float_tensors": list(info.float_tensors),
         "activation_dtypes": sorted({t.dtype for t in info.tensors if not t.is_constant}),
-        "weight_sparsity": {
-            "total": round(info.weight_sparsity, 4),
-            "elements": sum(w.elements for w in info.weights),
-            "zeros": sum(w.zeros for w in info.weights),
-            "per_tensor": [
-                {
-                    "tensor": w.tensor,
-                    "op": w.op,
-                    "elements": w.elements,
-                    "zeros": w.zeros,
-                    "sparsity": round(w.sparsity, 4),
-                }
-                for w in info.weights
-            ],
-        },
+        "weight_sparsity": sparsity_json(info.weight_sparsity, info.weights),
         "ops": info.op_counts,
         "custom_ops": list(info.custom_ops),
         "needs_edgetpu": info.needs_edgetpu,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,3 +338,22 @@ def read_model_file(path: str | Path) -> tuple[ModelInfo, bytes]:
     except OSError as exc:
         raise ModelFileError(f"{p}: cannot read model file: {exc.strerror or exc}") from exc
     return parse_model(data, str(p)), data
+
+
+def sparsity_json(total: float, weights: Sequence[WeightSparsity]) -> dict[str, Any]:
+    """The ``weight_sparsity`` object of ``inspect --json`` (the .tflite and the .onnx report)."""
+    return {
+        "total": round(total, 4),
+        "elements": sum(w.elements for w in weights),
+        "zeros": sum(w.zeros for w in weights),
+        "per_tensor": [
+            {
+                "tensor": w.tensor,
+                "op": w.op,
+                "elements": w.elements,
+                "zeros": w.zeros,
+                "sparsity": round(w.sparsity, 4),
+            }
+            for w in weights
+        ],
+    }

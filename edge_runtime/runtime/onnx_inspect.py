@@ -15,6 +15,7 @@ from typing import Any
 
 from edge_runtime.errors import BackendUnavailableError
 from edge_runtime.runtime.backend import ONNXRUNTIME, get_backend
+from edge_runtime.runtime.modelfile import sparsity_json
 from edge_runtime.runtime.onnxfile import read_onnx_file
 from edge_runtime.runtime.onnxproto import ValueInfo
 from edge_runtime.runtime.quant import quant_fields
@@ -81,21 +82,7 @@ def build_onnx_report(path: str | Path, delegates: tuple[str, ...] | None = None
         "outputs": [_edge(len(info.inputs) + i, v) for i, v in enumerate(info.outputs)],
         "qdq": info.qdq,
         "initializers": info.initializer_count,
-        "weight_sparsity": {
-            "total": round(info.weight_sparsity, 4),
-            "elements": sum(w.elements for w in info.weights),
-            "zeros": sum(w.zeros for w in info.weights),
-            "per_tensor": [
-                {
-                    "tensor": w.tensor,
-                    "op": w.op,
-                    "elements": w.elements,
-                    "zeros": w.zeros,
-                    "sparsity": round(w.sparsity, 4),
-                }
-                for w in info.weights
-            ],
-        },
+        "weight_sparsity": sparsity_json(info.weight_sparsity, info.weights),
         "ops": info.op_counts,
     }
     try:
