@@ -471,10 +471,17 @@ def test_the_queue_bound_refuses_with_a_reply_while_a_handler_is_busy(
     transport: tuple[CommandDispatcher, MqttLink, list[Any]], broker: Mosquitto
 ) -> None:
     dispatcher, _link, _events = transport
-    release = threading.Event()
-    dispatcher.register("slow", lambda c: {"released": release.wait(30)})
+    release, running = threading.Event(), threading.Event()
+
+    def slow(command: Any) -> dict[str, Any]:
+        running.set()
+        return {"released": release.wait(30)}
+
+    dispatcher.register("slow", slow)
     with broker.subscriber(["edge/dev1/#"]) as sub:
-        for n in range(10):  # 1 runs, 4 wait (queue_size=4), 5 are refused
+        sub.publish("edge/dev1/cmd/slow", b'{"id": "s0"}', qos=1)
+        assert running.wait(10), "the first command never ran"  # it is out of the queue now
+        for n in range(1, 10):  # 4 wait (queue_size=4), 5 are refused
             sub.publish("edge/dev1/cmd/slow", json.dumps({"id": f"s{n}"}).encode(), qos=1)
         for n in range(5, 10):
             assert reply_to(sub, f"s{n}")["error"] == "too many commands waiting"
