@@ -36,9 +36,13 @@ class InjectedFault(BaseException):
     an exception that nothing below the thread's body handles."""
 
 
+OLDER: set[int | None] = set()  # threads alive before the daemon under test started
+
+
 def inject(thread_name: str, exc: type[BaseException] = InjectedFault) -> None:
-    """Raise ``exc`` in the live thread ``thread_name`` at its next Python instruction."""
-    thread = next((t for t in threading.enumerate() if t.name == thread_name), None)
+    """Raise ``exc`` in the live thread ``thread_name`` of the daemon under test (not one of the
+    same name left by an earlier test in this process) at its next Python instruction."""
+    thread = next((t for t in threading.enumerate() if t.name == thread_name and t.ident not in OLDER), None)
     assert thread is not None and thread.ident is not None, f"no thread {thread_name!r}: " + ", ".join(
         sorted(t.name for t in threading.enumerate())
     )
@@ -122,6 +126,8 @@ def test_no_restart_while_the_owner_stops_or_when_not_wanted() -> None:
 def running_daemon(tmp_path: Path, broker: Mosquitto, device: str) -> Iterator[Service]:
     path = digits_config(tmp_path, port=broker.port, device=device, fps=20.0, health_s=0.5)
     service = Service(load_config(path), [], config_path=path)
+    OLDER.clear()
+    OLDER.update(t.ident for t in threading.enumerate())
     runner = threading.Thread(target=service.run, kwargs={"install_signals": False}, daemon=True)
     runner.start()
     try:
