@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from edge_runtime.fleet.bus import Reply, Requester
 from edge_runtime.fleet.common import FleetError
+from edge_runtime.supervision import Supervised, spawn
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ class ModelServer:
         self.route = f"/{self.token}/{urllib.parse.quote(path.name)}"
         self.downloads: list[Download] = []
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._thread: Supervised | None = None
+        self._stopping = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -137,11 +139,16 @@ class ModelServer:
             self.downloads.append(Download(client, status, size))
 
     def start(self) -> ModelServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="fleet-http", daemon=True)
-        self._thread.start()
+        # supervised: a crash of the file server is logged with its traceback and the server runs
+        # again (until stopped), so a rollout's downloads do not just stall
+        self._stopping = False
+        self._thread = spawn(
+            "fleet-http", self.httpd.serve_forever, should_restart=lambda: not self._stopping
+        )
         return self
 
     def stop(self) -> None:
+        self._stopping = True
         if self._thread is not None:
             self.httpd.shutdown()
             self._thread.join(5)
