@@ -458,7 +458,11 @@ def test_a_handler_that_raises_gets_an_error_reply_and_the_worker_goes_on(
 
     dispatcher.register("boom", boom)
     with broker.subscriber(["edge/dev1/#"]) as sub:
-        sub.publish("edge/dev1/cmd/boom", b'{"id": "b1"}', qos=1)
+        # the fixture's link may still be waiting for its SUBACK: sent again until it answers
+        for _ in range(20):
+            sub.publish("edge/dev1/cmd/boom", b'{"id": "b1"}', qos=1)
+            if sub.wait_for(lambda ms: any(m.topic == "edge/dev1/reply/b1" for m in ms), 1.0):
+                break
         reply = reply_to(sub, "b1")
         assert reply["ok"] is False and f"internal error: {type(exc).__name__}" in reply["error"], reply
         wait_refusal(sub, "internal error")
