@@ -1,5 +1,6 @@
 """The Prometheus alerting rules (devices/prometheus/) checked by Debian's promtool, and every
-metric they name is one the daemon exports (read from a real health document's families)."""
+metric they name is one the daemon exports (read from a real health document's families and the
+standard process collector). tests/test_prometheus.py evaluates them in a running Prometheus."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def test_promtool_checks_the_rules_and_their_unit_tests_pass() -> None:
         text=True,
         timeout=60,
     )
-    assert check.returncode == 0 and "SUCCESS: 8 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 11 rules found" in check.stdout, check.stdout + check.stderr
     test = subprocess.run(
         [tool, "test", "rules", "edge-runtime-rules.test.yml"],
         check=False,
@@ -52,9 +53,9 @@ def test_every_metric_the_rules_name_is_exported() -> None:
         "state": "ok",
         "problems": [],
         "pipelines": {"p": {"results": 1, "fps_out": 1.0, "paused": False, "latency_ms": {}}},
-        "sources": {},
+        "sources": {"c": {"type": "camera", "state": "up"}},
         "outbox": {"depth": 0},
-        "mqtt": None,
+        "mqtt": {"connected": True, "reconnects": 0},
         "system": {"rss_bytes": 1},
         "monitor": {
             "tamper": {"c": {"states": {"covered": False}}},
@@ -63,9 +64,14 @@ def test_every_metric_the_rules_name_is_exported() -> None:
             "drift": {"p": {"level": "ok"}},
         },
     }
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
     exported = set()
     for family in families(doc):
         exported |= {s.name for s in family.samples}
+    for family in ProcessCollector(registry=CollectorRegistry()).collect():
+        exported |= {s.name for s in family.samples}
     text = (RULES / "edge-runtime-rules.yml").read_text(encoding="utf-8")
-    named = set(re.findall(r"\b(edge_runtime_\w+)", text))
+    named = set(re.findall(r"\b((?:edge_runtime|process)_\w+)", text))
+    assert "process_resident_memory_bytes" in named
     assert named and named <= exported, sorted(named - exported)

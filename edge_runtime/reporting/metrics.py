@@ -314,13 +314,14 @@ class MetricsServer:
     def refresh(self, doc: Mapping[str, Any] | None = None) -> None:
         """Make a new snapshot from ``doc`` (a health report already made) or a fresh non-marking
         report. Called by the health timer; never by a scrape."""
-        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
         if doc is None:
             doc = self.reporter.report(mark=False)
         made = time.monotonic()
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Fixed(families(doc, str(self.reporter.state_dir))))
+        ProcessCollector(registry=registry)  # the standard process_* families (Linux /proc)
         text = generate_latest(registry)
         with self._lock:
             self._text, self._made = text, made

@@ -67,6 +67,14 @@ def monitor_families(f: Families, monitor: Mapping[str, Any]) -> None:
             cam.get("skipped"),
             source=name,
         )
+        for stat in ("mean", "max"):
+            ms = cam.get(f"check_ms_{stat}")
+            f.gauge(
+                f"monitor_check_{stat}_seconds",
+                f"{stat.capitalize()} time of one tamper check since start.",
+                None if ms is None else float(ms) / 1000.0,
+                source=name,
+            )
     f.counter("monitor_behind", "Monitor rounds that overran their period.", monitor.get("behind"))
     for pipeline, heads in (monitor.get("quality") or {}).items():
         for head, q in heads.items():
@@ -92,6 +100,7 @@ def monitor_families(f: Families, monitor: Mapping[str, Any]) -> None:
                 f.gauge(
                     "quality_boxes_per_result", "Detections per result.", w.get("boxes_per_result"), **labels
                 )
+                f.gauge("quality_classes", "Distinct classes seen in the window.", w.get("classes"), **labels)
                 for qname, value in (w.get("confidence_quantiles") or {}).items():
                     quantile = str(float(qname.removeprefix("p")) / 100)
                     f.gauge(
@@ -132,6 +141,9 @@ def monitor_families(f: Families, monitor: Mapping[str, Any]) -> None:
                 pipeline=pipeline,
                 kind=kind.removeprefix("psi_"),
             )
+        f.gauge(
+            "drift_results", "Results in the live drift window.", report.get("results"), pipeline=pipeline
+        )
         f.gauge(
             "drift_level",
             "Drift level: 0 ok, 1 watch, 2 drift (absent until enough results).",
