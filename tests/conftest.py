@@ -19,6 +19,7 @@ import pytest
 from devkit.broker import Mosquitto
 from devkit.paths import MODELS
 from devkit.pki import TestPki
+from devkit.prometheus import Prometheus
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -76,6 +77,24 @@ def make_broker(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
     yield make
     for started in reversed(brokers):
         started.stop()
+
+
+@pytest.fixture
+def make_prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
+    """A factory ``make_prometheus(jobs, rule_files=()) -> started Prometheus`` (Debian's
+    /usr/bin/prometheus scraping ``jobs`` every second); all killed afterwards."""
+    servers: list[Prometheus] = []
+
+    def make(jobs: dict[str, list[str]], **options: Any) -> Prometheus:
+        options.setdefault("name", f"prometheus{len(servers)}" if servers else "prometheus")
+        server = Prometheus(tmp_path, jobs, **options)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in reversed(servers):
+        server.stop()
 
 
 @pytest.fixture(scope="session")
