@@ -31,6 +31,11 @@ Exposed families (all prefixed ``edge_runtime_``; times in seconds, as Prometheu
 - ``process_cpu_percent``, ``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
   ``process_peak_resident_memory_bytes``, ``process_open_fds``, ``process_threads``, ``cpu_cores``,
   ``load1``, ``load5``, ``load15``, ``temperature_celsius{zone}``, ``disk_free_bytes{path}``
+- the monitor's families (:mod:`.monitor_metrics`)
+
+and, unprefixed, the standard process collector's ``process_*`` families (``prometheus_client``'s
+``ProcessCollector``, read from ``/proc/self`` when the snapshot is made). docs/metrics.md lists
+every family with its type and labels (a test holds it to what a running daemon exports).
 """
 
 from __future__ import annotations
