@@ -103,6 +103,37 @@ def dashboard_queries(dashboard: dict[str, Any], instance: str) -> list[tuple[st
     return queries
 
 
+def test_the_dashboard_is_grafana_10_with_device_selection_and_covers_the_figures() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert dashboard["schemaVersion"] >= 38  # Grafana 10
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert (
+        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    )
+    assert {variables["instance"]["type"], variables["pipeline"]["type"]} == {"query"}
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in panels)
+    exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
+    for needed in (
+        "up{",
+        "rate(edge_runtime_pipeline_results_total",
+        "edge_runtime_pipeline_fps_out",
+        "histogram_quantile(0.5, sum by (instance, pipeline, le) (rate(edge_runtime_pipeline_latency",
+        "histogram_quantile(0.95,",
+        "histogram_quantile(0.99,",
+        "edge_runtime_outbox_depth",
+        "edge_runtime_drift_psi",
+        "edge_runtime_drift_level",
+        "edge_runtime_source_tamper",
+        "edge_runtime_quality_confidence_mean",
+        "edge_runtime_quality_low_confidence_share",
+        "process_resident_memory_bytes",
+        "rate(process_cpu_seconds_total",
+        "edge_runtime_mqtt_connected",
+    ):
+        assert needed in exprs, needed
+
+
 def returns_data(prom: Prometheus, expr: str, instance: str, *, only: bool) -> str:
     """'' when ``expr`` returns a series of ``instance`` (``only``: and no other instance), else why not."""
     try:
