@@ -9,6 +9,7 @@
         --data edge_runtime/models/detect_heldout.npz --labels edge_runtime/models/digits_labels.txt \\
         --out ref.json
     .venv/bin/python tools/monitor_reference.py --bundled   # every bundled model with a held-out set
+    .venv/bin/python tools/monitor_reference.py --bundled --check   # exit 1 when one is stale
 
 Inputs: each model input is fed the .npz array named like it (``vibration`` for the input
 ``serving_default_vibration:0``), else ``images`` (``--map INPUT=ARRAY`` to say otherwise). uint8
@@ -176,7 +177,9 @@ def store(manifest: Path, model_file: str, ref: dict[str, Any]) -> None:
     manifest.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def bundled() -> None:
+def bundled(check: bool = False) -> int:
+    """Write (or with ``check``, compare) the reference of every bundled model; the number stale."""
+    stale = 0
     for manifest, model_file, data, how in BUNDLED:
         labels = str(MODELS / how["labels"]) if "labels" in how else None
         heads = {n: (p, str(MODELS / lab)) for n, (p, lab) in how.get("heads", {}).items()} or None
@@ -187,11 +190,21 @@ def bundled() -> None:
             heads=heads,
             detection=bool(how.get("detection")),
         )
+        if check:
+            doc = json.loads((MODELS / manifest).read_text(encoding="utf-8"))
+            stored = [
+                e.get("monitor_reference") for e in doc["models"].values() if e.get("file") == model_file
+            ]
+            same = stored == [json.loads(json.dumps(ref))]
+            stale += not same
+            print(f"{manifest}: {model_file}: {'up to date' if same else 'STALE'}", file=sys.stderr)
+            continue
         store(MODELS / manifest, model_file, ref)
         print(
             f"{manifest}: {model_file}: {ref['kind']} reference from {ref['samples']} samples",
             file=sys.stderr,
         )
+    return stale
 
 
 def pair(text: str, sep: str = "=") -> tuple[str, str]:
@@ -209,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("model", nargs="?", help="the .tflite or .onnx model")
     ap.add_argument("--bundled", action="store_true", help="rewrite the references of every bundled model")
+    ap.add_argument(
+        "--check", action="store_true", help="with --bundled: exit 1 if a stored reference is stale"
+    )
     ap.add_argument("--data", help=".npz held-out set (images: uint8 0-255; other arrays: real units)")
     ap.add_argument("--labels", help="one label a line (one classification head, or --detection)")
     ap.add_argument("--head", action="append", type=pair, default=[], help="NAME=OUTPUT:LABELS, one per head")
@@ -226,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--manifest", help="store it as monitor_reference in this manifest's entry for the model")
     args = ap.parse_args(argv)
     if args.bundled:
-        bundled()
-        return 0
+        return 1 if bundled(args.check) else 0
     if not args.model or not args.data:
         ap.error("give MODEL and --data (or --bundled)")
     if not args.out and not args.manifest:

@@ -127,6 +127,8 @@ def start_runtime(
     if monitor is not None:
         refs = {p.name: manifest_reference(p.runners[0].model.path) for p in pipelines}
         monitor.start(config or MonitorConfig(), {s.name: s for s in sources}, refs)
+        for pipeline in pipelines:  # input drift: the first model's inputs, sampled as they are built
+            pipeline.runners[0].input_tap = monitor.input_drift.get(pipeline.name)
 
 
 def stop_runtime(
