@@ -247,3 +247,39 @@ def test_input_drift_cost_per_inference(name: str) -> None:
     )
     assert report["level"] in ("ok", "watch", "drift")
     assert sampled_us < 500 and skip_us < 20  # generous: a shared 2-core machine; the print is the figure
+
+
+def test_a_running_daemon_moves_input_drift_from_ok_to_drift_when_the_video_turns_inverted(
+    tmp_path: Path,
+) -> None:
+    """A real ``edge-runtime run`` process on a real video: the held-out digits, then the same
+    digits inverted (looping). Health (``/api/health``) reads input drift ``ok`` on the first part
+    and ``drift`` once the inverted frames fill the window; the log has the event's message."""
+    from devkit.daemon import digits_config
+    from devkit.httpd import HttpDaemon
+    from devkit.processes import wait_until
+    from edge_runtime.demo import write_digits_video
+
+    images = npz("digits_heldout.npz")["images"]
+    write_digits_video(tmp_path / "digits.avi", [*images, *(255 - images)], fps=50.0)
+    extra = "\n[monitor.drift]\ninput_every = 1\ninput_window = 100\ninput_min_samples = 50\n"
+    config = digits_config(tmp_path, port=None, fps=50.0, extra=extra)
+    seen: list[tuple[str, float | None]] = []
+
+    def level_is(want: str) -> bool:
+        report = d.json("/api/health")["monitor"]["drift"]["digits"]["input"]
+        seen.append((report["level"], report.get("psi")))
+        return bool(report["level"] == want)
+
+    with HttpDaemon(config) as d:
+        assert wait_until(lambda: level_is("ok"), 30, 0.2), (seen[-20:], d.log()[-3000:])
+        assert wait_until(lambda: level_is("drift"), 40, 0.2), (seen[-20:], d.log()[-3000:])
+        assert wait_until(lambda: "input drift level drift" in d.log(), 10), d.log()[-3000:]
+        health = d.json("/api/health")["monitor"]["drift"]["digits"]
+        ok_psi = [p for lvl, p in seen if lvl == "ok" and p is not None]
+        print(
+            f"\ndaemon: input levels seen {sorted({lvl for lvl, _ in seen})}, PSI while ok "
+            f"{min(ok_psi):.4f}-{max(ok_psi):.4f}; at drift {health['input']}"
+        )
+        assert health["input"]["inputs"]["serving_default_image:0"]["channels"][0] >= 0.25
+        assert d.stop() == 0
