@@ -18,7 +18,6 @@ histograms is kept with its running sum, so a report is one PSI per channel over
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -217,10 +216,14 @@ class LiveInputDrift:
         self.every = every
         self.min_samples = min_samples
         self.seen = 0
-        self.recent: dict[int, deque[npt.NDArray[np.int64]]] = {p: deque() for p in self.inputs}
-        self.totals = {
-            p: np.zeros(h.channels * h.bins + ORIENT_BINS, dtype=np.int64) for p, h in self.inputs.items()
+        # per input: a ring of the last ``window`` sampled histograms and their running sum
+        self.rings = {
+            p: np.zeros((window, h.channels * h.bins + ORIENT_BINS), dtype=np.int32)
+            for p, h in self.inputs.items()
         }
+        self.filled = dict.fromkeys(self.inputs, 0)
+        self.added = dict.fromkeys(self.inputs, 0)
+        self.totals = {p: np.zeros(ring.shape[1], dtype=np.int64) for p, ring in self.rings.items()}
         self.window = window
         self._lock = threading.Lock()
 
@@ -234,17 +237,18 @@ class LiveInputDrift:
         hist = self.inputs.get(position)
         if hist is None:
             return
-        counts = hist.counts(array)
+        counts = hist.counts(array).astype(np.int32)  # at most max_values per cell: int32 halves the window
         with self._lock:
-            recent = self.recent[position]
-            recent.append(counts)
+            row = self.rings[position][self.added[position] % self.window]
             self.totals[position] += counts
-            if len(recent) > self.window:
-                self.totals[position] -= recent.popleft()
+            self.totals[position] -= row  # the oldest (zeros until the ring is full)
+            row[:] = counts
+            self.added[position] += 1
+            self.filled[position] = min(self.window, self.filled[position] + 1)
 
     def report(self) -> dict[str, Any]:
         with self._lock:
-            sampled = min((len(d) for d in self.recent.values()), default=0)
+            sampled = min(self.filled.values(), default=0)
             totals = {p: t.copy() for p, t in self.totals.items()}
         if sampled < self.min_samples:
             return {"samples": sampled, "level": "unknown"}
