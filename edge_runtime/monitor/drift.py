@@ -1,19 +1,19 @@
 """Drift of a model's outputs against a reference: the population stability index.
 
-A reference (written from a held-out set by ``tools/monitor_reference.py``) holds the model's
-top-1 class rates and, per class, a 10-bin histogram of the top-1 confidence. The live side keeps
-the last ``window`` results as (class, bin) pairs (a bounded deque) and compares:
+A reference (written from a held-out set by ``tools/monitor_reference.py``, stored as the
+``monitor_reference`` of the model's manifest entry) is of one kind:
 
-- ``psi_class_rates``: PSI between the live and the reference top-1 class rates;
-- ``psi_confidence``: PSI between the live and the reference top-1 confidence histograms, pooled
-  over classes (per-class histograms need far more results than a window holds for rare classes:
-  with k cells and n results the PSI of pure sampling noise is about (k - 1) / n).
+- ``top1``: top-1 class rates and, per class, a 10-bin histogram of the top-1 confidence;
+  :class:`LiveDrift` compares the last ``window`` results' class rates (``psi_class_rates``) and
+  confidence histogram pooled over classes (``psi_confidence``: per-class histograms need far more
+  results than a window holds; with k cells and n results the PSI of pure noise is about (k-1)/n);
+- ``heads``: one ``top1`` reference per classification head of a multi-head model (:class:`LiveHeadsDrift`);
+- ``detection``: class rates of the boxes, their score histogram, boxes per frame
+  (:class:`LiveDetectionDrift`).
 
-``PSI = sum((a - e) * ln(a / e))`` over the cells, both sides normalised and floored at 1e-4.
-Why PSI: it is the symmetric form of the Kullback-Leibler divergence, has conventional levels that
-operators know (below 0.1 stable, 0.1-0.25 watch, above 0.25 drift), needs no parameters and costs
-one pass over k cells (10 classes + 10 bins: a few microseconds), computed at health time, never per
-result. The level is the worse of the two.
+Any kind may carry ``inputs``, the histograms of the model's inputs (:mod:`.inputdrift`). PSI and
+its levels are in :mod:`.psi`; the level is the worst of the figures. Reports are computed when
+health asks (at most once a second for events), never per result.
 """
 
 from __future__ import annotations
