@@ -266,7 +266,7 @@ def test_a_running_daemon_moves_input_drift_from_ok_to_drift_when_the_video_turn
 
     images = npz("digits_heldout.npz")["images"]
     write_digits_video(tmp_path / "digits.avi", [*images, *(255 - images)], fps=50.0)
-    extra = "\n[monitor.drift]\ninput_every = 1\ninput_window = 100\ninput_min_samples = 50\n"
+    extra = "\n[monitor.drift]\ninput_every = 1\ninput_window = 100\ninput_min_samples = 100\n"
     config = digits_config(tmp_path, port=None, fps=50.0, extra=extra)
     seen: list[tuple[str, float | None]] = []
 
@@ -280,10 +280,11 @@ def test_a_running_daemon_moves_input_drift_from_ok_to_drift_when_the_video_turn
         assert wait_until(lambda: level_is("drift"), 40, 0.2), (seen[-20:], d.log()[-3000:])
         assert wait_until(lambda: "input drift level drift" in d.log(), 10), d.log()[-3000:]
         health = d.json("/api/health")["monitor"]["drift"]["digits"]
-        ok_psi = [p for lvl, p in seen if lvl == "ok" and p is not None]
+        first_ok = next(p for lvl, p in seen if lvl == "ok")
         print(
-            f"\ndaemon: input levels seen {sorted({lvl for lvl, _ in seen})}, PSI while ok "
-            f"{min(ok_psi):.4f}-{max(ok_psi):.4f}; at drift {health['input']}"
+            f"\ndaemon: input levels seen {sorted({lvl for lvl, _ in seen})}, PSI at the first ok "
+            f"{first_ok}; at drift {health['input']}"
         )
-        assert health["input"]["inputs"]["serving_default_image:0"]["channels"][0] >= 0.25
+        (image,) = health["input"]["inputs"].values()  # serving_default_image:0 (TFLite) or image (ONNX)
+        assert image["channels"][0] >= 0.25, image
         assert d.stop() == 0
