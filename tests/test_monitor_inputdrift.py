@@ -288,3 +288,89 @@ def test_a_running_daemon_moves_input_drift_from_ok_to_drift_when_the_video_turn
         (image,) = health["input"]["inputs"].values()  # serving_default_image:0 (TFLite) or image (ONNX)
         assert image["channels"][0] >= 0.25, image
         assert d.stop() == 0
+
+
+def test_a_reference_that_does_not_fit_the_model_is_refused_for_input_drift() -> None:
+    digits = Model(MODELS / "digits_int8.tflite")
+
+    def live(name: str) -> LiveInputDrift:
+        return LiveInputDrift(ref_of(name)["inputs"])
+
+    assert live("digits_int8.tflite").mismatches(digits.inputs) == []
+    assert live("fused_int8.tflite").mismatches(digits.inputs) == [
+        "the model has no input 1 (serving_default_vibration:0)"
+    ]
+    (why,) = live("detect_int8.tflite").mismatches(digits.inputs)
+    assert "reference image [64, 64, 1], model shape [1, 8, 8, 1]" in why
+    (why,) = live("digits.onnx").mismatches(digits.inputs)
+    assert "reference dtype float32, model int8" in why
+
+
+def test_the_daemon_runs_without_input_drift_when_the_reference_does_not_fit(tmp_path: Path) -> None:
+    """The digits model next to a manifest whose reference is the detector's (a 64x64 image): the
+    pipeline runs and reports output drift, and input drift is left out with a warning."""
+    import json
+    import logging
+    import shutil
+
+    from edge_runtime.config import validate
+    from edge_runtime.daemon.service import Service
+    from edge_runtime.demo import write_digits_video
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(MODELS / "digits_int8.tflite", folder)
+    wrong = {**ref_of("digits_int8.tflite"), "inputs": ref_of("detect_int8.tflite")["inputs"]}
+    manifest = {"models": {"digits": {"file": "digits_int8.tflite", "monitor_reference": wrong}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    images = npz("digits_heldout.npz")["images"][:150]
+    write_digits_video(tmp_path / "digits.avi", list(images), fps=100.0)
+    config = {
+        "device": {"id": "test", "state_dir": str(tmp_path / "state")},
+        "mqtt": {"enabled": False},
+        "http": {"enabled": False},
+        "monitor": {"drift": {"input_every": 1}},
+        "sources": {"camera": {"type": "camera", "uri": str(tmp_path / "digits.avi"), "realtime": True}},
+        "pipelines": [
+            {
+                "name": "digits",
+                "trigger": "camera",
+                "models": [
+                    {
+                        "path": str(folder / "digits_int8.tflite"),
+                        "inputs": [
+                            {
+                                "kind": "image",
+                                "source": "camera",
+                                "resize": "crop",
+                                "color": "gray",
+                                "std": 255.0,
+                            }
+                        ],
+                        "postprocess": {
+                            "type": "classification",
+                            "labels": str(MODELS / "digits_labels.txt"),
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("edge_runtime.daemon.runtime").addHandler(handler)
+    try:
+        service = Service(validate(config, tmp_path), [], duration_s=60)
+        service.run(install_signals=False)
+    finally:
+        logging.getLogger("edge_runtime.daemon.runtime").removeHandler(handler)
+    assert service.stop_reason == "every pipeline finished", service.stop_reason
+    assert service.health is not None
+    doc = service.health.report(mark=False)
+    assert doc["pipelines"]["digits"]["results"] >= 140 and doc["pipelines"]["digits"]["errors"] == 0
+    drift = doc["monitor"]["drift"]["digits"]
+    assert "input" not in drift and drift["level"] == "ok", drift
+    assert any("no input drift: its reference does not fit" in m and "[64, 64, 1]" in m for m in records), (
+        records
+    )

@@ -93,7 +93,7 @@ def input_reference(
 ) -> dict[str, Any]:
     """The reference of one model input fed ``samples`` (``[N, *input shape]``, as fed: dtype kept)."""
     arr = np.asarray(samples)
-    channels = int(arr.shape[-1]) if arr.ndim > 2 else 1
+    channels = int(arr.shape[-1]) if arr.ndim >= 2 else 1  # the last axis: colour, feature, sensor axis
     values = rows(arr, channels)
     integer = np.issubdtype(arr.dtype, np.integer)
     lo = [float(v) for v in values.min(axis=0)]
@@ -140,6 +140,18 @@ def checked_inputs(doc: Any, where: str) -> list[dict[str, Any]]:
         if not ok:
             raise ValueError(f"{where}: inputs[{i}] is not a usable input histogram reference")
     return doc
+
+
+def mismatch(ref: Mapping[str, Any], spec: TensorSpec) -> str:
+    """Why the reference of one input cannot judge the model input ``spec`` (or "")."""
+    shape = tuple(int(v) for v in spec.shape)
+    if str(ref["dtype"]) != spec.dtype:
+        return f"input {spec.name}: reference dtype {ref['dtype']}, model {spec.dtype}"
+    if (shape[-1] if len(shape) >= 2 else 1) != int(ref["channels"]):  # as input_reference counts them
+        return f"input {spec.name}: reference has {ref['channels']} channels, model shape {list(shape)}"
+    if "image" in ref and tuple(int(v) for v in ref["image"]) != shape[1:]:
+        return f"input {spec.name}: reference image {ref['image']}, model shape {list(shape)}"
+    return ""
 
 
 class Histogrammer:
@@ -226,6 +238,21 @@ class LiveInputDrift:
         self.totals = {p: np.zeros(ring.shape[1], dtype=np.int64) for p, ring in self.rings.items()}
         self.window = window
         self._lock = threading.Lock()
+
+    def mismatches(self, specs: Sequence[TensorSpec]) -> list[str]:
+        """Why this reference cannot judge a model with inputs ``specs`` (empty: it can)."""
+        by_position = {spec.position: spec for spec in specs}
+        problems = []
+        for position, hist in self.inputs.items():
+            spec = by_position.get(position)
+            if spec is None:
+                problems.append(f"the model has no input {position} ({hist.name})")
+                continue
+            ref = {"dtype": hist.dtype, "channels": hist.channels}
+            if hist.image is not None:
+                ref["image"] = list(hist.image)
+            problems += [why for why in [mismatch(ref, spec)] if why]
+        return problems
 
     def due(self) -> bool:
         """Count one inference; True when its inputs are to be sampled."""
