@@ -15,7 +15,8 @@ import numpy.typing as npt
 import pytest
 
 from devkit.paths import MODELS
-from edge_runtime.monitor.drift import LiveDrift, level, load_reference, model_scores, psi
+from edge_runtime.monitor.drift import LiveDrift, load_reference, model_scores
+from edge_runtime.monitor.psi import level, psi
 from edge_runtime.runtime.model import Model
 
 LABELS = (MODELS / "digits_labels.txt").read_text(encoding="utf-8").splitlines()

@@ -31,7 +31,7 @@ def test_promtool_checks_the_rules_and_their_unit_tests_pass() -> None:
         text=True,
         timeout=60,
     )
-    assert check.returncode == 0 and "SUCCESS: 11 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 12 rules found" in check.stdout, check.stdout + check.stderr
     test = subprocess.run(
         [tool, "test", "rules", "edge-runtime-rules.test.yml"],
         check=False,
@@ -61,7 +61,7 @@ def test_every_metric_the_rules_name_is_exported() -> None:
             "tamper": {"c": {"states": {"covered": False}}},
             "behind": 0,
             "quality": {"p": {"default": {"short": {}, "long": {}, "low_mean_confidence": False}}},
-            "drift": {"p": {"level": "ok"}},
+            "drift": {"p": {"level": "ok", "input": {"level": "drift"}}},
         },
     }
     from prometheus_client import CollectorRegistry, ProcessCollector

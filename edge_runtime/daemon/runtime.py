@@ -127,6 +127,18 @@ def start_runtime(
     if monitor is not None:
         refs = {p.name: manifest_reference(p.runners[0].model.path) for p in pipelines}
         monitor.start(config or MonitorConfig(), {s.name: s for s in sources}, refs)
+        for pipeline in pipelines:  # input drift: the first model's inputs, sampled as they are built
+            live = monitor.input_drift.get(pipeline.name)
+            problems = live.mismatches(pipeline.runners[0].model.inputs) if live is not None else []
+            if problems:
+                log.warning(
+                    "pipeline %s: no input drift: its reference does not fit: %s",
+                    pipeline.name,
+                    "; ".join(problems),
+                )
+                monitor.input_drift.pop(pipeline.name, None)
+                live = None
+            pipeline.runners[0].input_tap = live
 
 
 def stop_runtime(

@@ -98,6 +98,24 @@ class DriftConfig(BaseModel):
     )
     window: int = Field(500, ge=10, le=100_000, description="Recent results compared with the reference.")
     min_results: int = Field(100, ge=10, le=100_000, description="Results needed before a level is given.")
+    input_every: int = Field(
+        10,
+        ge=1,
+        le=100_000,
+        description="Input drift: histogram every Nth model input (when the reference has inputs).",
+    )
+    input_window: int = Field(
+        200, ge=10, le=100_000, description="Input drift: sampled inputs compared with the reference."
+    )
+    input_min_samples: int = Field(
+        50, ge=10, le=100_000, description="Input drift: sampled inputs needed before a level is given."
+    )
+    input_values: int = Field(
+        256,
+        ge=16,
+        le=1_000_000,
+        description="Input drift: at most about this many values per channel of a sampled input (strided).",
+    )
 
 
 class MonitorConfig(BaseModel):

@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge_runtime.monitor.config import MonitorConfig
-from edge_runtime.monitor.drift import LiveDrift
+from edge_runtime.monitor.drift import OutputDrift, output_drift
+from edge_runtime.monitor.inputdrift import LiveInputDrift
 from edge_runtime.monitor.latency import LatencyHistograms
 from edge_runtime.monitor.quality import Quality
 from edge_runtime.monitor.tamper import TamperDetector
@@ -52,8 +53,9 @@ class Monitor:
         self.config = MonitorConfig()
         self.cameras: dict[str, _Camera] = {}
         self.quality: Quality | None = None
-        self.drift: dict[str, LiveDrift] = {}
-        self.drift_levels: dict[str, str] = {}
+        self.drift: dict[str, OutputDrift] = {}
+        self.input_drift: dict[str, LiveInputDrift] = {}
+        self.drift_levels: dict[tuple[str, str], str] = {}
         self.latency = LatencyHistograms()
         self._drift_due = 0.0
         self.behind = 0
@@ -87,10 +89,18 @@ class Monitor:
                     self.cameras[name] = _Camera(source, TamperDetector(config.tamper))
         self.quality = Quality(config.quality, self.event) if config.quality.enabled else None
         d = config.drift
-        self.drift = {
-            name: LiveDrift(ref, d.window, d.min_results)
-            for name, ref in (references or {}).items()
-            if ref is not None and d.enabled
+        refs = {name: ref for name, ref in (references or {}).items() if ref is not None and d.enabled}
+        self.drift = {name: output_drift(ref, d.window, d.min_results) for name, ref in refs.items()}
+        self.input_drift = {
+            name: LiveInputDrift(
+                ref["inputs"],
+                every=d.input_every,
+                window=d.input_window,
+                min_samples=d.input_min_samples,
+                max_values=d.input_values,
+            )
+            for name, ref in refs.items()
+            if ref.get("inputs")
         }
         self.drift_levels = {}
         if self.cameras:
@@ -125,30 +135,42 @@ class Monitor:
             self.quality.observe(result, now)
         live = self.drift.get(str(result.get("pipeline")))
         body = result.get("result") or {}
-        top = body.get("top") if body.get("type") == "classification" else None
-        if live is not None and top:
-            live.add(str(top[0]["label"]), float(top[0]["score"]))
-            if now >= self._drift_due:
-                self._drift_due = now + 1.0
-                self._drift_events()
+        if live is not None and isinstance(body, Mapping):
+            live.observe(body)
+        if (live is not None or self.input_drift) and now >= self._drift_due:
+            self._drift_due = now + 1.0
+            self._drift_events()
 
     def _drift_events(self) -> None:
-        """A ``monitor.drift`` event when a pipeline's level changes (ok, watch, drift)."""
-        for name, live in self.drift.items():
+        """A ``monitor.drift`` event when a pipeline's output or input level changes (ok, watch,
+        drift; ``side`` says which); the first ``ok`` is not announced."""
+        sides: list[tuple[str, str, OutputDrift | LiveInputDrift]] = [
+            *((name, "output", live) for name, live in self.drift.items()),
+            *((name, "input", live) for name, live in self.input_drift.items()),
+        ]
+        for name, side, live in sides:
             report = live.report()
             lvl = report["level"]
-            before = self.drift_levels.get(name, "unknown")
+            before = self.drift_levels.get((name, side), "unknown")
             if lvl in {"unknown", before}:
                 continue
-            self.drift_levels[name] = lvl
+            self.drift_levels[(name, side)] = lvl
             if before == "unknown" and lvl == "ok":
                 continue
-            message = f"pipeline {name}: drift level {lvl} (PSI {report['psi']})"
+            what = "drift level" if side == "output" else "input drift level"
+            message = f"pipeline {name}: {what} {lvl} (PSI {report['psi']})"
             (log.warning if lvl != "ok" else log.info)(message)
             self.event(
                 "monitor.drift",
                 message,
-                {"pipeline": name, "active": lvl != "ok", "level": lvl, "previous": before, **report},
+                {
+                    "pipeline": name,
+                    "side": side,
+                    "active": lvl != "ok",
+                    "level": lvl,
+                    "previous": before,
+                    **report,
+                },
             )
 
     def _run(self) -> None:
@@ -208,7 +230,9 @@ class Monitor:
                 "check_ms_max": round(cam.cost_ms_max, 4),
             }
         quality = None if self.quality is None else self.quality.stats(time.monotonic())
-        drift = {name: live.report() for name, live in self.drift.items()}
+        drift: dict[str, Any] = {name: live.report() for name, live in self.drift.items()}
+        for name, live_in in self.input_drift.items():
+            drift[name] = {**drift.get(name, {}), "input": live_in.report()}
         return {
             "tamper": cameras,
             "behind": self.behind,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,16 @@ from edge_runtime.runtime.shared import ModelRegistry
 from edge_runtime.sources.base import Frame, SensorSource, Source
 
 CROP_SOURCE = "crop"  # the image input of a cascade's classifier
+
+
+class InputTap(Protocol):
+    """Sees some of the inputs as fed (input drift, :mod:`edge_runtime.monitor.inputdrift`)."""
+
+    def due(self) -> bool:
+        """Count one inference; True when its inputs are to be shown to :meth:`add`."""
+        ...
+
+    def add(self, position: int, array: npt.NDArray[Any]) -> None: ...
 
 
 def _find_input(model: Model, ref: int | str) -> TensorSpec:
@@ -115,6 +125,7 @@ class ModelRunner:
         self._capture_request = threading.Event()
         self._captured = threading.Event()
         self.captured_inputs: list[npt.NDArray[Any]] | None = None
+        self.input_tap: InputTap | None = None  # set by the daemon when the model has a reference
         self.heads: dict[str, Head[Any]] = {}
         heads = mc.postprocess if isinstance(mc.postprocess, dict) else {"": mc.postprocess}
         size = (self.images[0][1].width, self.images[0][1].height) if self.images else None
@@ -142,6 +153,8 @@ class ModelRunner:
         buffers ``slot`` for :meth:`load`; returns the first image's transform."""
         transform = None
         capture = self._capture_request.is_set()
+        tap = self.input_tap
+        sample = tap is not None and tap.due()
         arrays: dict[int, npt.NDArray[Any]] = {}
         for position, image_builder, source in self.images:
             frame = frames.get(source)
@@ -152,12 +165,16 @@ class ModelRunner:
             self._set(position, array, slot)
             if capture:
                 arrays[position] = array.copy()
+            if sample and tap is not None:
+                tap.add(position, array)
             transform = transform or image_builder.transform
         for position, sensor_builder in self.sensors:
             array = sensor_builder.build(t)
             self._set(position, array, slot)
             if capture:
                 arrays[position] = array.copy()
+            if sample and tap is not None:
+                tap.add(position, array)
         if capture:
             self.captured_inputs = [arrays[i] for i in sorted(arrays)]
             self._capture_request.clear()

@@ -132,22 +132,40 @@ def monitor_families(f: Families, monitor: Mapping[str, Any]) -> None:
                 pipeline=pipeline,
                 head=head,
             )
+    levels = {"ok": 0, "watch": 1, "drift": 2}
     for pipeline, report in (monitor.get("drift") or {}).items():
-        for kind in ("psi_class_rates", "psi_confidence"):
-            f.gauge(
-                "drift_psi",
-                "Population stability index of the outputs against the model's reference.",
-                report.get(kind),
-                pipeline=pipeline,
-                kind=kind.removeprefix("psi_"),
-            )
+        parts = [("", report), *((f"{h}.", r) for h, r in (report.get("heads") or {}).items())]
+        for prefix, part in parts:
+            for kind in sorted(k for k in part if k.startswith("psi_")):
+                f.gauge(
+                    "drift_psi",
+                    "Population stability index of the outputs against the model's reference.",
+                    part.get(kind),
+                    pipeline=pipeline,
+                    kind=prefix + kind.removeprefix("psi_"),
+                )
         f.gauge(
             "drift_results", "Results in the live drift window.", report.get("results"), pipeline=pipeline
         )
         f.gauge(
             "drift_level",
             "Drift level: 0 ok, 1 watch, 2 drift (absent until enough results).",
-            {"ok": 0, "watch": 1, "drift": 2}.get(str(report.get("level"))),
+            levels.get(str(report.get("level"))),
+            pipeline=pipeline,
+        )
+        inputs = report.get("input") or {}
+        for name, part in (inputs.get("inputs") or {}).items():
+            f.gauge(
+                "input_drift_psi",
+                "PSI of the sampled model input against the reference (worst channel or statistic).",
+                part.get("psi"),
+                pipeline=pipeline,
+                input=name,
+            )
+        f.gauge(
+            "input_drift_level",
+            "Input drift level: 0 ok, 1 watch, 2 drift (absent until enough sampled inputs).",
+            levels.get(str(inputs.get("level"))),
             pipeline=pipeline,
         )
     for pipeline, stages in (monitor.get("latency_histograms") or {}).items():
