@@ -194,7 +194,7 @@ def test_dashboard_and_rules_return_data_from_a_real_prometheus(
         groups = prom.api("rules")["groups"]
         loaded = {r["name"]: r["query"] for g in groups for r in g["rules"]}
         in_file = re.findall(r"^\s*- alert: (\w+)", RULES.read_text(encoding="utf-8"), re.MULTILINE)
-        assert sorted(loaded) == sorted(in_file) and len(in_file) == 11, (sorted(loaded), in_file)
+        assert sorted(loaded) == sorted(in_file) and len(in_file) == 12, (sorted(loaded), in_file)
         rule_queries = [(f"rule {name}", as_bool(expr)) for name, expr in loaded.items()]
         dash_queries = dashboard_queries(json.loads(DASHBOARD.read_text(encoding="utf-8")), me)
         assert len(dash_queries) >= 30, dash_queries
@@ -234,8 +234,8 @@ def test_dashboard_and_rules_return_data_from_a_real_prometheus(
         assert daemon.stop() == 0 and covered_daemon.stop() == 0, daemon.log()[-3000:]
 
 
-WHEN = {"always", "camera", "quality", "drift", "mqtt", "serial", "waiting", "zones"}
-HOLDS = {"always", "camera", "quality", "drift", "mqtt", "serial"}  # for the daemon of the test
+WHEN = {"always", "camera", "quality", "drift", "input", "mqtt", "serial", "waiting", "zones"}
+HOLDS = {"always", "camera", "quality", "drift", "input", "mqtt", "serial"}  # for the daemon of the test
 
 
 def documented_metrics() -> dict[str, tuple[str, frozenset[str], str]]:
@@ -273,6 +273,7 @@ def test_the_documented_metric_list_is_what_a_daemon_exports(tmp_path: Path, bro
     config.write_text(
         config.read_text().replace("[[pipelines]]", serial + "\n[[pipelines]]", 1)
         + f"\n[metrics]\nenabled = true\nport = {port}\nrefresh_s = 1.0\n"
+        + "\n[monitor.drift]\ninput_every = 1\n"  # input drift's level within the 120 results below
     )
     documented = documented_metrics()
     with Daemon(config) as daemon:
@@ -286,7 +287,7 @@ def test_the_documented_metric_list_is_what_a_daemon_exports(tmp_path: Path, bro
                 text = scraped(port)
             except OSError:
                 return False
-            return "edge_runtime_drift_level{" in text
+            return "edge_runtime_drift_level{" in text and "edge_runtime_input_drift_level{" in text
 
         assert wait_until(drift_exported, 30, 0.5), daemon.log()[-3000:]
         assert daemon.stop() == 0, daemon.log()[-3000:]
