@@ -11,17 +11,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from edge_runtime.config import Config, ModelConfig
 from edge_runtime.daemon.preflight import resolve_source_paths
 from edge_runtime.monitor.config import MonitorConfig
-from edge_runtime.monitor.drift import manifest_reference
-from edge_runtime.monitor.service import Monitor
+from edge_runtime.monitor.drift import checked, manifest_reference
+from edge_runtime.monitor.service import Monitor, Reference
 from edge_runtime.pipeline import Pipeline, load_model
+from edge_runtime.pipeline.runner import ModelRunner
 from edge_runtime.runtime.model import Model
 from edge_runtime.sources import build_source
 from edge_runtime.sources.base import Source
+from edge_runtime.updates.protocol import reference_digest
+from edge_runtime.updates.store import stored_reference
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +129,38 @@ def start_runtime(
     for pipeline in pipelines:
         pipeline.start()
     if monitor is not None:
-        refs = {p.name: manifest_reference(p.runners[0].model.path) for p in pipelines}
+        models = {p.name: p.runners[0].model for p in pipelines}
+        refs = {name: model_reference(model.path, model.sha256) for name, model in models.items()}
         monitor.start(config or MonitorConfig(), {s.name: s for s in sources}, refs)
+        for pipeline in pipelines:
+            pipeline.on_swap = _follow_swaps(monitor, pipeline.name)
+
+
+def model_reference(path: Path, model_sha256: str | None = None) -> Reference | None:
+    """The drift reference of the model file ``path``: the one an update stored with it in the
+    model store, else its entry's ``monitor_reference`` in the ``manifest.json`` beside it, else
+    None. A reference that does not check out is logged and ignored (no drift, never a crash)."""
+    try:
+        doc, origin = stored_reference(path), "update"
+        if doc is None:
+            doc, origin = manifest_reference(path), "manifest"
+        if doc is None:
+            return None
+        doc = checked(doc, str(path))
+        return Reference(doc, reference_digest(doc), model_sha256, origin)
+    except ValueError as exc:
+        log.error("model %s: drift reference ignored: %s", path, exc)
+        return None
+
+
+def _follow_swaps(monitor: Monitor, name: str) -> Callable[[ModelRunner], None]:
+    """A pipeline's ``on_swap``: its drift follows the model that now serves."""
+
+    def swapped(runner: ModelRunner) -> None:
+        model = runner.model
+        monitor.set_reference(name, model_reference(model.path, model.sha256))
+
+    return swapped
 
 
 def stop_runtime(
