@@ -69,7 +69,7 @@ class DaemonCommands:
             d.register(
                 "model.update", updater.update, pipeline=text, url=(str, False), transfer=(str, False),
                 sha256=text, size=(int, True), version=text, signature=(str, False),
-                rollback_from=(str, False),
+                rollback_from=(str, False), reference=(dict, False),
             )  # fmt: skip
             d.register(
                 "model.chunk", updater.chunk, transfer=text, index=(int, True), total=(int, True), data=text
