@@ -25,7 +25,7 @@ from edge_runtime.runtime.model import Model
 from edge_runtime.sources import build_source
 from edge_runtime.sources.base import Source
 from edge_runtime.updates.protocol import reference_digest
-from edge_runtime.updates.store import stored_reference
+from edge_runtime.updates.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,10 @@ def start_runtime(
     pipelines: Iterable[Pipeline],
     monitor: Monitor | None = None,
     config: MonitorConfig | None = None,
+    store: ModelStore | None = None,
 ) -> None:
-    """Sources, pipelines, then the monitor (``edge_runtime.monitor``) on them."""
+    """Sources, pipelines, then the monitor (``edge_runtime.monitor``) on them; drift references
+    are looked up in ``store`` (the updates' model store) first."""
     sources, pipelines = list(sources), list(pipelines)
     for source in sources:
         source.start()
@@ -130,18 +132,21 @@ def start_runtime(
         pipeline.start()
     if monitor is not None:
         models = {p.name: p.runners[0].model for p in pipelines}
-        refs = {name: model_reference(model.path, model.sha256) for name, model in models.items()}
+        refs = {name: model_reference(m.path, m.sha256, store, name) for name, m in models.items()}
         monitor.start(config or MonitorConfig(), {s.name: s for s in sources}, refs)
         for pipeline in pipelines:
-            pipeline.on_swap = _follow_swaps(monitor, pipeline.name)
+            pipeline.on_swap = _follow_swaps(monitor, pipeline.name, store)
 
 
-def model_reference(path: Path, model_sha256: str | None = None) -> Reference | None:
-    """The drift reference of the model file ``path``: the one an update stored with it in the
-    model store, else its entry's ``monitor_reference`` in the ``manifest.json`` beside it, else
-    None. A reference that does not check out is logged and ignored (no drift, never a crash)."""
+def model_reference(
+    path: Path, model_sha256: str, store: ModelStore | None = None, pipeline: str = ""
+) -> Reference | None:
+    """The drift reference of the model ``model_sha256`` (file ``path``) of ``pipeline``: the one
+    an update stored with it in ``store``, else its entry's ``monitor_reference`` in the
+    ``manifest.json`` beside the file, else None. A reference that does not check out is logged
+    and ignored (no drift, never a crash)."""
     try:
-        doc, origin = stored_reference(path), "update"
+        doc, origin = (store.reference(pipeline, model_sha256) if store else None), "update"
         if doc is None:
             doc, origin = manifest_reference(path), "manifest"
         if doc is None:
@@ -153,12 +158,12 @@ def model_reference(path: Path, model_sha256: str | None = None) -> Reference | 
         return None
 
 
-def _follow_swaps(monitor: Monitor, name: str) -> Callable[[ModelRunner], None]:
+def _follow_swaps(monitor: Monitor, name: str, store: ModelStore | None) -> Callable[[ModelRunner], None]:
     """A pipeline's ``on_swap``: its drift follows the model that now serves."""
 
     def swapped(runner: ModelRunner) -> None:
         model = runner.model
-        monitor.set_reference(name, model_reference(model.path, model.sha256))
+        monitor.set_reference(name, model_reference(model.path, model.sha256, store, name))
 
     return swapped
 

@@ -55,23 +55,6 @@ def reference_file(model: Path) -> Path:
     return model.with_name(model.stem + REFERENCE_SUFFIX)
 
 
-def stored_reference(model: Path) -> dict[str, Any] | None:
-    """The drift reference stored with ``model`` (a ``{sha256}.tflite`` of the store), or None;
-    raises ValueError when the file is there but unreadable."""
-    if not SHA256_RE.match(model.stem):
-        return None
-    path = reference_file(model)
-    try:
-        doc = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable drift reference: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: a drift reference is a JSON object")
-    return doc
-
-
 @dataclass(frozen=True)
 class Entry:
     """One model version of a pipeline; ``committed_at`` is when it became current (or, for a
@@ -155,6 +138,22 @@ class ModelStore:
         if not SHA256_RE.match(sha):
             raise StoreError(f"sha256 {sha256!r} is not 64 hexadecimal digits")
         return self.pipeline_dir(pipeline) / f"{sha}.tflite"
+
+    def reference(self, pipeline: str, sha256: str) -> dict[str, Any] | None:
+        """The drift reference stored with model ``sha256`` of ``pipeline``, or None; raises
+        ValueError when the file is there but unreadable."""
+        if not SHA256_RE.match(sha256 or "") or not NAME_RE.match(pipeline or ""):
+            return None
+        path = self.pipeline_dir(pipeline, create=False) / f"{sha256}{REFERENCE_SUFFIX}"
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable drift reference: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}: a drift reference is a JSON object")
+        return doc
 
     def staging_dir(self, pipeline: str) -> Path:
         """Where downloads of ``pipeline`` go (same file system: :meth:`add` can rename)."""
