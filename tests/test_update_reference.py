@@ -7,16 +7,19 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from devkit.broker import Mosquitto
 from devkit.daemon import Daemon, digits_config
 from devkit.mqtt_client import Subscriber
 from devkit.paths import DATA, MODELS
+from edge_runtime.fleet.cli import main
 from edge_runtime.monitor.drift import manifest_reference
 from edge_runtime.updates.protocol import reference_digest
 from edge_runtime.updates.signing import SignedFields, generate_keypair, sign
@@ -159,3 +162,47 @@ def test_an_update_carries_its_reference_through_swap_tamper_rollback_and_restar
     store = tmp_path / f"state-{DEVICE}" / "models" / "digits"
     kept = store / f"{v2_sha}.reference.json"
     assert hashlib.sha256(kept.read_bytes()).hexdigest() == reference_digest(skewed)
+
+
+def test_edge_fleet_update_sends_the_reference_from_the_manifest_beside_the_model(
+    tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keygen", "--out", str(tmp_path / "keys")]) == 0
+    public = (tmp_path / "keys" / "fleet.pub").read_text().strip()
+    manifest_ref = manifest_reference(DIGITS)
+    assert manifest_ref is not None
+    skewed = {**copy.deepcopy(manifest_ref), "class_rates": [0.01] * 9 + [0.91]}
+    release = tmp_path / "release"
+    release.mkdir()
+    model = release / "digits_v2.tflite"
+    shutil.copyfile(V2, model)
+    manifest = {"models": {"digits": {"file": "digits_v2.tflite", "monitor_reference": skewed}}}
+    (release / "manifest.json").write_text(json.dumps(manifest))
+    device = "otaref-fleet1"
+    extra = f'[updates]\npublic_keys = ["{public}"]\nprobation_results = 10\n'
+    config = digits_config(tmp_path, port=broker.port, device=device, extra=extra)
+    started = time.time()
+    with Subscriber(broker.host, broker.port, [f"edge/{device}/#"]) as sub, Daemon(config) as daemon:
+        assert sub.wait_for(lambda ms: any(m.topic.endswith("/status") for m in ms), 30), daemon.log()
+        capsys.readouterr()
+        code = main(
+            ["update", "--broker", f"{broker.host}:{broker.port}", "--model", str(model),
+             "--pipeline", "digits", "--version", "2", "--key", str(tmp_path / "keys" / "fleet.key"),
+             "--devices", device, "--timeout", "120", "--json"]
+        )  # fmt: skip
+        out, err = capsys.readouterr()
+        report = json.loads(out)
+        assert code == 0 and report["summary"] == "1 updated", (err, report, daemon.log()[-3000:])
+        assert report["artifact"]["reference_sha256"] == reference_digest(skewed), report["artifact"]
+
+        def drift(ms: list[Any]) -> dict[str, Any] | None:
+            healths = [m.json() for m in ms if m.topic == f"edge/{device}/health"]
+            latest = healths[-1] if healths and healths[-1]["ts"] > started else {}
+            found: dict[str, Any] | None = (latest.get("monitor") or {}).get("drift", {}).get("digits")
+            return found
+
+        want = reference_digest(skewed)
+        assert sub.wait_for(lambda ms: (drift(ms) or {}).get("reference_sha256") == want, 30), drift(
+            sub.messages(f"edge/{device}/health")
+        )
+        assert daemon.stop() == 0
