@@ -26,6 +26,7 @@ from edge_runtime.sources import build_source
 from edge_runtime.sources.base import Source
 from edge_runtime.updates.protocol import reference_digest
 from edge_runtime.updates.store import ModelStore
+from edge_runtime.updates.updater import Updater
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +122,17 @@ def start_runtime(
     pipelines: Iterable[Pipeline],
     monitor: Monitor | None = None,
     config: MonitorConfig | None = None,
-    store: ModelStore | None = None,
+    updater: Updater | None = None,
 ) -> None:
     """Sources, pipelines, then the monitor (``edge_runtime.monitor``) on them; drift references
-    are looked up in ``store`` (the updates' model store) first."""
+    are looked up in the ``updater``'s model store first."""
     sources, pipelines = list(sources), list(pipelines)
     for source in sources:
         source.start()
     for pipeline in pipelines:
         pipeline.start()
     if monitor is not None:
+        store = updater.store if updater is not None else None
         models = {p.name: p.runners[0].model for p in pipelines}
         refs = {name: model_reference(m.path, m.sha256, store, name) for name, m in models.items()}
         monitor.start(config or MonitorConfig(), {s.name: s for s in sources}, refs)
