@@ -178,7 +178,7 @@ class Monitor:
 
     def _drift_events(self) -> None:
         """A ``monitor.drift`` event when a pipeline's level changes (ok, watch, drift)."""
-        for name, live in self.drift.items():
+        for name, live in list(self.drift.items()):  # set_reference may change it meanwhile
             report = live.report()
             lvl = report["level"]
             before = self.drift_levels.get(name, "unknown")
