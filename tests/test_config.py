@@ -151,3 +151,52 @@ def test_override_values_use_toml_syntax() -> None:
     data: dict[str, object] = {}
     apply_override(data, "a.b.c=1.5")
     assert data == {"a": {"b": {"c": 1.5}}}
+
+
+def test_per_camera_tamper_options_override_the_global_ones_for_that_camera_only(tmp_path: Path) -> None:
+    text = GOOD + (
+        "\n[monitor.tamper]\ndark_enter = 30.0\nhold_s = 1.0\n"
+        '\n[monitor.tamper.sources.front]\nstates = ["dark", "covered"]\ndark_enter = 5.0\ndark_leave = 8.0\n'
+    )
+    tamper = load_config(_write(tmp_path, text)).monitor.tamper
+    front = tamper.for_source("front")
+    assert (front.dark_enter, front.dark_leave, front.hold_s, front.states) == (
+        5.0,
+        8.0,
+        1.0,
+        ["dark", "covered"],
+    )
+    other = tamper.for_source("side")  # any other camera: the global options
+    assert (other.dark_enter, other.dark_leave, len(other.states)) == (30.0, 50.0, 6)
+
+
+def test_per_camera_tamper_options_are_checked_with_their_path(tmp_path: Path) -> None:
+    unknown = GOOD + "\n[monitor.tamper.sources.back]\nenabled = false\n"
+    unknown += "\n[monitor.tamper.sources.vib]\nhold_s = 1.0\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, unknown))
+    problems = "\n".join(info.value.problems)
+    assert "monitor.tamper.sources.back: 'back': no source of that name" in problems
+    assert "monitor.tamper.sources.vib: 'vib': tamper options apply to camera sources only" in problems
+
+    # the merged options keep their hysteresis: a leave threshold below the global enter one
+    crossed = (
+        GOOD + "\n[monitor.tamper]\ndark_enter = 40.0\n\n[monitor.tamper.sources.front]\ndark_leave = 20.0\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, crossed))
+    problems = "\n".join(info.value.problems)
+    assert (
+        "monitor.tamper" in problems and "sources.front: dark_leave must be at least dark_enter" in problems
+    )
+
+    bad = GOOD + '\n[monitor.tamper.sources.front]\ndark_enter = 300.0\nstates = ["moving"]\ncheck_hz = 2.0\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, bad))
+    problems = "\n".join(info.value.problems)
+    assert (
+        "monitor.tamper.sources.front.dark_enter: 300.0: Input should be less than or equal to 255"
+        in problems
+    )
+    assert "monitor.tamper.sources.front.states[0]: 'moving'" in problems
+    assert "monitor.tamper.sources.front.check_hz: 2.0: Extra inputs are not permitted" in problems

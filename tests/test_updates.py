@@ -40,7 +40,13 @@ from edge_runtime.updates.checks import (
     smoke_invoke,
     verify_sha256,
 )
-from edge_runtime.updates.protocol import ChecksumError, StoreError, UpdateError, UpdateRequest
+from edge_runtime.updates.protocol import (
+    ChecksumError,
+    StoreError,
+    UpdateError,
+    UpdateRequest,
+    reference_digest,
+)
 from edge_runtime.updates.signing import SignedFields
 from edge_runtime.updates.store import ModelStore
 from edge_runtime.updates.transfer import ChunkAssembler, DownloadPolicy, download
@@ -95,6 +101,30 @@ def test_signed_message_is_canonical() -> None:
         with pytest.raises(UpdateError) as exc:
             signing.signed_message(bad)
         refused("signature", exc)
+
+
+def test_a_drift_reference_adds_one_signed_line_and_only_with_a_reference() -> None:
+    ref = {"v": 1, "kind": "top1", "labels": ["a"], "class_rates": [1.0], "confidence_hist": [[0] * 10]}
+    digest = reference_digest(ref)
+    assert digest == reference_digest(json.loads(json.dumps(ref, indent=3)))  # key order, spacing: same
+    plain = signing.signed_message(SignedFields.update("digits", "2", DIGITS_SHA, SIZE))
+    with_ref = signing.signed_message(SignedFields.update("digits", "2", DIGITS_SHA, SIZE, None, digest))
+    assert with_ref == plain + f"reference_sha256={digest}\n".encode()
+    request = UpdateRequest.from_payload(
+        {"id": "u", "pipeline": "digits", "url": "http://x/m", "sha256": DIGITS_SHA, "size": SIZE,
+         "version": "2", "reference": ref}
+    )  # fmt: skip
+    assert request.reference_sha256 == digest
+    for bad in ({"v": 2}, [1, 2], {**ref, "class_rates": [float("nan")]}, {**ref, "labels": ["a", "b"]}):
+        with pytest.raises(UpdateError) as exc:
+            UpdateRequest.from_payload(
+                {"id": "u", "pipeline": "digits", "url": "http://x/m", "sha256": DIGITS_SHA, "size": SIZE,
+                 "version": "2", "reference": bad}
+            )  # fmt: skip
+        refused("request", exc)
+    with pytest.raises(UpdateError) as exc:
+        signing.signed_message(SignedFields("rollback", "digits", "1", "", 0, "2", digest))
+    refused("signature", exc)
 
 
 def test_signature_good_and_with_several_keys(keys: tuple[bytes, str]) -> None:
@@ -640,6 +670,27 @@ def test_store_pruning_keeps_current_and_previous(tmp_path: Path) -> None:
     states = {v["sha256"]: v["state"] for v in small.versions("p")}
     assert states == {again: "current", shas[3]: "previous"}  # keep=1 still keeps the previous
     assert not list((tmp_path / "p").glob(".*"))
+
+
+def test_store_keeps_a_reference_with_its_model_and_prunes_it_with_it(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, keep=1)
+    refs = [{"v": 1, "kind": "top1", "n": n} for n in range(3)]
+    shas = []
+    for n in range(3):
+        path, sha = _blob(tmp_path, n)
+        store.add("p", path, sha, f"v{n}", reference=refs[n] if n != 1 else None)
+        shas.append(sha)
+        assert store.reference("p", sha) == (refs[n] if n != 1 else None)
+        store.activate("p", sha, probation=False)
+    listed = {v["sha256"]: v["reference_sha256"] for v in store.versions("p")}
+    assert listed == {shas[2]: reference_digest(refs[2]), shas[1]: None}  # v0 pruned (keep=1 + previous)
+    assert not (tmp_path / "p" / f"{shas[0]}.reference.json").exists()
+    orphan = tmp_path / "p" / f"{'e' * 64}.reference.json"
+    orphan.write_text("{}")
+    assert orphan in store.cleanup("p")
+    (tmp_path / "p" / f"{shas[2]}.reference.json").write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable drift reference"):
+        store.reference("p", shas[2])
 
 
 def test_store_files_modes_and_checksum(tmp_path: Path) -> None:

@@ -38,6 +38,12 @@ def _references(config: Config) -> list[str]:
     for name in config.sources:
         if not NAME_RE.match(name):
             problems.append(f"sources.{name}: {name!r}: source name {NAME_RULE}")
+    for name in config.monitor.tamper.sources:
+        where = f"monitor.tamper.sources.{name}"
+        if name not in config.sources:
+            problems.append(f"{where}: {name!r}: no source of that name")
+        elif config.sources[name].type != "camera":
+            problems.append(f"{where}: {name!r}: tamper options apply to camera sources only")
     seen: set[str] = set()
     for i, p in enumerate(config.pipelines):
         where = f"pipelines[{i}]"

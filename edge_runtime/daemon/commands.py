@@ -1,5 +1,5 @@
 """The daemon's remote commands: ping, get_config, reload, pipeline.pause/resume, snapshot, health,
-config.update, and the model-update commands of :mod:`edge_runtime.updates.updater`.
+config.update, monitor.rebase, and the model-update commands of :mod:`edge_runtime.updates.updater`.
 
 :class:`DaemonCommands` registers each on the transport's dispatcher and works against a
 :class:`CommandHost` (the daemon), so commands can be built and tested without a whole daemon.
@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from edge_runtime import __version__
 from edge_runtime.daemon.config_update import ConfigHost, apply_config_update, file_sha256
+from edge_runtime.monitor.service import Monitor
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.redaction import redact_config
 from edge_runtime.reporting.commands import Command, CommandDispatcher, CommandError
@@ -39,6 +40,9 @@ class CommandHost(ConfigHost, Protocol):
     @property
     def sources(self) -> Mapping[str, Source]: ...
 
+    @property
+    def monitor(self) -> Monitor: ...
+
     def publish_health(self) -> dict[str, Any]: ...
 
 
@@ -58,13 +62,14 @@ class DaemonCommands:
         d.register("pipeline.resume", self.resume, pipeline=(str, True))
         d.register("health", self.health)
         d.register("snapshot", self.snapshot, source=(str, True), quality=(int, False))
+        d.register("monitor.rebase", self.rebase, source=(str, False))
         updater = self.updater
         if updater is not None:
             text = (str, True)
             d.register(
                 "model.update", updater.update, pipeline=text, url=(str, False), transfer=(str, False),
                 sha256=text, size=(int, True), version=text, signature=(str, False),
-                rollback_from=(str, False),
+                rollback_from=(str, False), reference=(dict, False),
             )  # fmt: skip
             d.register(
                 "model.chunk", updater.chunk, transfer=text, index=(int, True), total=(int, True), data=text
@@ -140,6 +145,23 @@ class DaemonCommands:
             "encoding": "base64",
             "data": base64.b64encode(jpeg).decode("ascii"),
         }
+
+    def rebase(self, cmd: Command) -> dict[str, Any]:
+        """Take the next frame of ``source`` (every camera without one) as its tamper reference
+        view: after a camera was moved on purpose, ``moved`` clears after its hold time."""
+        monitor = self.host.monitor
+        if not monitor.cameras:
+            raise CommandError("no camera is under tamper checks (see monitor.tamper and the sources)")
+        try:
+            names = monitor.rebase(cmd.args.get("source"))
+        except KeyError as exc:
+            raise CommandError(str(exc.args[0])) from None
+        self.host.event(  # on the record: a rebase also clears "moved" for a camera turned away
+            "monitor.rebased",
+            f"tamper reference view of {', '.join(names)} taken again on request {cmd.id}",
+            {"sources": names, "request": cmd.id},
+        )
+        return {"rebased": names}
 
     def config_update(self, cmd: Command) -> dict[str, Any]:
         """Check a new config (files, pipelines, guarded settings), write it atomically, reload;

@@ -11,17 +11,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from edge_runtime.config import Config, ModelConfig
 from edge_runtime.daemon.preflight import resolve_source_paths
 from edge_runtime.monitor.config import MonitorConfig
-from edge_runtime.monitor.drift import manifest_reference
-from edge_runtime.monitor.service import Monitor
+from edge_runtime.monitor.drift import checked, manifest_reference
+from edge_runtime.monitor.service import Monitor, Reference
 from edge_runtime.pipeline import Pipeline, load_model
+from edge_runtime.pipeline.runner import ModelRunner
 from edge_runtime.runtime.model import Model
 from edge_runtime.sources import build_source
 from edge_runtime.sources.base import Source
+from edge_runtime.updates.protocol import reference_digest
+from edge_runtime.updates.store import ModelStore
+from edge_runtime.updates.updater import Updater
 
 log = logging.getLogger(__name__)
 
@@ -117,28 +122,66 @@ def start_runtime(
     pipelines: Iterable[Pipeline],
     monitor: Monitor | None = None,
     config: MonitorConfig | None = None,
+    updater: Updater | None = None,
 ) -> None:
-    """Sources, pipelines, then the monitor (``edge_runtime.monitor``) on them."""
+    """Sources, pipelines, then the monitor (``edge_runtime.monitor``) on them; drift references
+    are looked up in the ``updater``'s model store first."""
     sources, pipelines = list(sources), list(pipelines)
     for source in sources:
         source.start()
     for pipeline in pipelines:
         pipeline.start()
     if monitor is not None:
-        refs = {p.name: manifest_reference(p.runners[0].model.path) for p in pipelines}
+        store = updater.store if updater is not None else None
+        models = {p.name: p.runners[0].model for p in pipelines}
+        refs = {name: model_reference(m.path, m.sha256, store, name) for name, m in models.items()}
         monitor.start(config or MonitorConfig(), {s.name: s for s in sources}, refs)
-        for pipeline in pipelines:  # input drift: the first model's inputs, sampled as they are built
-            live = monitor.input_drift.get(pipeline.name)
-            problems = live.mismatches(pipeline.runners[0].model.inputs) if live is not None else []
-            if problems:
-                log.warning(
-                    "pipeline %s: no input drift: its reference does not fit: %s",
-                    pipeline.name,
-                    "; ".join(problems),
-                )
-                monitor.input_drift.pop(pipeline.name, None)
-                live = None
-            pipeline.runners[0].input_tap = live
+        for pipeline in pipelines:
+            _tap_inputs(monitor, pipeline.name, pipeline.runners[0])
+            pipeline.on_swap = _follow_swaps(monitor, pipeline.name, store)
+
+
+def _tap_inputs(monitor: Monitor, name: str, runner: ModelRunner) -> None:
+    """Input drift: the serving model's inputs, sampled as they are built (when its reference
+    has input histograms that fit the model)."""
+    live = monitor.input_drift.get(name)
+    problems = live.mismatches(runner.model.inputs) if live is not None else []
+    if problems:
+        log.warning("pipeline %s: no input drift: its reference does not fit: %s", name, "; ".join(problems))
+        monitor.input_drift.pop(name, None)
+        live = None
+    runner.input_tap = live
+
+
+def model_reference(
+    path: Path, model_sha256: str, store: ModelStore | None = None, pipeline: str = ""
+) -> Reference | None:
+    """The drift reference of the model ``model_sha256`` (file ``path``) of ``pipeline``: the one
+    an update stored with it in ``store``, else its entry's ``monitor_reference`` in a
+    ``manifest*.json`` beside the file, else None. A reference that does not check out is logged
+    and ignored (no drift, never a crash)."""
+    try:
+        doc, origin = (store.reference(pipeline, model_sha256) if store else None), "update"
+        if doc is None:
+            doc, origin = manifest_reference(path), "manifest"
+        if doc is None:
+            return None
+        doc = checked(doc, str(path))
+        return Reference(doc, reference_digest(doc), model_sha256, origin)
+    except ValueError as exc:
+        log.error("model %s: drift reference ignored: %s", path, exc)
+        return None
+
+
+def _follow_swaps(monitor: Monitor, name: str, store: ModelStore | None) -> Callable[[ModelRunner], None]:
+    """A pipeline's ``on_swap``: its drift (outputs and inputs) follows the model that now serves."""
+
+    def swapped(runner: ModelRunner) -> None:
+        model = runner.model
+        monitor.set_reference(name, model_reference(model.path, model.sha256, store, name))
+        _tap_inputs(monitor, name, runner)
+
+    return swapped
 
 
 def stop_runtime(

@@ -1,8 +1,10 @@
 """A model file as an update: its sha256, size and signature; the operator's signing key pair.
 
 Signatures are :mod:`edge_runtime.updates.signing`'s (Ed25519, ``edge-runtime-model-v2``: over the
-pipeline, version, sha256, size and the optional downgrade permission ``rollback_from``), so a device
-checks exactly what this tool signs, before it downloads anything.
+pipeline, version, sha256, size, the optional downgrade permission ``rollback_from`` and the sha256
+of the drift reference the update carries), so a device checks exactly what this tool signs, before
+it downloads anything. The drift reference is the model's ``monitor_reference`` in the
+``manifest.json`` beside the model file, or a reference file given with ``--reference``.
 """
 
 from __future__ import annotations
@@ -32,11 +34,17 @@ class Artifact:
     size: int
     signature: str | None = None
     rollback_from: str | None = None
+    reference: dict[str, Any] | None = None
+    """The model's drift reference, sent with the update and kept with the model on the device."""
+    reference_sha256: str | None = None
+    """Its :func:`~edge_runtime.updates.protocol.reference_digest`, which the signature covers."""
 
     def manifest(self) -> dict[str, Any]:
-        """``{pipeline, version, sha256, size, signature}`` and ``rollback_from`` when set (what
-        ``sign`` prints)."""
-        extra = {"rollback_from": self.rollback_from} if self.rollback_from else {}
+        """``{pipeline, version, sha256, size, signature}``, and ``rollback_from`` and
+        ``reference_sha256`` when set (what ``sign`` prints)."""
+        extra: dict[str, Any] = {"rollback_from": self.rollback_from} if self.rollback_from else {}
+        if self.reference_sha256:
+            extra["reference_sha256"] = self.reference_sha256
         return {
             "pipeline": self.pipeline,
             "version": self.version,
@@ -87,10 +95,30 @@ def load_key(path: Path) -> bytes:
     return pem
 
 
+def model_reference(path: Path, reference_file: Path | None = None) -> dict[str, Any] | None:
+    """The drift reference to send with the model at ``path``: ``reference_file`` when given,
+    else the ``monitor_reference`` of its entry in the ``manifest.json`` beside it, else None."""
+    from edge_runtime.monitor.drift import checked, load_reference, manifest_reference
+
+    try:
+        if reference_file is not None:
+            return load_reference(reference_file)
+        ref = manifest_reference(path)
+        return None if ref is None else checked(ref, str(path))
+    except (OSError, ValueError) as exc:
+        raise FleetError(f"drift reference of {path}: {exc}") from exc
+
+
 def describe_model(
-    path: Path, pipeline: str, version: str, key_pem: bytes | None = None, rollback_from: str | None = None
+    path: Path,
+    pipeline: str,
+    version: str,
+    key_pem: bytes | None = None,
+    rollback_from: str | None = None,
+    reference_file: Path | None = None,
 ) -> Artifact:
-    """Hash the model and, with a key, sign ``(pipeline, version, sha256, size, rollback_from)``."""
+    """Hash the model, find its drift reference (:func:`model_reference`) and, with a key, sign
+    ``(pipeline, version, sha256, size, rollback_from, reference sha256)``."""
     check_pipeline(pipeline)
     check_version(version)
     if rollback_from is not None:
@@ -98,16 +126,32 @@ def describe_model(
     if not path.is_file():
         raise FleetError(f"{path}: no such model file")
     sha256, size = file_digest(path)
+    from edge_runtime.updates.protocol import (
+        MAX_REFERENCE_BYTES,
+        UpdateError,
+        canonical_json,
+        reference_digest,
+    )
+
+    reference = model_reference(path, reference_file)
+    reference_sha = None
+    if reference is not None:
+        try:
+            if len(canonical_json(reference)) > MAX_REFERENCE_BYTES:
+                raise FleetError(f"drift reference of {path}: over {MAX_REFERENCE_BYTES} bytes")
+            reference_sha = reference_digest(reference)
+        except UpdateError as exc:
+            raise FleetError(f"drift reference of {path}: {exc}") from exc
     signature: str | None = None
     if key_pem is not None:
-        from edge_runtime.updates.protocol import UpdateError
         from edge_runtime.updates.signing import SignedFields, sign
 
+        fields = SignedFields.update(pipeline, version, sha256, size, rollback_from, reference_sha)
         try:
-            signature = sign(key_pem, SignedFields.update(pipeline, version, sha256, size, rollback_from))
+            signature = sign(key_pem, fields)
         except UpdateError as exc:
             raise FleetError(f"signing {path} failed: {exc}") from exc
-    return Artifact(path, pipeline, version, sha256, size, signature, rollback_from)
+    return Artifact(path, pipeline, version, sha256, size, signature, rollback_from, reference, reference_sha)
 
 
 def sign_rollback(key_pem: bytes, pipeline: str, version: str, rollback_from: str) -> str:
@@ -187,7 +231,7 @@ def with_signature(artifact: Artifact, signed: Path) -> Artifact:
         raise FleetError(f"{signed}: cannot read the signed manifest: {exc}") from exc
     if not isinstance(data, dict):
         raise FleetError(f"{signed}: not a JSON object")
-    for field in ("pipeline", "version", "sha256", "size", "rollback_from"):
+    for field in ("pipeline", "version", "sha256", "size", "rollback_from", "reference_sha256"):
         mine = getattr(artifact, field)
         if data.get(field) != mine:
             raise FleetError(f"{signed}: signed for {field} {data.get(field)!r}, but the update has {mine!r}")

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,10 @@ from edge_runtime.fleet.bus import BrokerOptions, MqttBus, Requester, parse_brok
 from edge_runtime.fleet.common import (
     FleetError,
     RequestIds,
+    canary_arg,
     canary_count,
     check_level,
     check_pipeline,
-    parse_canary,
     parse_globs,
 )
 from edge_runtime.fleet.configpush import add_config_parser, cmd_config
@@ -41,24 +41,22 @@ from edge_runtime.fleet.devices import Device, choose_targets, collect_devices
 log = logging.getLogger("fleet")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
+def _number(positive: bool) -> Callable[[str], float]:
+    """An argparse type: a number above zero (``positive``) or at least zero."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value > 0 if positive else value >= 0):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'positive' if positive else 'at least 0'}")
+        return value
+
+    return parse
 
 
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
+_positive_float, _nonnegative_float = _number(True), _number(False)
 
 
 def _positive_int(text: str) -> int:
@@ -67,15 +65,8 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _canary(text: str) -> str:
-    try:
-        parse_canary(text)
-    except FleetError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 DOWNGRADE_HELP = "allow a downgrade, on devices that run VERSION now (single use)"
+REFERENCE_HELP = "drift reference to send (default: the model's in the manifest.json beside it)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,10 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--key", dest="signing_key", type=Path, required=True, metavar="KEYFILE")
     sign.add_argument("--rollback-from", metavar="VERSION", help=DOWNGRADE_HELP)
     sign.add_argument("--out", type=Path, metavar="FILE", help="also write the JSON to FILE")
+    sign.add_argument("--reference", type=Path, metavar="FILE", help=REFERENCE_HELP)
 
-    update = commands.add_parser(
-        "update", parents=[mqtt], help="roll a model out: canaries first, then the rest"
-    )
+    update = commands.add_parser("update", parents=[mqtt], help="roll a model out: canaries, then the rest")
     update.add_argument("--model", type=Path, required=True, metavar="FILE")
     update.add_argument("--pipeline", required=True)
     update.add_argument("--version", required=True)
@@ -155,9 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--signed", type=Path, metavar="FILE", help="the JSON written by `sign` (key kept elsewhere)"
     )
     update.add_argument("--rollback-from", metavar="VERSION", help=DOWNGRADE_HELP)
+    update.add_argument("--reference", type=Path, metavar="FILE", help=REFERENCE_HELP)
     update.add_argument("--devices", metavar="GLOB", help="shell patterns, comma-separated (default: all)")
     update.add_argument(
-        "--canary", type=_canary, default="1", metavar="N|N%", help="canaries: N devices or N%% (default: 1)"
+        "--canary",
+        type=canary_arg,
+        default="1",
+        metavar="N|N%",
+        help="canaries: N devices or N%% (default: 1)",
     )
     update.add_argument(
         "--concurrency", type=_positive_int, default=4, metavar="K", help="devices at a time (default: 4)"
@@ -265,7 +260,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     key = load_key(args.signing_key)
-    artifact = describe_model(args.model, args.pipeline, args.version, key, args.rollback_from)
+    artifact = describe_model(
+        args.model, args.pipeline, args.version, key, args.rollback_from, args.reference
+    )
     text = json.dumps(artifact.manifest(), indent=2) + "\n"
     if args.out is not None:
         try:
@@ -290,8 +287,10 @@ def cmd_update(args: argparse.Namespace) -> int:
             f"--http-host {args.http_host!r}: give the address the devices reach this machine at "
             "(it goes into the URL they download)"
         )
-    key_pem = load_key(args.signing_key) if args.signing_key is not None else None
-    artifact = describe_model(args.model, args.pipeline, args.version, key_pem, args.rollback_from)
+    key = load_key(args.signing_key) if args.signing_key is not None else None
+    artifact = describe_model(
+        args.model, args.pipeline, args.version, key, args.rollback_from, args.reference
+    )
     if args.signed is not None:
         artifact = artifacts.with_signature(artifact, args.signed)
     err = console(stderr=True)

@@ -107,6 +107,17 @@ def short_sha(sha256: str | None, length: int = 12) -> str:
     return (sha256 or "")[:length]
 
 
+def canary_arg(text: str) -> str:
+    """``--canary`` as an argparse type: ``text`` when :func:`parse_canary` takes it."""
+    import argparse
+
+    try:
+        parse_canary(text)
+    except FleetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def parse_canary(spec: str) -> tuple[int, bool]:
     """``--canary``: ``N`` devices or ``N%`` of them; returns (N, is_percent)."""
     text = spec.strip()

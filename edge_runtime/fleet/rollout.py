@@ -164,6 +164,8 @@ class Rollout:
             body["rollback_from"] = a.rollback_from
         if a.signature is not None:
             body["signature"] = a.signature
+        if a.reference is not None:
+            body["reference"] = a.reference
         return body
 
     def update_device(self, device: str, *, canary: bool = False) -> DeviceOutcome:

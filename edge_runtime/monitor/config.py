@@ -3,7 +3,53 @@ a millisecond per check, measured in ``docs/monitoring.md``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TamperState = Literal["dark", "bright", "covered", "blurred", "frozen", "moved"]
+TAMPER_STATES: tuple[TamperState, ...] = ("dark", "bright", "covered", "blurred", "frozen", "moved")
+
+# enter and leave thresholds that must keep their order (hysteresis): (enter, leave, +1: leave >= enter)
+HYSTERESIS = (
+    ("dark_enter", "dark_leave", 1),
+    ("bright_enter", "bright_leave", -1),
+    ("covered_enter", "covered_leave", 1),
+    ("blur_enter", "blur_leave", 1),
+    ("moved_enter", "moved_leave", 1),
+)
+
+
+def _hysteresis_problem(values: Mapping[str, Any]) -> str | None:
+    for enter, leave, sign in HYSTERESIS:
+        a, b = values[enter], values[leave]
+        if sign * (b - a) < 0:
+            return f"{leave} must be {'at least' if sign > 0 else 'at most'} {enter} (hysteresis)"
+    return None
+
+
+class TamperSourceConfig(BaseModel):
+    """``[monitor.tamper.sources.<camera>]``: options of one camera; what is not set here is the
+    global ``[monitor.tamper]`` value (the merged options are checked like the global ones)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool | None = Field(None, description="Check this camera at all.")
+    states: list[TamperState] | None = Field(None, description="The states judged on this camera.")
+    hold_s: float | None = Field(None, ge=0, le=3600, description="Hold time of this camera's states.")
+    dark_enter: float | None = Field(None, ge=0, le=255, description="Too dark below this mean brightness.")
+    dark_leave: float | None = Field(None, ge=0, le=255, description="No longer dark above this.")
+    bright_enter: float | None = Field(None, ge=0, le=255, description="Too bright above this.")
+    bright_leave: float | None = Field(None, ge=0, le=255, description="No longer too bright below this.")
+    covered_enter: float | None = Field(None, ge=0, le=128, description="Covered below this deviation.")
+    covered_leave: float | None = Field(None, ge=0, le=128, description="No longer covered above this.")
+    blur_enter: float | None = Field(None, ge=0, le=100, description="Blurred below this sharpness.")
+    blur_leave: float | None = Field(None, ge=0, le=100, description="No longer blurred above this.")
+    frozen_s: float | None = Field(None, ge=0.1, le=86400, description="Frozen after this many seconds.")
+    frozen_delta: float | None = Field(None, ge=0, le=255, description="Identical-frame tolerance.")
+    moved_enter: float | None = Field(None, ge=-1, le=1, description="Moved below this correlation.")
+    moved_leave: float | None = Field(None, ge=-1, le=1, description="View back above this correlation.")
 
 
 class TamperConfig(BaseModel):
@@ -11,6 +57,10 @@ class TamperConfig(BaseModel):
 
     enabled: bool = Field(
         True, description="Check every camera for darkness, glare, blur, freeze, cover, moves."
+    )
+    states: list[TamperState] = Field(
+        default_factory=lambda: list(TAMPER_STATES),
+        description="The states judged; one left out is never entered (e.g. 'moved' on a PTZ camera).",
     )
     check_hz: float = Field(
         5.0, ge=0.1, le=60, description="Checks per second per camera (the newest frame at each check)."
@@ -43,23 +93,33 @@ class TamperConfig(BaseModel):
         0.5, ge=-1, le=1, description="View moved below this correlation with the reference view."
     )
     moved_leave: float = Field(0.7, ge=-1, le=1, description="View back above this correlation.")
+    sources: dict[str, TamperSourceConfig] = Field(
+        default_factory=dict,
+        description="Per camera (by source name): options that replace the ones above for that camera only.",
+    )
 
     @model_validator(mode="after")
     def _hysteresis(self) -> TamperConfig:
-        pairs = (
-            ("dark_enter", "dark_leave", 1),
-            ("bright_enter", "bright_leave", -1),
-            ("covered_enter", "covered_leave", 1),
-            ("blur_enter", "blur_leave", 1),
-            ("moved_enter", "moved_leave", 1),
-        )
-        for enter, leave, sign in pairs:
-            a, b = getattr(self, enter), getattr(self, leave)
-            if sign * (b - a) < 0:
-                raise ValueError(
-                    f"{leave} must be {'at least' if sign > 0 else 'at most'} {enter} (hysteresis)"
-                )
+        problem = _hysteresis_problem(self.model_dump())
+        if problem:
+            raise ValueError(problem)
+        for name, override in self.sources.items():
+            problem = _hysteresis_problem(self._merged(override))
+            if problem:
+                raise ValueError(f"sources.{name}: {problem}, with the global values for what it leaves out")
         return self
+
+    def _merged(self, override: TamperSourceConfig) -> dict[str, Any]:
+        values = self.model_dump(exclude={"sources"})
+        values.update(override.model_dump(exclude_none=True))
+        return values
+
+    def for_source(self, name: str) -> TamperConfig:
+        """The options of camera ``name``: the global ones with its ``sources`` entry applied."""
+        override = self.sources.get(name)
+        if override is None:
+            return self
+        return TamperConfig.model_validate(self._merged(override))
 
 
 class QualityConfig(BaseModel):

@@ -6,7 +6,12 @@ of each camera with :meth:`~edge_runtime.sources.base.FrameSource.peek` (which l
 the pipelines). The hand-off is the camera's own latest-frame slot (depth 1): the pipelines never
 wait for the monitor and the monitor holds no queue; frames it did not get to are counted as
 ``skipped``, and rounds that took longer than the period as ``behind``. State changes become
-``source.tamper`` events.
+``source.tamper`` events. Each camera is checked under its own tamper options
+(:meth:`~.config.TamperConfig.for_source`).
+
+Drift: each pipeline's results are compared with the :class:`Reference` of the model serving it;
+:meth:`Monitor.set_reference` replaces it when a model is swapped (an update, a rollback) and
+starts a new window, and results of any other model are not counted.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from edge_runtime.monitor.config import MonitorConfig
@@ -30,6 +36,20 @@ log = logging.getLogger(__name__)
 
 Event = Callable[[str, str, dict[str, Any]], None]
 Listener = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A pipeline's drift reference and what it belongs to."""
+
+    doc: dict[str, Any]
+    """The reference (checked by :func:`edge_runtime.monitor.drift.checked`)."""
+    sha256: str
+    """The sha256 of its canonical JSON: health names the reference drift is computed against."""
+    model_sha256: str | None = None
+    """The model it describes: results of another model are not counted (None: every result)."""
+    origin: str = "manifest"
+    """Where it came from: ``manifest`` (beside the model file) or ``update`` (the model store)."""
 
 
 class _Camera:
@@ -55,6 +75,7 @@ class Monitor:
         self.quality: Quality | None = None
         self.drift: dict[str, OutputDrift] = {}
         self.input_drift: dict[str, LiveInputDrift] = {}
+        self.references: dict[str, Reference] = {}
         self.drift_levels: dict[tuple[str, str], str] = {}
         self.latency = LatencyHistograms()
         self._drift_due = 0.0
@@ -76,7 +97,7 @@ class Monitor:
         self,
         config: MonitorConfig,
         sources: Mapping[str, object],
-        references: Mapping[str, dict[str, Any] | None] | None = None,
+        references: Mapping[str, Reference | None] | None = None,
     ) -> None:
         """Monitor ``sources`` and the results under ``config`` (again after a reload: the windows
         start over). ``references``: per pipeline, its first model's drift reference (or None)."""
@@ -85,27 +106,44 @@ class Monitor:
         self.cameras = {}
         if config.tamper.enabled:
             for name, source in sources.items():
-                if isinstance(source, FrameSource):
-                    self.cameras[name] = _Camera(source, TamperDetector(config.tamper))
+                options = config.tamper.for_source(name)
+                if isinstance(source, FrameSource) and options.enabled:
+                    self.cameras[name] = _Camera(source, TamperDetector(options))
         self.quality = Quality(config.quality, self.event) if config.quality.enabled else None
-        d = config.drift
-        refs = {name: ref for name, ref in (references or {}).items() if ref is not None and d.enabled}
-        self.drift = {name: output_drift(ref, d.window, d.min_results) for name, ref in refs.items()}
-        self.input_drift = {
-            name: LiveInputDrift(
-                ref["inputs"],
+        self.drift, self.input_drift, self.references, self.drift_levels = {}, {}, {}, {}
+        for name, ref in (references or {}).items():
+            self.set_reference(name, ref)
+        if self.cameras:
+            self._stop.clear()
+            self._thread = spawn("monitor", self._run, should_restart=lambda: not self._stop.is_set())
+
+    def set_reference(self, pipeline: str, reference: Reference | None) -> None:
+        """Compare ``pipeline``'s results (and inputs, when the reference has ``inputs``) with
+        ``reference`` from now on (None: no drift), in new windows: what the model it replaced
+        produced is dropped."""
+        d = self.config.drift
+        for side in ("output", "input"):
+            self.drift_levels.pop((pipeline, side), None)
+        self.drift.pop(pipeline, None)
+        self.input_drift.pop(pipeline, None)
+        self.references.pop(pipeline, None)
+        if reference is None or not d.enabled:
+            return
+        doc = reference.doc
+        self.references[pipeline] = reference
+        self.drift[pipeline] = output_drift(doc, d.window, d.min_results)
+        if doc.get("inputs"):
+            self.input_drift[pipeline] = LiveInputDrift(
+                doc["inputs"],
                 every=d.input_every,
                 window=d.input_window,
                 min_samples=d.input_min_samples,
                 max_values=d.input_values,
             )
-            for name, ref in refs.items()
-            if ref.get("inputs")
-        }
-        self.drift_levels = {}
-        if self.cameras:
-            self._stop.clear()
-            self._thread = spawn("monitor", self._run, should_restart=lambda: not self._stop.is_set())
+        log.info(
+            "pipeline %s: drift against reference %s (%s) of model %s",
+            pipeline, reference.sha256[:12], reference.origin, (reference.model_sha256 or "any")[:12],
+        )  # fmt: skip
 
     def _on_result(self, kind: str, doc: dict[str, Any]) -> None:
         if kind == "result":
@@ -119,11 +157,16 @@ class Monitor:
             self._thread = None
 
     def rebase(self, source: str | None = None) -> list[str]:
-        """Take the next frame of ``source`` (or of every camera) as its reference view."""
+        """Take the next frame of ``source`` (or of every camera) as its reference view; returns
+        the cameras rebased. KeyError for a source that is not a camera under tamper checks."""
+        if source is not None and source not in self.cameras:
+            checked = ", ".join(sorted(self.cameras)) or "none"
+            raise KeyError(f"no camera {source!r} under tamper checks; cameras checked: {checked}")
         names = [source] if source is not None else list(self.cameras)
         with self._lock:
             for name in names:
                 self.cameras[name].detector.rebase()
+        log.info("tamper reference view of %s taken again from the next frame", ", ".join(names))
         return names
 
     def observe(self, result: Mapping[str, Any]) -> None:
@@ -133,7 +176,12 @@ class Monitor:
         self.latency.observe(result)
         if self.quality is not None:
             self.quality.observe(result, now)
-        live = self.drift.get(str(result.get("pipeline")))
+        name = str(result.get("pipeline"))
+        live, ref = self.drift.get(name), self.references.get(name)
+        model = result.get("model")
+        model_sha = model.get("sha256") if isinstance(model, dict) else None
+        if ref is not None and ref.model_sha256 and model_sha and model_sha != ref.model_sha256:
+            live = None  # a result of a model the reference does not describe (a swap in flight)
         body = result.get("result") or {}
         if live is not None and isinstance(body, Mapping):
             live.observe(body)
@@ -144,9 +192,9 @@ class Monitor:
     def _drift_events(self) -> None:
         """A ``monitor.drift`` event when a pipeline's output or input level changes (ok, watch,
         drift; ``side`` says which); the first ``ok`` is not announced."""
-        sides: list[tuple[str, str, OutputDrift | LiveInputDrift]] = [
-            *((name, "output", live) for name, live in self.drift.items()),
-            *((name, "input", live) for name, live in self.input_drift.items()),
+        sides: list[tuple[str, str, OutputDrift | LiveInputDrift]] = [  # copies: a swap may change them
+            *((name, "output", live) for name, live in list(self.drift.items())),
+            *((name, "input", live) for name, live in list(self.input_drift.items())),
         ]
         for name, side, live in sides:
             report = live.report()
@@ -230,8 +278,15 @@ class Monitor:
                 "check_ms_max": round(cam.cost_ms_max, 4),
             }
         quality = None if self.quality is None else self.quality.stats(time.monotonic())
-        drift: dict[str, Any] = {name: live.report() for name, live in self.drift.items()}
-        for name, live_in in self.input_drift.items():
+        drift: dict[str, Any] = {}
+        for name, live in list(self.drift.items()):
+            ref = self.references.get(name)
+            drift[name] = live.report()
+            if ref is not None:
+                drift[name].update(
+                    reference_sha256=ref.sha256, reference_origin=ref.origin, model_sha256=ref.model_sha256
+                )
+        for name, live_in in list(self.input_drift.items()):
             drift[name] = {**drift.get(name, {}), "input": live_in.report()}
         return {
             "tamper": cameras,

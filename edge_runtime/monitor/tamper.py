@@ -14,6 +14,7 @@ both directions, about 128 x 96 values for any frame size, and derives:
 
 Each state enters when its condition held for ``hold_s`` and leaves when the opposite threshold
 held for ``hold_s`` (two thresholds and a hold time: a flickering light does not flood events).
+Only the states in the config's ``states`` are judged (and reported).
 While covered, blur and view are not judged (a black frame has neither) and keep their state.
 """
 
@@ -139,7 +140,8 @@ class TamperDetector:
 
     def __init__(self, config: TamperConfig) -> None:
         self.cfg = config
-        self.states = {name: Hysteresis(config.hold_s) for name in STATES}
+        self.states = {name: Hysteresis(config.hold_s) for name in STATES if name in config.states}
+        """The states judged (``states`` of the config); the others are never entered."""
         self.reference: npt.NDArray[np.float32] | None = None
         self._previous: npt.NDArray[np.uint8] | None = None
         self._unchanged_since: float | None = None
@@ -162,7 +164,7 @@ class TamperDetector:
         changes: list[Change] = []
 
         def feed(name: str, enter: bool, leave: bool, value: float) -> None:
-            if self.states[name].update(enter, leave, t):
+            if name in self.states and self.states[name].update(enter, leave, t):
                 changes.append((name, self.states[name].active, value))
 
         feed("dark", st.mean < c.dark_enter, st.mean > c.dark_leave, st.mean)
@@ -189,7 +191,8 @@ class TamperDetector:
             self._unchanged_since = t
         self.frozen_for_s = t - self._unchanged_since
         frozen = self.frozen_for_s >= self.cfg.frozen_s
-        self.states["frozen"].hold_s = 0.0  # the frozen time is its own hold; any new frame ends it
+        if "frozen" in self.states:  # the frozen time is its own hold; any new frame ends it
+            self.states["frozen"].hold_s = 0.0
         feed("frozen", frozen, not same, self.frozen_for_s)
 
     def stats(self) -> dict[str, object]:

@@ -153,6 +153,8 @@ class Pipeline:
         self._infer_lock = threading.Lock()
         self._shared = config.runtime.share_models  # models may be shared: lock each around its use
         self.monitor: Observer | None = None
+        self.on_swap: Callable[[ModelRunner], None] | None = None
+        """Called (outside the inference lock) with the runner :meth:`swap_model` put in place."""
         self.config_root = config
 
     def _check_cascade(self, cascade: CascadeConfig, where: str) -> None:
@@ -193,6 +195,8 @@ class Pipeline:
         with self._infer_lock:
             old = self.runners[0]
             self.runners[0] = runner
+        if self.on_swap is not None:
+            self.on_swap(runner)
         return old
 
     def predict(self, index: int, inputs: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:

@@ -26,7 +26,12 @@ log = logging.getLogger(__name__)
 def update_fields(request: UpdateRequest) -> SignedFields:
     """What the signature of ``request`` covers."""
     return SignedFields.update(
-        request.pipeline, request.version, request.sha256, request.size, request.rollback_from
+        request.pipeline,
+        request.version,
+        request.sha256,
+        request.size,
+        request.rollback_from,
+        request.reference_sha256,
     )
 
 

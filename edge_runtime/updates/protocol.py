@@ -27,12 +27,17 @@ commands, against a small host interface). The fleet tool imports this module fo
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.names import NAME_RE, SHA256_RE, TRANSFER_ID_RE
+
+MAX_REFERENCE_BYTES = 32768
+"""The largest drift reference an update may carry (its canonical JSON), well inside a command."""
 
 STEPS = (
     "accepted",
@@ -109,6 +114,21 @@ class StoreError(UpdateError):
     step = "store"
 
 
+def canonical_json(doc: Any) -> bytes:
+    """The one byte form of a JSON document that is hashed: keys sorted, no spaces, ASCII only,
+    no NaN or infinity (the same bytes whoever parsed and re-serialised it)."""
+    try:
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SignatureError(f"not a plain JSON document: {exc}") from exc
+    return text.encode("ascii")
+
+
+def reference_digest(reference: Any) -> str:
+    """The sha256 (hex) of a drift reference's :func:`canonical_json`: what a signature covers."""
+    return hashlib.sha256(canonical_json(reference)).hexdigest()
+
+
 # --- the request --------------------------------------------------------------------------------
 
 
@@ -140,6 +160,11 @@ class UpdateRequest:
     rollback_from: str | None = None
     """Permission to install a version that is not above the floor: only on a device whose
     committed version is this one (signed, so a captured permission cannot be replayed later)."""
+    reference: dict[str, Any] | None = None
+    """The new model's drift reference (checked by :func:`edge_runtime.monitor.drift.checked`),
+    kept with it in the store; its sha256 is signed with the request."""
+    reference_sha256: str | None = None
+    """:func:`reference_digest` of ``reference``, computed here (never taken from the sender)."""
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> UpdateRequest:
@@ -158,6 +183,7 @@ class UpdateRequest:
             raise RequestError("model.update: give exactly one of 'url' or 'transfer'")
         if transfer is not None and not TRANSFER_ID_RE.match(transfer):
             raise RequestError(f"model.update: transfer id {transfer!r} must be 1-64 of [A-Za-z0-9_-]")
+        reference, reference_sha = _reference(payload.get("reference"))
         return cls(
             id=_text(payload, "id") or "",
             pipeline=pipeline,
@@ -168,7 +194,27 @@ class UpdateRequest:
             transfer=transfer,
             signature=_text(payload, "signature", required=False, limit=1024),
             rollback_from=_text(payload, "rollback_from", required=False, limit=64),
+            reference=reference,
+            reference_sha256=reference_sha,
         )
+
+
+def _reference(value: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """A request's drift reference, checked, and its digest; (None, None) without one."""
+    from edge_runtime.monitor.drift import checked
+
+    if value is None:
+        return None, None
+    if not isinstance(value, dict):
+        raise RequestError(f"model.update: 'reference' must be a JSON object, got {type(value).__name__}")
+    try:
+        size = len(canonical_json(value))
+        reference = checked(value, "reference")
+    except (ValueError, TypeError) as exc:  # canonical_json's SignatureError is a ValueError too
+        raise RequestError(f"model.update: {exc}") from exc
+    if size > MAX_REFERENCE_BYTES:
+        raise RequestError(f"model.update: 'reference' is {size} bytes, over {MAX_REFERENCE_BYTES}")
+    return reference, reference_digest(reference)
 
 
 @dataclass(frozen=True)

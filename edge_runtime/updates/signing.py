@@ -13,6 +13,11 @@ requests share a message:
   is downloaded.
 - ``model.rollback``: ``action=rollback``, the pipeline, the version to go back to and
   ``rollback_from``, the committed version it undoes (so it cannot be replayed later).
+- an update that carries the new model's drift reference (``reference``) adds one more line,
+  ``reference_sha256=`` the sha256 of the reference's canonical JSON
+  (:func:`~.protocol.reference_digest`). The line is there only when a reference is: a request signed
+  without a reference has the same message as before, and a reference added to, removed from or
+  swapped in a signed request changes the message, so the signature no longer matches.
 
 Once a public key is configured, an unsigned request is refused. With no key configured, requests
 pass unsigned and a signature that comes with one is ignored (with a warning): the device has
@@ -68,12 +73,20 @@ class SignedFields:
     sha256: str = ""
     size: int = 0
     rollback_from: str = ""
+    reference_sha256: str = ""
+    """The :func:`~.protocol.reference_digest` of the drift reference the update carries ("" for none)."""
 
     @classmethod
     def update(
-        cls, pipeline: str, version: str, sha256: str, size: int, rollback_from: str | None = None
+        cls,
+        pipeline: str,
+        version: str,
+        sha256: str,
+        size: int,
+        rollback_from: str | None = None,
+        reference_sha256: str | None = None,
     ) -> SignedFields:
-        return cls("update", pipeline, version, sha256, size, rollback_from or "")
+        return cls("update", pipeline, version, sha256, size, rollback_from or "", reference_sha256 or "")
 
     @classmethod
     def rollback(cls, pipeline: str, version: str, rollback_from: str) -> SignedFields:
@@ -83,6 +96,8 @@ class SignedFields:
         if self.action == "rollback":
             return f"rollback of pipeline {self.pipeline!r} from {self.rollback_from!r} to {self.version!r}"
         extra = f", downgrade from {self.rollback_from!r}" if self.rollback_from else ""
+        if self.reference_sha256:
+            extra += f", drift reference sha256 {self.reference_sha256.lower()[:12]}..."
         return (
             f"update of pipeline {self.pipeline!r} to version {self.version!r} "
             f"(sha256 {self.sha256.lower()[:12]}..., {self.size} bytes{extra})"
@@ -112,6 +127,13 @@ def signed_message(fields: SignedFields) -> bytes:
         f"size={size}",
         f"rollback_from={fields.rollback_from}",
     ]
+    if fields.reference_sha256:
+        if fields.action != "update":
+            raise SignatureError("only an update carries a drift reference")
+        reference = _field("reference_sha256", fields.reference_sha256).lower()
+        if not SHA256_RE.match(reference):
+            raise SignatureError(f"reference_sha256 {fields.reference_sha256!r} is not 64 hexadecimal digits")
+        lines.append(f"reference_sha256={reference}")  # only with a reference: older messages stay
     return MESSAGE_HEADER + "".join(line + "\n" for line in lines).encode()
 
 

@@ -6,6 +6,8 @@ Layout under ``root`` (``{state_dir}/models``), directories 0700, files 0600::
     {pipeline}/
       {sha256}.tflite      a verified model, never modified once in place
       {sha256}.json        its metadata: version, size, added_at, meta
+      {sha256}.reference.json  the drift reference the update carried, if any (its canonical JSON,
+                           so its sha256 is the signed ``reference_sha256``); goes with the model
       current.json         the committed pointer: {"v", "current": entry | null, "previous": [entry, ...]}
       current.json.bak     the pointer as it was before the last change
       probation.json       {"v", "sha256", "version", "previous", "started"} while a model is on probation
@@ -38,13 +40,19 @@ from typing import Any
 from edge_runtime import fsutil
 from edge_runtime.fsutil import fsync_dir, sha256_file
 from edge_runtime.names import NAME_RE, SHA256_RE
-from edge_runtime.updates.protocol import ChecksumError, StoreError
+from edge_runtime.updates.protocol import ChecksumError, StoreError, canonical_json
 
 log = logging.getLogger(__name__)
 
 HISTORY_LINES = 1000
 POINTER_VERSION = 1
 _TMP_RE = re.compile(r"^\..+\.tmp-\d+$")
+REFERENCE_SUFFIX = ".reference.json"
+
+
+def reference_file(model: Path) -> Path:
+    """Where the store keeps the drift reference of the model file ``model``."""
+    return model.with_name(model.stem + REFERENCE_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,13 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def _json_bytes(value: Any) -> bytes:
     return (json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+def _file_sha(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except FileNotFoundError:
+        return None
 
 
 def _now() -> float:
@@ -124,6 +139,22 @@ class ModelStore:
             raise StoreError(f"sha256 {sha256!r} is not 64 hexadecimal digits")
         return self.pipeline_dir(pipeline) / f"{sha}.tflite"
 
+    def reference(self, pipeline: str, sha256: str) -> dict[str, Any] | None:
+        """The drift reference stored with model ``sha256`` of ``pipeline``, or None; raises
+        ValueError when the file is there but unreadable."""
+        if not SHA256_RE.match(sha256 or "") or not NAME_RE.match(pipeline or ""):
+            return None
+        path = self.pipeline_dir(pipeline, create=False) / f"{sha256}{REFERENCE_SUFFIX}"
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable drift reference: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}: a drift reference is a JSON object")
+        return doc
+
     def staging_dir(self, pipeline: str) -> Path:
         """Where downloads of ``pipeline`` go (same file system: :meth:`add` can rename)."""
         path = self.pipeline_dir(pipeline) / "staging"
@@ -141,11 +172,13 @@ class ModelStore:
         meta: dict[str, Any] | None = None,
         *,
         move: bool = False,
+        reference: dict[str, Any] | None = None,
     ) -> Path:
         """Put a verified file in the store as ``{sha256}.tflite``; idempotent.
 
         The content is hashed again on the way in (:class:`ChecksumError` on a mismatch). With
-        ``move`` the source is renamed when on the same file system, and removed otherwise.
+        ``move`` the source is renamed when on the same file system, and removed otherwise. A
+        ``reference`` (the update's drift reference) is kept beside it, replacing an earlier one.
         """
         target = self.model_path(pipeline, sha256)
         sha = target.stem
@@ -183,6 +216,8 @@ class ModelStore:
                 self.record(pipeline, "added", sha, version)
             if self._meta(pipeline, sha).get("version") != version:
                 self._write_meta(pipeline, sha, version, target.stat().st_size, meta or {})
+            if reference is not None:
+                atomic_write(reference_file(target), canonical_json(reference))
             if move:
                 src.unlink(missing_ok=True)
         return target
@@ -325,6 +360,7 @@ class ModelStore:
                         "size": st.st_size,
                         "added_at": meta.get("added_at", round(st.st_mtime, 3)),
                         "state": status,
+                        "reference_sha256": _file_sha(reference_file(path)),
                     }
                 )
             result.sort(key=lambda v: float(v["added_at"]), reverse=True)
@@ -487,6 +523,7 @@ class ModelStore:
                 directory = self.pipeline_dir(pipeline)
                 (directory / f"{version['sha256']}.tflite").unlink(missing_ok=True)
                 (directory / f"{version['sha256']}.json").unlink(missing_ok=True)
+                (directory / f"{version['sha256']}{REFERENCE_SUFFIX}").unlink(missing_ok=True)
                 self.record(pipeline, "pruned", version["sha256"], version["version"])
                 log.info("%s: pruned model %s (version %s)", pipeline, version["sha256"], version["version"])
 
@@ -560,10 +597,11 @@ class ModelStore:
                 dirs = [self.pipeline_dir(pipeline)]
             for directory in dirs:
                 for path in directory.iterdir():
+                    sha = path.name.removesuffix(REFERENCE_SUFFIX).removesuffix(".json")
                     orphan = (
                         path.suffix == ".json"
-                        and SHA256_RE.match(path.stem) is not None
-                        and not path.with_suffix(".tflite").exists()
+                        and SHA256_RE.match(sha) is not None
+                        and not (directory / f"{sha}.tflite").exists()
                     )
                     if _TMP_RE.match(path.name) or orphan:
                         path.unlink(missing_ok=True)

@@ -319,8 +319,9 @@ class Updater:
             self._step(cmd, request, "smoke")
             # only a model that passed every check enters the store
             stored = self.store.add(
-                request.pipeline, dest, request.sha256, request.version, {"update_id": request.id}, move=True
-            )
+                request.pipeline, dest, request.sha256, request.version, {"update_id": request.id},
+                move=True, reference=request.reference,
+            )  # fmt: skip
         finally:
             dest.unlink(missing_ok=True)
         runner = self._runner(pipeline, stored, request.version, model=candidate)
