@@ -1,5 +1,6 @@
 """The daemon's remote commands: ping, get_config, reload, pipeline.pause/resume, snapshot, health,
-config.update, and the model-update commands of :mod:`edge_runtime.updates.updater`.
+config.update, the model-update commands of :mod:`edge_runtime.updates.updater` and the data-capture
+commands of :mod:`.capture_commands`.
 
 :class:`DaemonCommands` registers each on the transport's dispatcher and works against a
 :class:`CommandHost` (the daemon), so commands can be built and tested without a whole daemon.
@@ -13,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from edge_runtime import __version__
+from edge_runtime.daemon.capture_commands import CaptureCommands
 from edge_runtime.daemon.config_update import ConfigHost, apply_config_update, file_sha256
+from edge_runtime.monitor.service import Monitor
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.redaction import redact_config
 from edge_runtime.reporting.commands import Command, CommandDispatcher, CommandError
@@ -41,6 +44,9 @@ class CommandHost(ConfigHost, Protocol):
 
     def publish_health(self) -> dict[str, Any]: ...
 
+    @property
+    def monitor(self) -> Monitor: ...
+
 
 class DaemonCommands:
     """The remote commands of one daemon, registered on its command dispatcher."""
@@ -58,6 +64,7 @@ class DaemonCommands:
         d.register("pipeline.resume", self.resume, pipeline=(str, True))
         d.register("health", self.health)
         d.register("snapshot", self.snapshot, source=(str, True), quality=(int, False))
+        CaptureCommands(self.host.monitor.capture).register(d)
         updater = self.updater
         if updater is not None:
             text = (str, True)

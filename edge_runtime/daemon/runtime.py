@@ -116,17 +116,21 @@ def start_runtime(
     sources: Iterable[Source],
     pipelines: Iterable[Pipeline],
     monitor: Monitor | None = None,
-    config: MonitorConfig | None = None,
+    config: Config | None = None,
 ) -> None:
-    """Sources, pipelines, then the monitor (``edge_runtime.monitor``) on them."""
+    """Sources, data capture (under the config's state directory), pipelines, then the monitor
+    (``edge_runtime.monitor``) on them."""
     sources, pipelines = list(sources), list(pipelines)
     for source in sources:
         source.start()
+    mc = config.monitor if config is not None else MonitorConfig()
+    if monitor is not None and config is not None:
+        monitor.capture.start(mc.capture, pipelines, config.device.state_dir)
     for pipeline in pipelines:
         pipeline.start()
     if monitor is not None:
         refs = {p.name: manifest_reference(p.runners[0].model.path) for p in pipelines}
-        monitor.start(config or MonitorConfig(), {s.name: s for s in sources}, refs)
+        monitor.start(mc, {s.name: s for s in sources}, refs)
 
 
 def stop_runtime(
@@ -145,5 +149,7 @@ def stop_runtime(
     deadline = time.monotonic() + timeout
     for pipeline in pipelines:
         pipeline.stop(max(0.05, deadline - time.monotonic()))
+    if monitor is not None:
+        monitor.capture.stop(max(0.05, deadline - time.monotonic()))
     for source in sources:
         source.stop(max(0.05, deadline - time.monotonic()))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edge_runtime.monitor.capture import CaptureConfig
+
 
 class TamperConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -107,4 +109,8 @@ class MonitorConfig(BaseModel):
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift against a reference (PSI).")
     quality: QualityConfig = Field(
         default_factory=QualityConfig, description="Model-quality statistics and their rules."
+    )
+    capture: dict[str, CaptureConfig] = Field(
+        default_factory=dict,
+        description="Data capture for retraining, per pipeline name (off for pipelines without a table).",
     )

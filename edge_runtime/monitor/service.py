@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from edge_runtime.monitor.capture_worker import Capturer
 from edge_runtime.monitor.config import MonitorConfig
 from edge_runtime.monitor.drift import LiveDrift
 from edge_runtime.monitor.latency import LatencyHistograms
@@ -61,6 +62,7 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: Supervised | None = None
         self._lock = threading.Lock()
+        self.capture = Capturer(lambda name: self.drift_levels.get(name) in ("watch", "drift"))
         if listeners is not None:
             listeners.append(self._on_result)
 
@@ -215,4 +217,5 @@ class Monitor:
             "quality": quality,
             "drift": drift,
             "latency_histograms": self.latency.stats(),
+            "capture": self.capture.stats(),
         }
