@@ -33,7 +33,10 @@ class CaptureCommands:
 
     def register(self, d: CommandDispatcher) -> None:
         number = (int, float)
-        d.register("capture.list", self.list, pipeline=(str, True), since=(number, False), limit=(int, False))
+        d.register(
+            "capture.list", self.list, pipeline=(str, False), since=(number, False), after=(str, False),
+            limit=(int, False),
+        )  # fmt: skip
         d.register(
             "capture.fetch", self.fetch, pipeline=(str, True), capture=(str, True), file=(str, False),
             index=(int, False), chunk_bytes=(int, False),

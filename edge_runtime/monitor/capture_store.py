@@ -144,8 +144,10 @@ class CaptureStore:
                 named.append((f"{capture_id}.jpg" if i == 0 else f"{capture_id}.{source}.jpg", data))
             import hashlib
 
+            t = id_time(capture_id)  # the capture time to the millisecond, as the id says
             doc = {
                 "id": capture_id,
+                "ts": round(t, 3),
                 **doc,
                 "files": [
                     {"name": n, "source": s, "bytes": len(d), "sha256": hashlib.sha256(d).hexdigest()}
@@ -186,7 +188,8 @@ class CaptureStore:
             found = [
                 s
                 for s in self.samples.values()
-                if (since is None or s.ts > since) and (after is None or s.id > after)
+                if (since is None or round(s.ts * 1000) > round(since * 1000))
+                and (after is None or s.id > after)
             ]
         rows = [
             {"id": s.id, "ts": round(s.ts, 3), "bytes": s.bytes, "files": sorted(s.files)}

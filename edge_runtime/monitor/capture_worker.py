@@ -183,7 +183,6 @@ class Capturer:
             ]
             doc = {
                 "pipeline": job.doc.get("pipeline"),
-                "ts": round(job.t, 3),
                 "reasons": job.reasons,
                 "model": job.doc.get("model"),
                 "frames": {
