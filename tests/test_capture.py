@@ -6,6 +6,7 @@ real `edge-fleet captures pull`, the commands' refusals of hostile payloads."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import itertools
 import json
@@ -132,10 +133,13 @@ def test_samples_stay_whole_through_kill_9_and_leftovers_are_swept_at_restart(tm
         ids = sample_ids(folder)
         return int(ids[-1].rsplit("-", 1)[1]) if ids else 0
 
+    def reached(target: int) -> bool:
+        return newest() >= target
+
     for more in (3, 12, 31):  # kill -9 at several moments: early, mid-ring, after evictions began
         target = newest() + more
         with Daemon(config) as daemon:
-            assert wait_until(lambda target=target: newest() >= target, 60), daemon.log()[-3000:]
+            assert wait_until(functools.partial(reached, target), 60), daemon.log()[-3000:]
             daemon.kill9()
         check_samples(folder, quota)
     assert newest() >= 46 and len(sample_ids(folder)) < 46  # the ring evicted while it was killed
