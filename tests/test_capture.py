@@ -21,7 +21,12 @@ import pytest
 from devkit.broker import Mosquitto
 from devkit.daemon import Daemon, digits_config
 from devkit.mqtt_client import Subscriber
+from devkit.paths import MODELS
 from devkit.processes import wait_until
+from edge_runtime.config import validate
+from edge_runtime.daemon.service import Service
+from edge_runtime.demo import write_digits_video, write_vibration_csv
+from edge_runtime.reporting.metrics import families
 
 cv2 = pytest.importorskip("cv2")
 
@@ -111,6 +116,12 @@ def test_a_daemon_stores_exactly_its_budget_and_a_restart_does_not_reset_it(
         assert seen["stored"] == 5 and seen["candidates"] == seen["stored"] + seen["dropped_budget"]
         assert seen["budget_used"]["hour"] == 5 and seen["dropped_behind"] == 0
         assert len(sample_ids(folder_of(tmp_path, "cap-budget"))) == 5
+        health = [m.json() for m in dev.sub.messages("edge/cap-budget/health") if not m.retain][-1]
+        metrics = {m.name: m.samples for m in families(health)}
+        assert metrics["edge_runtime_capture_stored"][0].value == 5
+        dropped = health["monitor"]["capture"]["digits"]["dropped_budget"]
+        assert metrics["edge_runtime_capture_dropped_budget"][0].value == dropped
+        assert metrics["edge_runtime_capture_samples"][0].labels == {"pipeline": "digits"}
         assert daemon.stop() == 0
     first = sample_ids(folder_of(tmp_path, "cap-budget"))
     dev = Device(broker.subscriber([f"edge/{dev.device}/health"]), dev.device)
@@ -252,3 +263,48 @@ def test_capture_now_takes_the_next_results_and_hostile_commands_are_refused(
         assert sample_ids(folder) == ids and before["stored"] == 3  # nothing captured by the refusals
         assert daemon.proc.poll() is None
         assert daemon.stop() == 0
+
+
+def test_a_fused_pipeline_keeps_its_frame_and_sensor_window_and_a_clean_stop_writes_every_sample(
+    tmp_path: Path,
+) -> None:
+    with np.load(MODELS / "digits_heldout.npz") as data:
+        write_digits_video(tmp_path / "digits.avi", list(data["images"][:40]), fps=20.0)
+    write_vibration_csv(tmp_path / "vib.csv", [(0.0, "idle"), (3.0, "running")], 8.0)
+    image = {"kind": "image", "source": "camera", "input": "image", "resize": "crop", "color": "gray"}
+    window = {"kind": "window", "source": "vib", "input": "vibration", "channels": ["ax", "ay", "az"]}
+    fused = {
+        "path": str(MODELS / "fused_int8.tflite"),
+        "inputs": [{**image, "std": 255.0}, {**window, "window_s": 0.64, "samples": 64, "max_age_s": 0.5}],
+        "postprocess": {
+            "state": {"type": "classification", "output": 0},
+            "digit": {"type": "classification", "output": 1},
+        },
+    }
+    config = {
+        "device": {"id": "cap-fused", "state_dir": str(tmp_path / "state")},
+        "mqtt": {"enabled": False},
+        "http": {"enabled": False},
+        "monitor": {"capture": {"p": {"random": 1.0, "per_minute": 1000}}},
+        "sources": {
+            "camera": {"type": "camera", "uri": str(tmp_path / "digits.avi"), "realtime": True, "loop": True},
+            "vib": {"type": "replay", "path": str(tmp_path / "vib.csv"), "format": "csv", "loop": True},
+        },
+        "pipelines": [{"name": "p", "trigger": {"every_s": 0.1}, "models": [fused]}],
+    }
+    service = Service(validate(config, tmp_path), [], max_results=12, duration_s=120)
+    service.run(install_signals=False)
+    assert service.stop_reason == "max results reached", service.stop_reason
+    folder = tmp_path / "state" / "captures" / "p"
+    ids = sample_ids(folder)
+    stats = service.monitor.capture.stats()["p"]
+    assert len(ids) == stats["stored"] == stats["candidates"] >= 12  # none lost at the stop
+    for capture_id in ids:
+        doc = json.loads((folder / f"{capture_id}.json").read_bytes())
+        assert doc["channels"] == {"vibration": ["ax", "ay", "az"]}
+        values = np.asarray(doc["inputs"]["vibration"], dtype=np.float64)
+        assert values.shape == (1, 64, 3) and np.isfinite(values).all() and values.std() > 0
+        assert set(doc["result"]["result"]) >= {"state", "digit"}
+        assert doc["model"]["name"] == "fused_int8" and doc["reasons"] == ["random"]
+        frame = cv2.imdecode(np.frombuffer((folder / f"{capture_id}.jpg").read_bytes(), np.uint8), 1)
+        assert list(frame.shape) == doc["frames"]["camera"]["shape"]

@@ -189,15 +189,9 @@ class Capturer:
                     name: {"seq": f.seq, "ts": round(f.t_wall, 3), "shape": list(f.image.shape)}
                     for name, f in job.frames.items()
                 },
-                "sensors": [
-                    {
-                        "input": name,
-                        "channels": channels,
-                        "shape": list(values.shape),
-                        "values": values.tolist(),
-                    }
-                    for name, channels, values in job.sensors
-                ],
+                # by model input name, as `edge-runtime optimize` reads a captures folder
+                "inputs": {_signature_name(name): values.tolist() for name, _, values in job.sensors},
+                "channels": {_signature_name(name): channels for name, channels, _ in job.sensors},
                 "result": job.doc,
             }
             pc.store.write(job.t, images, doc)
@@ -220,6 +214,12 @@ class Capturer:
     def stats(self) -> dict[str, Any]:
         """The ``monitor.capture`` section of the health document, per pipeline."""
         return {name: pc.stats() for name, pc in self.pipelines.items()}
+
+
+def _signature_name(tensor: str) -> str:
+    """``serving_default_vibration:0`` -> ``vibration`` (the name the optimizer reads inputs by,
+    as :mod:`edge_runtime.optimize.rewrite` and the HTTP API name them)."""
+    return tensor.removeprefix("serving_default_").split(":")[0] or tensor
 
 
 def _jpeg(image: npt.NDArray[np.uint8], quality: int) -> bytes:

@@ -144,7 +144,7 @@ class ModelRunner:
     ) -> ImageTransform | None:
         """Build every input for trigger time ``t``, into the model (``slot`` None) or into staging
         buffers ``slot`` for :meth:`load`; returns the first image's transform. With ``keep``, a copy
-        of each sensor input as used is added there (for data capture: a few hundred values)."""
+        of each sensor input's real values is added there (for data capture: a few hundred values)."""
         transform = None
         capture = self._capture_request.is_set()
         arrays: dict[int, npt.NDArray[Any]] = {}
@@ -162,7 +162,9 @@ class ModelRunner:
             array = sensor_builder.build(t)
             self._set(position, array, slot)
             if keep is not None:
-                keep.append((sensor_builder.spec.name, list(sensor_builder.channels), array.copy()))
+                keep.append(
+                    (sensor_builder.spec.name, list(sensor_builder.channels), sensor_builder.real_values())
+                )
             if capture:
                 arrays[position] = array.copy()
         if capture:
