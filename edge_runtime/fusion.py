@@ -347,4 +347,5 @@ class SensorBuilder:
         """A copy of the last built input's real values (before the input's quantization), in the
         input's shape: what data capture stores."""
         real = self._real.T if self._transpose else self._real
-        return real.reshape(self.spec.shape).copy()
+        values: npt.NDArray[np.float64] = real.reshape(self.spec.shape).copy()
+        return values

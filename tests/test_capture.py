@@ -134,7 +134,7 @@ def test_a_daemon_stores_exactly_its_budget_and_a_restart_does_not_reset_it(
 
 def test_samples_stay_whole_through_kill_9_and_leftovers_are_swept_at_restart(tmp_path: Path) -> None:
     device, quota = "cap-kill", 40_000
-    budgets = {"per_minute": 100_000, "per_hour": 1_000_000, "per_day": 10_000_000}
+    budgets = {"per_minute": 10_000, "per_hour": 100_000, "per_day": 100_000}
     config = digits_config(
         tmp_path, port=None, device=device, extra=capture_table(random=1.0, quota_bytes=quota, **budgets)
     )
@@ -252,6 +252,8 @@ def test_capture_now_takes_the_next_results_and_hostile_commands_are_refused(
             ("capture.fetch", {**good, "path": "/etc/passwd"}, "unknown arguments"),
             ("capture.list", {"pipeline": "digits", "limit": 0}, "limit must be between"),
             ("capture.list", {"pipeline": "digits", "after": "../x"}, "bad capture id"),
+            ("capture.list", {"pipeline": "digits", "since": 1e306}, "since must be a Unix time"),
+            ("capture.list", {"pipeline": "digits", "since": -1}, "since must be a Unix time"),
             ("capture.now", {"pipeline": "digits", "count": 1000}, "count must be between"),
             ("capture.now", {"pipeline": "nope"}, "no capturing pipeline"),
         ]

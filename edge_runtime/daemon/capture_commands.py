@@ -19,6 +19,7 @@ from edge_runtime.reporting.commands import Command, CommandDispatcher, CommandE
 
 ID_RULE = "capture ids look like 20261201T180102.123Z-000001"
 MAX_LIST = 500
+MAX_TIME = 1e11
 """Most samples one ``capture.list`` reply names."""
 CHUNK_BYTES = 48 * 1024
 """Default raw bytes per ``capture.fetch`` chunk (64 KiB of base64)."""
@@ -64,6 +65,8 @@ class CaptureCommands:
         if after is not None and not CAPTURE_ID_RE.match(after):
             raise CommandError(f"bad capture id in 'after': {ID_RULE}")
         since = cmd.args.get("since")
+        if since is not None and not 0 <= since <= MAX_TIME:
+            raise CommandError(f"since must be a Unix time between 0 and {MAX_TIME:g}")
         rows, more = pc.store.list(None if since is None else float(since), after, limit)
         return {"pipeline": cmd.args["pipeline"], "captures": rows, "more": more}
 

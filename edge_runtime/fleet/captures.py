@@ -25,6 +25,7 @@ from typing import Any
 
 from edge_runtime.fleet.bus import BrokerOptions, MqttBus, Requester
 from edge_runtime.fleet.common import FleetError, RequestIds, check_level, check_pipeline, positive_float
+from edge_runtime.monitor.capture_store import CAPTURE_ID_RE, FILE_RE
 from edge_runtime.names import SHA256_RE
 
 log = logging.getLogger("fleet")
@@ -89,13 +90,15 @@ class Puller:
             if not isinstance(rows, list):
                 raise FleetError(f"{self.device}: capture.list of {pipeline} has no captures list")
             for row in rows:
-                self.sample(pipeline, folder, row)
-                after = str(row["id"])
+                capture_id = str(row.get("id")) if isinstance(row, dict) else ""
+                if not CAPTURE_ID_RE.match(capture_id) or (after is not None and capture_id <= after):
+                    raise FleetError(f"{self.device}: capture.list of {pipeline} sent a bad or repeated id")
+                self.sample(pipeline, folder, capture_id)
+                after = capture_id
             if not page.get("more") or not rows:
                 return
 
-    def sample(self, pipeline: str, folder: Path, row: dict[str, Any]) -> None:
-        capture_id = check_level(str(row.get("id")), "capture id")
+    def sample(self, pipeline: str, folder: Path, capture_id: str) -> None:
         json_name = f"{capture_id}.json"
         try:
             doc_bytes = self.fetch(pipeline, capture_id, json_name, folder, write=False)
@@ -109,7 +112,8 @@ class Puller:
             raise FleetError(f"{self.device}: {capture_id}: its JSON does not parse: {exc}") from exc
         try:
             for name, sha in images.items():
-                if not name.startswith(capture_id + ".") or "/" in name or not SHA256_RE.match(sha):
+                m = FILE_RE.match(name)
+                if m is None or m.group(1) != capture_id or not SHA256_RE.match(sha):
                     raise FleetError(f"{self.device}: {capture_id}: its JSON names a bad file {name!r}")
                 self.fetch(pipeline, capture_id, name, folder, write=True, expect=sha)
         except _EvictedError as exc:

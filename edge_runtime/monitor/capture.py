@@ -44,9 +44,9 @@ class CaptureConfig(BaseModel):
     )
     random: float = Field(0.0, ge=0, le=1, description="Capture this share of all results at random.")
     drift: bool = Field(False, description="Capture while the pipeline's drift level is watch or drift.")
-    per_minute: int = Field(10, ge=0, le=100_000, description="At most this many captures in any 60 s.")
-    per_hour: int = Field(100, ge=0, le=1_000_000, description="At most this many captures in any hour.")
-    per_day: int = Field(1000, ge=0, le=10_000_000, description="At most this many captures in any 24 h.")
+    per_minute: int = Field(10, ge=0, le=10_000, description="At most this many captures in any 60 s.")
+    per_hour: int = Field(100, ge=0, le=100_000, description="At most this many captures in any hour.")
+    per_day: int = Field(1000, ge=0, le=100_000, description="At most this many captures in any 24 h.")
     quota_bytes: int = Field(
         100 * 1024 * 1024,
         ge=16 * 1024,
