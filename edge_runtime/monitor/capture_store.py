@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.fsutil import TMP_INFIX, TMP_PREFIX, atomic_write, fsync_dir
+from edge_runtime.fsutil import TMP_INFIX, TMP_PREFIX, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +162,8 @@ class CaptureStore:
                 raise SampleTooLargeError(f"a sample of {size} bytes is over the quota ({self.quota_bytes})")
             while self.used + size > self.quota_bytes:
                 self._evict_oldest()
-            for name, data in named:
-                atomic_write(self.root / name, data, durable=False)
-            fsync_dir(self.root)  # images durable before the JSON that makes them a sample
+            for name, data in named:  # durable (content and name) before the JSON that makes a sample
+                atomic_write(self.root / name, data)
             atomic_write(self.root / f"{capture_id}.json", body)
             sample = Sample(capture_id, t, files)
             self.samples[capture_id] = sample
