@@ -164,7 +164,8 @@ def test_samples_stay_whole_through_kill_9_and_leftovers_are_swept_at_restart(tm
         assert wait_until(lambda: not temp.exists() and not orphan.exists(), 60), daemon.log()[-3000:]
         assert wait_until(lambda: newest() >= int(kept[-1].rsplit("-", 1)[1]) + 5, 60)
         assert daemon.stop() == 0
-    check_samples(folder, quota)
+    seqs = [int(i.rsplit("-", 1)[1]) for i in check_samples(folder, quota)]
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))  # the newest, contiguous: the oldest went first
     assert "captures: removed" in daemon.log()
 
 
@@ -310,3 +311,15 @@ def test_a_fused_pipeline_keeps_its_frame_and_sensor_window_and_a_clean_stop_wri
         assert doc["model"]["name"] == "fused_int8" and doc["reasons"] == ["random"]
         frame = cv2.imdecode(np.frombuffer((folder / f"{capture_id}.jpg").read_bytes(), np.uint8), 1)
         assert list(frame.shape) == doc["frames"]["camera"]["shape"]
+    # the layout is the optimizer's captures format: a real `edge-runtime optimize` reads every sample
+    out = tmp_path / "fused_from_captures.tflite"
+    float_model = Path(__file__).parent / "data" / "float" / "fused_float.tflite"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "optimize", str(float_model), "--calibration", str(folder),
+         "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["calibration"]["kind"] == "captures" and report["calibration"]["skipped"] == []
+    assert report["calibration"]["samples"] + report["verification"]["samples"] == len(ids)
