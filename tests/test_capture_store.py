@@ -216,3 +216,26 @@ def test_samples_are_dropped_and_counted_when_the_writer_is_behind(tmp_path: Pat
         assert pc.candidates == offered  # not this pipeline's
     finally:
         capturer.stop()
+
+
+def test_a_frame_shared_by_fan_in_cameras_is_stored_once_and_a_bad_frame_is_an_error(tmp_path: Path) -> None:
+    hook = Hook("p")
+    capturer = Capturer()
+    capturer.start({"p": CaptureConfig(random=1.0)}, [hook], tmp_path)
+    try:
+        assert hook.capture is not None
+        pc = capturer.pipelines["p"]
+        shared = frame(1)
+        hook.capture(classification(0.9), {"left": shared, "right": shared, "side": frame(2)}, [])
+        assert wait_until(lambda: pc.stored == 1, 20)
+        empty = Frame(image=np.zeros((0, 0, 3), np.uint8), seq=3, t_mono=0.0, t_wall=0.0)
+        hook.capture(classification(0.9), {"left": empty}, [])  # nothing cv2 can encode
+        assert wait_until(lambda: pc.errors == 1, 20), pc.stats()
+        hook.capture(classification(0.9), {"left": frame(4)}, [])  # the thread goes on
+        assert wait_until(lambda: pc.stored == 2, 20), pc.stats()
+        assert "JPEG encoding failed" in pc.last_error and pc.budget.used()["minute"] == 2
+    finally:
+        capturer.stop()
+    first = json.loads(next(iter(sorted((tmp_path / "captures" / "p").glob("*.json")))).read_bytes())
+    assert [f["source"] for f in first["files"]] == ["left", "side"]
+    assert set(first["frames"]) == {"left", "side"}

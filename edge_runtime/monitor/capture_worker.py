@@ -178,16 +178,15 @@ class Capturer:
     def _write(self, job: _Job) -> None:
         pc = job.pc
         try:
-            images = [
-                (name, _jpeg(frame.image, pc.config.jpeg_quality)) for name, frame in job.frames.items()
-            ]
+            frames = _distinct(job.frames)
+            images = [(name, _jpeg(frame.image, pc.config.jpeg_quality)) for name, frame in frames.items()]
             doc = {
                 "pipeline": job.doc.get("pipeline"),
                 "reasons": job.reasons,
                 "model": job.doc.get("model"),
                 "frames": {
                     name: {"seq": f.seq, "ts": round(f.t_wall, 3), "shape": list(f.image.shape)}
-                    for name, f in job.frames.items()
+                    for name, f in frames.items()
                 },
                 # by model input name, as `edge-runtime optimize` reads a captures folder
                 "inputs": {_signature_name(name): values.tolist() for name, _, values in job.sensors},
@@ -222,10 +221,25 @@ def _signature_name(tensor: str) -> str:
     return tensor.removeprefix("serving_default_").split(":")[0] or tensor
 
 
+def _distinct(frames: Mapping[str, Frame]) -> dict[str, Frame]:
+    """Each frame once, under the first name it has (a fan-in pipeline binds the triggering
+    camera's frame to every camera of its trigger; the triggering one comes first)."""
+    seen: set[int] = set()
+    found: dict[str, Frame] = {}
+    for name, frame in frames.items():
+        if id(frame) not in seen:
+            seen.add(id(frame))
+            found[name] = frame
+    return found
+
+
 def _jpeg(image: npt.NDArray[np.uint8], quality: int) -> bytes:
     import cv2
 
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    try:
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    except cv2.error as exc:
+        raise ValueError(f"JPEG encoding failed: {exc}") from exc
     if not ok:
         raise ValueError("JPEG encoding failed")
     return bytes(data.tobytes())
