@@ -10,6 +10,7 @@ import functools
 import hashlib
 import itertools
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -323,3 +324,28 @@ def test_a_fused_pipeline_keeps_its_frame_and_sensor_window_and_a_clean_stop_wri
     report = json.loads(proc.stdout)
     assert report["calibration"]["kind"] == "captures" and report["calibration"]["skipped"] == []
     assert report["calibration"]["samples"] + report["verification"]["samples"] == len(ids)
+
+
+def test_a_reload_restarts_capture_with_its_budget_seeded_from_disk(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    config, dev = device_with(broker, tmp_path, "cap-reload", random=1.0, per_minute=1000, per_hour=4)
+    topic = "edge/cap-reload/health"
+
+    def after_reload(test: Any) -> Any:
+        def ok(messages: list[Any]) -> bool:
+            docs = [m.json() for m in messages if m.topic == topic and not m.retain]
+            last: dict[str, Any] = docs[-1] if docs else {"reloads": 0}
+            return last["reloads"] == 1 and bool(test(last["monitor"]["capture"]["digits"]))
+
+        return ok
+
+    with dev.sub, Daemon(config) as daemon:
+        dev.wait_capture(lambda c: c.get("stored") == 4 and c.get("dropped_budget", 0) >= 5)
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert dev.sub.wait_for(after_reload(lambda c: c["dropped_budget"] >= 10), 60), daemon.log()[-3000:]
+        seen = dev.capture()
+        assert seen["stored"] == 0 and seen["budget_used"]["hour"] == 4 and seen["samples"] == 4
+        assert len(sample_ids(folder_of(tmp_path, "cap-reload"))) == 4
+        assert daemon.log().count("thread.crashed") == 0
+        assert daemon.stop() == 0
