@@ -342,3 +342,10 @@ class SensorBuilder:
         real = self._real.T if self._transpose else self._real
         result: npt.NDArray[Any] = self._write(real).reshape(self.spec.shape)
         return result
+
+    def real_values(self) -> npt.NDArray[np.float64]:
+        """A copy of the last built input's real values (before the input's quantization), in the
+        input's shape: what data capture stores."""
+        real = self._real.T if self._transpose else self._real
+        values: npt.NDArray[np.float64] = real.reshape(self.spec.shape).copy()
+        return values

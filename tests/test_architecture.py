@@ -30,9 +30,9 @@ LARGE_MODULES: dict[str, str] = {
         "the in-order delivery across reconnects depends on how these share the in-flight list"
     ),
     "edge_runtime/pipeline/pipeline.py": (
-        "one pipeline's domain: triggers, inference, numbering, and the hooks updates and the HTTP API "
-        "use; the thread engine (stages.py), the runner, the result document and the probation watch "
-        "are already apart"
+        "one pipeline's domain: triggers, inference, numbering, and the hooks updates, the HTTP API "
+        "and data capture use; the thread engine (stages.py), the runner, the result document and the "
+        "probation watch are already apart"
     ),
     "edge_runtime/updates/store.py": (
         "the crash-safety protocol of the model store (pointers, probation, history, pruning) is "

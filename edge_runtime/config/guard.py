@@ -206,6 +206,9 @@ POLICY: dict[str, Decision] = {
     "metrics": _d(GUARDED, "a listening socket: what the device exposes on the network, and where"),
     "http": _d(GUARDED, "a listening socket with predict, camera views and its token and TLS files"),
     "monitor": _d(GUARDED, "tamper detection: a sender must not blind it before covering the camera"),
+    "monitor.capture": _d(
+        GUARDED, "data capture keeps camera frames on the device's disk: what is recorded, and how much"
+    ),
     "updates": _d(GUARDED, "who may change the device's models, and how (keys, sources of downloads)"),
     "updates.max_bytes": _d(FREE, "bounded by the schema"),
     "updates.download_timeout_s": _d(FREE, "bounded by the schema"),

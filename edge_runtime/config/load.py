@@ -61,6 +61,9 @@ def _references(config: Config) -> list[str]:
             models.append((f"{where}.cascade.classifier", p.cascade.classifier))
         for mwhere, model in models:
             problems += _model_references(config, mwhere, model, cascade_child=mwhere.endswith("classifier"))
+    for name in config.monitor.capture:
+        if name not in seen:
+            problems.append(f"monitor.capture.{name}: {name!r}: no pipeline of that name")
     return problems
 
 

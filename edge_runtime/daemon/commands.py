@@ -1,5 +1,6 @@
 """The daemon's remote commands: ping, get_config, reload, pipeline.pause/resume, snapshot, health,
-config.update, monitor.rebase, and the model-update commands of :mod:`edge_runtime.updates.updater`.
+config.update, monitor.rebase, the model-update commands of :mod:`edge_runtime.updates.updater` and
+the data-capture commands of :mod:`.capture_commands`.
 
 :class:`DaemonCommands` registers each on the transport's dispatcher and works against a
 :class:`CommandHost` (the daemon), so commands can be built and tested without a whole daemon.
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from edge_runtime import __version__
+from edge_runtime.daemon.capture_commands import CaptureCommands
 from edge_runtime.daemon.config_update import ConfigHost, apply_config_update, file_sha256
 from edge_runtime.monitor.service import Monitor
 from edge_runtime.pipeline import Pipeline
@@ -63,6 +65,7 @@ class DaemonCommands:
         d.register("health", self.health)
         d.register("snapshot", self.snapshot, source=(str, True), quality=(int, False))
         d.register("monitor.rebase", self.rebase, source=(str, False))
+        CaptureCommands(self.host.monitor.capture).register(d)
         updater = self.updater
         if updater is not None:
             text = (str, True)

@@ -121,21 +121,25 @@ def start_runtime(
     sources: Iterable[Source],
     pipelines: Iterable[Pipeline],
     monitor: Monitor | None = None,
-    config: MonitorConfig | None = None,
+    config: Config | None = None,
     updater: Updater | None = None,
 ) -> None:
-    """Sources, pipelines, then the monitor (``edge_runtime.monitor``) on them; drift references
-    are looked up in the ``updater``'s model store first."""
+    """Sources, data capture (under the config's state directory), pipelines, then the monitor
+    (``edge_runtime.monitor``) on them; drift references are looked up in the ``updater``'s model
+    store first."""
     sources, pipelines = list(sources), list(pipelines)
     for source in sources:
         source.start()
+    mc = config.monitor if config is not None else MonitorConfig()
+    if monitor is not None and config is not None:
+        monitor.capture.start(mc.capture, pipelines, config.device.state_dir)
     for pipeline in pipelines:
         pipeline.start()
     if monitor is not None:
         store = updater.store if updater is not None else None
         models = {p.name: p.runners[0].model for p in pipelines}
         refs = {name: model_reference(m.path, m.sha256, store, name) for name, m in models.items()}
-        monitor.start(config or MonitorConfig(), {s.name: s for s in sources}, refs)
+        monitor.start(mc, {s.name: s for s in sources}, refs)
         for pipeline in pipelines:
             _tap_inputs(monitor, pipeline.name, pipeline.runners[0])
             pipeline.on_swap = _follow_swaps(monitor, pipeline.name, store)
@@ -200,5 +204,7 @@ def stop_runtime(
     deadline = time.monotonic() + timeout
     for pipeline in pipelines:
         pipeline.stop(max(0.05, deadline - time.monotonic()))
+    if monitor is not None:
+        monitor.capture.stop(max(0.05, deadline - time.monotonic()))
     for source in sources:
         source.stop(max(0.05, deadline - time.monotonic()))

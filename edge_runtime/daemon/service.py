@@ -227,7 +227,7 @@ class Service:
         )  # fmt: skip
 
     def _start_runtime(self) -> None:
-        start_runtime(self.sources.values(), self.pipelines, self.monitor, self.config.monitor, self.updater)
+        start_runtime(self.sources.values(), self.pipelines, self.monitor, self.config, self.updater)
 
     def _stop_runtime(self, timeout: float = 2.0) -> None:
         stop_runtime(self.sources.values(), self.pipelines, timeout, self.monitor)

@@ -11,13 +11,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.fleet import artifact as artifacts
 from edge_runtime.fleet.artifact import config_snippet, describe_model, keygen, load_key
 from edge_runtime.fleet.bus import BrokerOptions, MqttBus, Requester, parse_broker
+from edge_runtime.fleet.captures import add_captures_parser, cmd_captures
 from edge_runtime.fleet.common import (
     FleetError,
     RequestIds,
@@ -25,7 +26,10 @@ from edge_runtime.fleet.common import (
     canary_count,
     check_level,
     check_pipeline,
+    nonnegative_float,
     parse_globs,
+    positive_float,
+    positive_int,
 )
 from edge_runtime.fleet.configpush import add_config_parser, cmd_config
 from edge_runtime.fleet.delivery import (
@@ -39,30 +43,6 @@ from edge_runtime.fleet.delivery import (
 from edge_runtime.fleet.devices import Device, choose_targets, collect_devices
 
 log = logging.getLogger("fleet")
-
-
-def _number(positive: bool) -> Callable[[str], float]:
-    """An argparse type: a number above zero (``positive``) or at least zero."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (value > 0 if positive else value >= 0):
-            raise argparse.ArgumentTypeError(f"{text!r} must be {'positive' if positive else 'at least 0'}")
-        return value
-
-    return parse
-
-
-_positive_float, _nonnegative_float = _number(True), _number(False)
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of at least 1")
-    return int(text)
 
 
 DOWNGRADE_HELP = "allow a downgrade, on devices that run VERSION now (single use)"
@@ -103,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--insecure", action="store_true", help="TLS without checking the broker's host name")
     group.add_argument(
         "--wait",
-        type=_nonnegative_float,
+        type=nonnegative_float,
         default=2.0,
         metavar="S",
         help="the longest wait for the retained status/health messages (default: 2 s)",
@@ -155,10 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="canaries: N devices or N%% (default: 1)",
     )
     update.add_argument(
-        "--concurrency", type=_positive_int, default=4, metavar="K", help="devices at a time (default: 4)"
+        "--concurrency", type=positive_int, default=4, metavar="K", help="devices at a time (default: 4)"
     )
     update.add_argument(
-        "--timeout", type=_positive_float, default=300.0, metavar="S", help="per device (default: 300)"
+        "--timeout", type=positive_float, default=300.0, metavar="S", help="per device (default: 300)"
     )
     update.add_argument(
         "--transport", choices=("http", "mqtt"), default="http", help="how devices get the file"
@@ -174,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--json", action="store_true", help="the report as JSON on stdout")
 
     add_config_parser(commands, mqtt)
+    add_captures_parser(commands, mqtt)
 
     back = commands.add_parser("rollback", parents=[mqtt], help="return devices to their previous model")
     back.add_argument("--pipeline", required=True)
@@ -183,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--key", dest="signing_key", type=Path, metavar="KEYFILE", help="sign it (with --to, --from)"
     )
     back.add_argument("--devices", metavar="GLOB", help="shell patterns, comma-separated (default: all)")
-    back.add_argument("--concurrency", type=_positive_int, default=8, metavar="K")
+    back.add_argument("--concurrency", type=positive_int, default=8, metavar="K")
     back.add_argument(
-        "--timeout", type=_positive_float, default=60.0, metavar="S", help="per device (default: 60)"
+        "--timeout", type=positive_float, default=60.0, metavar="S", help="per device (default: 60)"
     )
     back.add_argument("--json", action="store_true")
     return parser
@@ -377,6 +358,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "config": lambda args: cmd_config(args, broker_options(args)),
+    "captures": lambda args: cmd_captures(args, broker_options(args)),
     "status": cmd_status,
     "keygen": cmd_keygen,
     "sign": cmd_sign,

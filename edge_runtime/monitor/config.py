@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edge_runtime.monitor.capture import CaptureConfig
+
 TamperState = Literal["dark", "bright", "covered", "blurred", "frozen", "moved"]
 TAMPER_STATES: tuple[TamperState, ...] = ("dark", "bright", "covered", "blurred", "frozen", "moved")
 
@@ -185,4 +187,8 @@ class MonitorConfig(BaseModel):
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift against a reference (PSI).")
     quality: QualityConfig = Field(
         default_factory=QualityConfig, description="Model-quality statistics and their rules."
+    )
+    capture: dict[str, CaptureConfig] = Field(
+        default_factory=dict,
+        description="Data capture for retraining, per pipeline name (off for pipelines without a table).",
     )

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edge_runtime.monitor.capture_worker import Capturer
 from edge_runtime.monitor.config import MonitorConfig
 from edge_runtime.monitor.drift import OutputDrift, output_drift
 from edge_runtime.monitor.inputdrift import LiveInputDrift
@@ -84,8 +85,15 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: Supervised | None = None
         self._lock = threading.Lock()
+        self.capture = Capturer(self.drifting)
         if listeners is not None:
             listeners.append(self._on_result)
+
+    def drifting(self, pipeline: str) -> bool:
+        """Whether ``pipeline``'s output or input drift level is ``watch`` or ``drift``."""
+        return any(
+            self.drift_levels.get((pipeline, side)) in ("watch", "drift") for side in ("output", "input")
+        )
 
     @classmethod
     def with_listeners(cls, event: Event) -> tuple[Monitor, list[Listener]]:
@@ -294,4 +302,5 @@ class Monitor:
             "quality": quality,
             "drift": drift,
             "latency_histograms": self.latency.stats(),
+            "capture": self.capture.stats(),
         }

@@ -59,6 +59,8 @@ class Budget(Protocol):
 STAGING_SLOTS = 2  # input sets: one built by the worker while the other is loaded for an invoke
 Emit = Callable[[dict[str, Any]], None]
 Observer = Callable[[list[npt.NDArray[Any]], float], None]
+Capture = Callable[[dict[str, Any], Mapping[str, Frame], list[tuple[str, list[str], npt.NDArray[Any]]]], None]
+"""Data capture's hook (:mod:`edge_runtime.monitor.capture_worker`): a result with its inputs."""
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Prepared:
     slot: int
     pre_ms: float
     t0: float
+    sensors: list[tuple[str, list[str], npt.NDArray[Any]]] | None = None
 
 
 @dataclass
@@ -155,6 +158,7 @@ class Pipeline:
         self.monitor: Observer | None = None
         self.on_swap: Callable[[ModelRunner], None] | None = None
         """Called (outside the inference lock) with the runner :meth:`swap_model` put in place."""
+        self.capture: Capture | None = None  # set by data capture for the pipelines it watches
         self.config_root = config
 
     def _check_cascade(self, cascade: CascadeConfig, where: str) -> None:
@@ -372,13 +376,14 @@ class Pipeline:
         frames = self._frames(trig)
         runners = list(self.runners)
         slot = self.engine.take_slot()
+        keep: list[tuple[str, list[str], npt.NDArray[Any]]] | None = [] if self.capture is not None else None
         try:
-            transforms = [r.fill(frames, trig.t_mono, slot) for r in runners]
+            transforms = [r.fill(frames, trig.t_mono, slot, keep) for r in runners]
         except BaseException:
             self.engine.release_slot(slot)
             raise
         pre_ms = (time.perf_counter() - t0) * 1000
-        self.engine.submit(Prepared(trig, frames, runners, transforms, slot, pre_ms, t0))
+        self.engine.submit(Prepared(trig, frames, runners, transforms, slot, pre_ms, t0, keep))
         self.handed_over += 1
 
     def _invoke(self, job: Prepared) -> Invoked | None:
@@ -438,17 +443,19 @@ class Pipeline:
         self.source_results[job.trig.source] = self.source_results.get(job.trig.source, 0) + 1
         self.fps_out.tick()
         self.last_result = result
-        self.emit(
-            document(
-                device=self.device,
-                pipeline=self.name,
-                seq=self.seq,
-                trig=job.trig,
-                model=job.runners[0].info,
-                latency=latency,
-                result=result,
-            )
+        doc = document(
+            device=self.device,
+            pipeline=self.name,
+            seq=self.seq,
+            trig=job.trig,
+            model=job.runners[0].info,
+            latency=latency,
+            result=result,
         )
+        self.emit(doc)
+        capture = self.capture
+        if capture is not None:  # references only: the capture thread encodes and writes
+            capture(doc, job.frames, job.sensors or [])
         self.watch_slot.observe(job.runners[0], done.outputs[0], done.invoke_ms)  # a real result
 
     def stats(self) -> dict[str, Any]:

@@ -147,10 +147,15 @@ class ModelRunner:
         return {"name": self.model.name, "sha256": self.model.sha256, "version": self.config.version}
 
     def fill(
-        self, frames: Mapping[str, Frame | npt.NDArray[np.uint8]], t: float, slot: int | None = None
+        self,
+        frames: Mapping[str, Frame | npt.NDArray[np.uint8]],
+        t: float,
+        slot: int | None = None,
+        keep: list[tuple[str, list[str], npt.NDArray[Any]]] | None = None,
     ) -> ImageTransform | None:
         """Build every input for trigger time ``t``, into the model (``slot`` None) or into staging
-        buffers ``slot`` for :meth:`load`; returns the first image's transform."""
+        buffers ``slot`` for :meth:`load`; returns the first image's transform. With ``keep``, a copy
+        of each sensor input's real values is added there (for data capture: a few hundred values)."""
         transform = None
         capture = self._capture_request.is_set()
         tap = self.input_tap
@@ -171,6 +176,10 @@ class ModelRunner:
         for position, sensor_builder in self.sensors:
             array = sensor_builder.build(t)
             self._set(position, array, slot)
+            if keep is not None:
+                keep.append(
+                    (sensor_builder.spec.name, list(sensor_builder.channels), sensor_builder.real_values())
+                )
             if capture:
                 arrays[position] = array.copy()
             if sample and tap is not None:

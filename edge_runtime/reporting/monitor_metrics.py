@@ -179,3 +179,21 @@ def monitor_families(f: Families, monitor: Mapping[str, Any]) -> None:
                 pipeline=pipeline,
                 stage=stage,
             )
+    _capture_families(f, monitor)
+
+
+def _capture_families(f: Families, monitor: Mapping[str, Any]) -> None:
+    """``monitor.capture``: data capture per pipeline."""
+    for pipeline, c in (monitor.get("capture") or {}).items():
+        f.gauge("capture_samples", "Captured samples on disk.", c.get("samples"), pipeline=pipeline)
+        f.gauge("capture_bytes", "Bytes of captured samples on disk.", c.get("bytes"), pipeline=pipeline)
+        f.gauge("capture_quota_bytes", "The capture disk quota.", c.get("quota_bytes"), pipeline=pipeline)
+        for key, doc in (
+            ("stored", "Samples captured and written."),
+            ("evicted", "Samples removed (the oldest first) to stay in the quota."),
+            ("dropped_behind", "Samples dropped because the capture thread was behind."),
+            ("dropped_budget", "Samples dropped by the per-minute/hour/day budgets."),
+            ("dropped_quota", "Samples dropped as larger than the whole quota."),
+            ("errors", "Samples that could not be written."),
+        ):
+            f.counter(f"capture_{key}", doc, c.get(key), pipeline=pipeline)
