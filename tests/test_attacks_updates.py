@@ -930,6 +930,7 @@ def test_chunk_floods_are_bounded_by_one_quota_and_expire_while_running(
     piece = base64.b64encode(os.urandom(30_000)).decode()
     with Subscriber(broker.host, broker.port, ["edge/dev1/#"]) as sub, Daemon(config) as daemon:
         online(sub, daemon)
+        started = time.monotonic()
         for n in range(500):
             body = {"id": f"c{n}", "transfer": f"flood{n}", "index": 0, "total": 2, "data": piece}
             sub.publish("edge/dev1/cmd/model.chunk", json.dumps(body).encode(), qos=1)
@@ -943,12 +944,18 @@ def test_chunk_floods_are_bounded_by_one_quota_and_expire_while_running(
             if len(answered) == 500:
                 break
             time.sleep(0.05)
+        elapsed = time.monotonic() - started
         replies = [sub.json(f"edge/dev1/reply/c{n}")[0] for n in range(500)]
         accepted = [r for r in replies if r["ok"]]
         refusals = [r["error"] for r in replies if not r["ok"]]
-        assert accepted and sum("transfers are already in progress" in e for e in refusals) >= 400, refusals[
-            :5
-        ]
+        # every refusal is a documented one: the transfer bound, or the command queue's bound when
+        # the flood arrives faster than the worker takes it
+        documented = ("transfers are already in progress", "too many commands waiting")
+        assert all(any(d in e for d in documented) for e in refusals), sorted(set(refusals))[:5]
+        assert any(documented[0] in e for e in refusals), refusals[:5]
+        # two slots, each freed only by its transfer's 3 s expiry: however slowly the flood was
+        # handled, no more than two transfers per started expiry period were taken
+        assert accepted and len(accepted) <= 2 * (int(elapsed / 3) + 1), (len(accepted), elapsed)
         # at most 2 at once; more than 2 in total only because older ones expired meanwhile
         assert peak_transfers <= 2 and peak_bytes <= quota, (peak_transfers, peak_bytes)
         assert events(sub, "model.chunk_refused"), "refused chunks must be reported as events"
