@@ -234,8 +234,8 @@ def test_dashboard_and_rules_return_data_from_a_real_prometheus(
         assert daemon.stop() == 0 and covered_daemon.stop() == 0, daemon.log()[-3000:]
 
 
-WHEN = {"always", "camera", "quality", "drift", "input", "mqtt", "serial", "waiting", "zones"}
-HOLDS = {"always", "camera", "quality", "drift", "input", "mqtt", "serial"}  # for the daemon of the test
+WHEN = {"always", "camera", "quality", "drift", "input", "capture", "mqtt", "serial", "waiting", "zones"}
+HOLDS = {"always", "camera", "quality", "drift", "input", "capture", "mqtt", "serial"}  # for the daemon of the test
 
 
 def documented_metrics() -> dict[str, tuple[str, frozenset[str], str]]:
@@ -274,6 +274,7 @@ def test_the_documented_metric_list_is_what_a_daemon_exports(tmp_path: Path, bro
         config.read_text().replace("[[pipelines]]", serial + "\n[[pipelines]]", 1)
         + f"\n[metrics]\nenabled = true\nport = {port}\nrefresh_s = 1.0\n"
         + "\n[monitor.drift]\ninput_every = 1\n"  # input drift's level within the 120 results below
+        + "\n[monitor.capture.digits]\nrandom = 0.05\nper_minute = 3\n"
     )
     documented = documented_metrics()
     with Daemon(config) as daemon:
