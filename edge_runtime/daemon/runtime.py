@@ -124,17 +124,15 @@ def start_runtime(
     config: Config | None = None,
     updater: Updater | None = None,
 ) -> None:
-    """Sources, data capture (under the config's state directory), pipelines, then the monitor
-    (``edge_runtime.monitor``) on them; drift references are looked up in the ``updater``'s model
-    store first."""
+    """Sources, data capture (under the config's state directory), the monitor
+    (``edge_runtime.monitor``; drift references are looked up in the ``updater``'s model store
+    first), then the pipelines: the monitor sees their first result and first input."""
     sources, pipelines = list(sources), list(pipelines)
     for source in sources:
         source.start()
     mc = config.monitor if config is not None else MonitorConfig()
     if monitor is not None and config is not None:
         monitor.capture.start(mc.capture, pipelines, config.device.state_dir)
-    for pipeline in pipelines:
-        pipeline.start()
     if monitor is not None:
         store = updater.store if updater is not None else None
         models = {p.name: p.runners[0].model for p in pipelines}
@@ -143,6 +141,8 @@ def start_runtime(
         for pipeline in pipelines:
             _tap_inputs(monitor, pipeline.name, pipeline.runners[0])
             pipeline.on_swap = _follow_swaps(monitor, pipeline.name, store)
+    for pipeline in pipelines:
+        pipeline.start()
 
 
 def _tap_inputs(monitor: Monitor, name: str, runner: ModelRunner) -> None:
