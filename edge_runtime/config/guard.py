@@ -233,6 +233,7 @@ POLICY: dict[str, Decision] = {
     "pipelines[].trigger.source": _TUNING,
     "pipelines[].trigger.sources": _TUNING,
     "pipelines[].trigger.min_interval_s": _TUNING,
+    "pipelines[].trigger.batch": _TUNING,
     "pipelines[].trigger.every_s": _TUNING,
     "pipelines[].ensemble.combine": _TUNING,
     "pipelines[].max_results": _TUNING,

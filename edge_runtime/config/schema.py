@@ -313,6 +313,9 @@ class PipelineConfig(Strict):
             raise ValueError("several models need an [pipelines.ensemble] table")
         if self.cascade is not None and len(self.models) != 1:
             raise ValueError("a cascade has exactly one detector model")
+        batch = getattr(self.trigger, "batch", 1)
+        if batch > 1 and (len(self.models) > 1 or self.cascade is not None):
+            raise ValueError("trigger batch runs one model: not an ensemble or a cascade")
         return self
 
 
