@@ -308,6 +308,8 @@ def round_two(
     for rep in range(repeat):  # interleaved: every row once, then again
         for n in cameras:
             for mode, batch in variants:
+                if batch > n:  # the config refuses a batch larger than its sources
+                    continue
                 wait_idle(idle_s)
                 args = (workdir, mode, n, path, channels, many_video, seconds, warmup_s, port, sub)
                 many.append(run_many(*args, camera_fps, batch, rep))
