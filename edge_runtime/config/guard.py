@@ -164,6 +164,7 @@ POLICY: dict[str, Decision] = {
     "device.stop_timeout_s": _d(FREE, "shutdown bound"),
     "runtime.backend": _d(FREE, "which installed inference runtime"),
     "runtime.share_models": _d(FREE, "one loaded model for pipelines that name the same one"),
+    "runtime.malloc_arenas": _d(FREE, "an allocator setting, bounded by the schema"),
     "defaults.threads": _TUNING,
     "defaults.delegates[].type": _d(FREE, "which built-in delegate; its library is guarded"),
     "defaults.delegates[].device": _TUNING,

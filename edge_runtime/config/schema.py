@@ -97,6 +97,14 @@ class RuntimeConfig(Strict):
         description="Pipelines that name the same model file, delegates, threads and name share one "
         "loaded model (one interpreter); inference on it is serialized.",
     )
+    malloc_arenas: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="At most this many malloc arenas for all threads (glibc only; applied when the "
+        "sources are built): freed camera frames are reused instead of staying resident in one arena "
+        "per camera thread. 0 keeps glibc's default (eight per core).",
+    )
 
 
 class TlsConfig(Strict):
