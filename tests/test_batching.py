@@ -151,7 +151,7 @@ def test_a_model_swap_with_batching_on_happens_between_two_invokes(tmp_path: Pat
         threading.Thread(target=swap, daemon=True).start()
         return sources, pipelines
 
-    service._build_runtime = build_then_swap_later  # type: ignore[method-assign]
+    service._build_runtime = build_then_swap_later  # type: ignore[method-assign,assignment]
     service.run(install_signals=False)
     assert swapped.is_set()
     _check_every_frame_once_in_order(sink)
