@@ -17,6 +17,7 @@ from edge_runtime.config import validate
 from edge_runtime.daemon.service import Service
 from edge_runtime.demo import write_digits_video
 from edge_runtime.errors import ConfigError
+from edge_runtime.runtime.model import Model
 
 DIGITS = str(MODELS / "digits_int8.tflite")
 DIGITS_ONNX = str(MODELS / "digits_int8.onnx")
@@ -71,6 +72,16 @@ def _digits(path: str = DIGITS) -> dict[str, Any]:
         "path": path,
         "inputs": [{"kind": "image", "source": "a", "resize": "crop", "color": "gray", "std": 255.0}],
         "postprocess": {"type": "classification", "top_k": 10},
+    }
+
+
+def _face_model() -> dict[str, Any]:
+    return {
+        "path": str(FACE),
+        "inputs": [
+            {"kind": "image", "source": "a", "resize": "stretch", "color": "rgb", "std": 127.5, "mean": 127.5}
+        ],
+        "postprocess": {"type": "raw"},
     }
 
 
@@ -183,13 +194,7 @@ def test_a_model_without_a_batch_dimension_runs_one_frame_at_a_time(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _videos(tmp_path)
-    model = {
-        "path": str(FACE),
-        "inputs": [
-            {"kind": "image", "source": "a", "resize": "stretch", "color": "rgb", "std": 127.5, "mean": 127.5}
-        ],
-        "postprocess": {"type": "raw"},
-    }
+    model = _face_model()
     with caplog.at_level(logging.WARNING):
         service, sink = _run(tmp_path, 4, model)
     assert service.pipelines[0].batch == 1
@@ -223,3 +228,31 @@ def test_impossible_batches_are_refused(tmp_path: Path, pipeline: dict[str, Any]
             },
             tmp_path,
         )
+
+
+def test_rows_of_a_model_that_cannot_batch_run_one_by_one_with_each_frames_own_result(tmp_path: Path) -> None:
+    # what a pipeline meets when a model swapped in cannot take the batch: the rows staged for it
+    # are invoked one at a time, each giving exactly what the model gives that frame alone
+    from devkit.media import scene
+    from edge_runtime.pipeline.batch import PreparedBatch, invoke_batch, split
+    from edge_runtime.pipeline.results import Triggered
+    from edge_runtime.pipeline.runner import ModelRunner
+    from edge_runtime.sources.base import Frame
+
+    config = _config(tmp_path, {"sources": list(CAMERAS), "batch": 3}, _face_model())
+    runner = ModelRunner(config.pipelines[0].models[0], config, {}, "test")
+    assert "have no batch of 3" in runner.model.batch_error(3)
+    frames = [{"a": Frame(image=scene(seed), seq=1, t_mono=0.0, t_wall=0.0)} for seed in range(3)]
+    trigs = [Triggered(0.0, 0.0, name, 1, f["a"]) for name, f in zip(CAMERAS, frames, strict=False)]
+    transforms = runner.fill_rows(frames, [0.0] * 3, slot=0, capacity=3)
+    released: list[int] = []
+    done = invoke_batch(PreparedBatch(trigs, frames, runner, transforms, 0, 0.0, 0.0), released.append, "p")
+    assert released == [0], "the slot is given back once, after the last row was loaded"
+    alone = Model(FACE, threads=1)
+    for row, f in enumerate(frames):
+        image = runner.images[0][1].build(f["a"].image).copy()  # the same preprocessing
+        expected = alone.invoke([image])
+        for got, want in zip(split(done.outputs, row), expected, strict=True):
+            assert np.array_equal(got, want), f"row {row}: not that frame's own output"
+    outputs = [np.asarray(o) for o in done.outputs]
+    assert not np.array_equal(outputs[0][0], outputs[0][1]), "different frames, different outputs"
