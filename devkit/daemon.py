@@ -110,6 +110,11 @@ class Daemon:
         with self._lock:
             return len(self.results)
 
+    def results_so_far(self) -> list[dict[str, Any]]:
+        """A copy of the results read so far (the reader thread keeps appending)."""
+        with self._lock:
+            return list(self.results)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -235,7 +235,8 @@ def test_dashboard_and_rules_return_data_from_a_real_prometheus(
 
 
 WHEN = {"always", "camera", "quality", "drift", "input", "capture", "mqtt", "serial", "waiting", "zones"}
-HOLDS = {"always", "camera", "quality", "drift", "input", "capture", "mqtt", "serial"}  # for the daemon of the test
+# the conditions that hold for the daemon of the test
+HOLDS = {"always", "camera", "quality", "drift", "input", "capture", "mqtt", "serial"}
 
 
 def documented_metrics() -> dict[str, tuple[str, frozenset[str], str]]:

@@ -127,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--camera-fps", type=float, default=15.0, help="(e): each camera's frame rate")
     parser.add_argument("--no-limit", action="store_true", help="--round2: only (e), not (d)")
+    parser.add_argument(
+        "--batches", default="1", help="(e): fan-in batch sizes, each a row (comma list, e.g. 1,4,8)"
+    )
     args = parser.parse_args(args_list)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # cleanup runs
     if args.daemon:
@@ -209,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = round_two(
                 available, threads, [int(c) for c in _csv(args.cameras)], _csv(args.modes), seconds,
                 warmup_s, workdir, broker.port, sub, video, make_video(args.camera_fps), args.wait_idle,
-                args.camera_fps, not args.no_limit,
+                args.camera_fps, not args.no_limit, tuple(int(b) for b in _csv(args.batches)),
+                max(1, args.repeat),
             )  # fmt: skip
             report["round2"] = result
             print(result["limit_table"], file=out)

@@ -97,6 +97,14 @@ class RuntimeConfig(Strict):
         description="Pipelines that name the same model file, delegates, threads and name share one "
         "loaded model (one interpreter); inference on it is serialized.",
     )
+    malloc_arenas: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="At most this many malloc arenas for all threads (glibc only; applied when the "
+        "sources are built): freed camera frames are reused instead of staying resident in one arena "
+        "per camera thread. 0 keeps glibc's default (eight per core).",
+    )
 
 
 class TlsConfig(Strict):
@@ -313,6 +321,9 @@ class PipelineConfig(Strict):
             raise ValueError("several models need an [pipelines.ensemble] table")
         if self.cascade is not None and len(self.models) != 1:
             raise ValueError("a cascade has exactly one detector model")
+        batch = getattr(self.trigger, "batch", 1)
+        if batch > 1 and (len(self.models) > 1 or self.cascade is not None):
+            raise ValueError("trigger batch runs one model: not an ensemble or a cascade")
         return self
 
 

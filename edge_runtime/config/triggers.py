@@ -28,9 +28,19 @@ class SourceTrigger(Strict):
         "frame of each, taken round-robin; each result names its source in `trigger.source`.",
     )
     min_interval_s: float = Field(0.0, ge=0, le=86400, description="Skip news closer together than this.")
+    batch: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="With several sources: run up to this many pending frames (at most one per source, "
+        "round-robin) in one invoke of a model with a batch dimension; 1 = off. A model that cannot be "
+        "resized to a batch runs them one by one (logged).",
+    )
 
     @model_validator(mode="after")
     def _several(self) -> SourceTrigger:
+        if self.batch > len(self.names):
+            raise ValueError(f"trigger batch {self.batch} is more than its {len(self.names)} source(s)")
         if self.sources:
             if len(self.sources) < 2 or len(set(self.sources)) != len(self.sources):
                 raise ValueError("trigger sources must be at least two different source names")

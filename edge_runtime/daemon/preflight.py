@@ -21,6 +21,7 @@ Each problem is one line ``path: value: message``; they are raised together as a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import stat
@@ -232,6 +233,15 @@ class StaticModel:
     @property
     def sha256(self) -> str:
         return self.info.sha256
+
+    @property
+    def lock(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+    def batch_error(self, n: int) -> str:
+        """Whether a batch works is known once the model is loaded (``run`` then runs the frames
+        one by one if it does not, and logs why)."""
+        return ""
 
 
 def _onnx_specs(values: tuple[ValueInfo, ...], base: int) -> tuple[TensorSpec, ...]:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from edge_runtime.config import Config, ModelConfig
 from edge_runtime.daemon.preflight import resolve_source_paths
+from edge_runtime.memory import set_arena_max
 from edge_runtime.monitor.config import MonitorConfig
 from edge_runtime.monitor.drift import checked, manifest_reference
 from edge_runtime.monitor.service import Monitor, Reference
@@ -72,6 +73,7 @@ def build_runtime(
 ) -> tuple[dict[str, Source], list[Pipeline]]:
     """The sources and pipelines of ``config``, built (models loaded) but not started; source
     state changes and delegate fallbacks are reported through ``event``."""
+    set_arena_max(config.runtime.malloc_arenas)  # before the source threads allocate
     if any(p.startswith("demo:") for p in config.paths()):
         from edge_runtime.demo import ensure_assets
 

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from edge_runtime.config import EveryTrigger
 from edge_runtime.http.context import Context, error_response, json_response
 from edge_runtime.http.predict import public_name
+from edge_runtime.pipeline.stats import per_source
 
 
 def readiness(ctx: Context) -> tuple[bool, dict[str, str]]:
@@ -57,7 +58,7 @@ def pipeline_summary(ctx: Context, name: str) -> dict[str, Any] | None:
             "name": p.name,
             "trigger": {"every_s": trigger.every_s}
             if isinstance(trigger, EveryTrigger)
-            else {"source": trigger.source},
+            else {"source": trigger.source, "sources": trigger.names, "batch": trigger.batch},
             "models": [r.model.name for r in p.runners],
             "paused": p.paused,
             "results": p.results,
@@ -65,6 +66,7 @@ def pipeline_summary(ctx: Context, name: str) -> dict[str, Any] | None:
             "last_error": p.last_error,
             "fps_in": p.fps_in.rate(),
             "fps_out": p.fps_out.rate(),
+            "sources": per_source(p),
             "latest_seq": None if latest is None else latest.get("seq"),
             "latest_age_s": None if latest_mono is None else round(time.monotonic() - latest_mono, 3),
         }

@@ -35,10 +35,13 @@ from edge_runtime.config import (
 from edge_runtime.errors import EdgeRuntimeError, PipelineError
 from edge_runtime.fusion import StaleInput
 from edge_runtime.geometry import ImageTransform
+from edge_runtime.pipeline.batch import InvokedBatch, PreparedBatch, invoke_batch, split, usable_batch
 from edge_runtime.pipeline.fanin import RoundRobin
 from edge_runtime.pipeline.results import Triggered, classify_crops, combine, document
 from edge_runtime.pipeline.runner import CROP_SOURCE, ModelRunner, invoke_shared, load_model
 from edge_runtime.pipeline.stages import StageEngine
+from edge_runtime.pipeline.stats import pipeline_stats
+from edge_runtime.pipeline.trigger import SingleTrigger
 from edge_runtime.pipeline.watch import Watcher, WatchSlot
 from edge_runtime.postprocess import ClassificationConfig
 from edge_runtime.runtime.model import Model
@@ -124,10 +127,14 @@ class Pipeline:
                     raise PipelineError(f"{where}: ensemble members must use classification post-processing")
         trigger = pc.trigger
         self.trigger_source = None if isinstance(trigger, EveryTrigger) else sources[trigger.source]
+        self.single = SingleTrigger(trigger, self.trigger_source)
         self.fan_in: RoundRobin | None = None  # several camera sources (trigger.sources)
         if isinstance(trigger, SourceTrigger) and len(trigger.names) > 1:
             self.fan_in = RoundRobin(where, [sources[name] for name in trigger.names])
+        batch = trigger.batch if isinstance(trigger, SourceTrigger) else 1
+        self.batch = usable_batch(batch, self.runners[0].model, where)  # frames per invoke
         self.source_results: dict[str, int] = {}  # results per trigger source
+        self.source_skipped: dict[str, int] = {}  # per trigger source: rate-limited, stale or paused
         self.seq = seq_start
         self.event = event
         self.budget = budget
@@ -137,7 +144,6 @@ class Pipeline:
         self.triggers = 0
         self.skipped = 0
         self.errors = 0
-        self.dropped = 0
         self.rate_limited = 0
         self.paused_skips = 0
         self.last_error = ""
@@ -147,12 +153,10 @@ class Pipeline:
         self.latency = {k: LatencyWindow() for k in ("pre", "invoke", "post", "total")}
         self.fps_in = RateMeter()
         self.fps_out = RateMeter()
-        self.engine: StageEngine[Prepared, Invoked] = StageEngine(
+        self.engine: StageEngine[Prepared | PreparedBatch, Invoked | InvokedBatch] = StageEngine(
             pc.name, self._invoke, self._finish, slots=STAGING_SLOTS
         )
         self._errors_lock = threading.Lock()
-        self._last_seq = 0
-        self._next_tick: float | None = None
         self._infer_lock = threading.Lock()
         self._shared = config.runtime.share_models  # models may be shared: lock each around its use
         self.monitor: Observer | None = None
@@ -261,32 +265,6 @@ class Pipeline:
 
     # -- the loop ------------------------------------------------------------------------------------
 
-    def _wait(self) -> Triggered | None:
-        trigger = self.config.trigger
-        if isinstance(trigger, EveryTrigger):
-            now = time.monotonic()
-            next_t = now if self._next_tick is None else self._next_tick
-            if next_t > now and self.engine.stopping.wait(next_t - now):
-                return None
-            self._next_tick = max(next_t + trigger.every_s, time.monotonic())
-            return Triggered(time.monotonic(), time.time(), "every", self.triggers + 1, None)
-        source = self.trigger_source
-        assert source is not None
-        if isinstance(source, FrameSource):  # a camera: each new frame, with its own capture time
-            frame = source.get(self._last_seq, 0.5)
-            if frame is None:
-                return None
-            if frame.seq > self._last_seq + 1:  # frames this pipeline never saw
-                self.dropped += frame.seq - self._last_seq - 1
-            self._last_seq = frame.seq
-            return Triggered(frame.t_mono, frame.t_wall, source.name, frame.seq, frame)
-        seq = source.wait_for(self._last_seq, 0.5)
-        if seq == self._last_seq or source.last_sample_mono is None:
-            return None
-        self._last_seq = seq
-        t_mono = source.last_sample_mono
-        return Triggered(t_mono, time.time() - (time.monotonic() - t_mono), source.name, seq, None)
-
     def _loop(self) -> bool:
         """Trigger, fill, invoke, hand over, until stopped (False) or finished (True)."""
         trigger = self.config.trigger
@@ -294,54 +272,65 @@ class Pipeline:
         last_t: dict[str, float] = {}  # per trigger source: frames of several cameras interleave
         while not self.engine.stopping.is_set():
             self.engine.last_progress = time.monotonic()
-            trig = self._wait() if self.fan_in is None else self.fan_in.wait(self.engine.stopping)
-            if trig is None and self.fan_in is not None:
-                if self.fan_in.finished():
+            if self.fan_in is not None:
+                trigs = self.fan_in.take(self.engine.stopping, self.batch)
+                if not trigs and self.fan_in.finished():
                     self.fan_in.count_released()
                     log.info("pipeline %s: every trigger source finished", self.name)
                     return True
-                continue
-            if trig is None:
-                source = self.trigger_source
-                if source is not None and source.finished:
-                    if isinstance(source, FrameSource) and source.seq > self._last_seq:
-                        self.dropped += source.seq - self._last_seq  # released after our last frame
-                        self._last_seq = source.seq
-                    log.info("pipeline %s: source %s finished", self.name, source.name)
+            else:
+                trig = self.single.wait(self.engine.stopping, self.triggers)
+                trigs = [] if trig is None else [trig]
+                if not trigs and self.single.finished():
+                    log.info("pipeline %s: source %s finished", self.name, self.single.source)
                     return True
-                continue
-            if self.paused:
-                self.paused_skips += 1
-                continue
-            if trig.t_mono - last_t.get(trig.source, float("-inf")) < min_gap:
-                self.rate_limited += 1
-                continue
-            last_t[trig.source] = trig.t_mono
-            if self.budget is not None and not self.budget.take():
-                return True  # the run's --max-results is reached: produce nothing more
-            self.triggers += 1
-            self.fps_in.tick()
-            self.busy_since = time.monotonic()
-            try:
-                self._infer(trig)
-            except StaleInput as exc:
-                self._give_back()
-                self.skipped += 1
-                log.debug("pipeline %s: skipped: %s", self.name, exc)
-            except EdgeRuntimeError as exc:
-                self._failed(exc)
-            finally:
-                self.busy_since = None
+            taken: list[Triggered] = []
+            spent = False  # the run's --max-results is reached: produce nothing more
+            for trig in trigs:
+                if self.paused:
+                    self.paused_skips += 1
+                elif trig.t_mono - last_t.get(trig.source, float("-inf")) < min_gap:
+                    self.rate_limited += 1
+                else:
+                    last_t[trig.source] = trig.t_mono
+                    if spent or (self.budget is not None and not self.budget.take()):
+                        spent = True
+                    else:
+                        taken.append(trig)
+                    continue
+                self.source_skipped[trig.source] = self.source_skipped.get(trig.source, 0) + 1
+            if taken:
+                self._run(taken)
             max_results = self.config.max_results
-            if max_results is not None and self.handed_over >= max_results:
+            if spent or (max_results is not None and self.handed_over >= max_results):
                 return True
         return False
 
-    def _failed(self, exc: EdgeRuntimeError) -> None:
-        """An inference that gives no result (either stage): counted, reported once per new error."""
-        self._give_back()
+    def _run(self, trigs: list[Triggered]) -> None:
+        self.triggers += len(trigs)
+        for _ in trigs:
+            self.fps_in.tick()
+        self.busy_since = time.monotonic()
+        try:
+            self._infer(trigs)
+        except StaleInput as exc:
+            for trig in trigs:
+                self._give_back()
+                self.source_skipped[trig.source] = self.source_skipped.get(trig.source, 0) + 1
+            self.skipped += len(trigs)
+            log.debug("pipeline %s: skipped: %s", self.name, exc)
+        except EdgeRuntimeError as exc:
+            self._failed(exc, len(trigs))
+        finally:
+            self.busy_since = None
+
+    def _failed(self, exc: EdgeRuntimeError, lost: int = 1) -> None:
+        """An inference (of ``lost`` instances) that gives no result (either stage): counted,
+        reported once per new error."""
+        for _ in range(lost):
+            self._give_back()
         with self._errors_lock:
-            self.errors += 1
+            self.errors += lost
             new = str(exc) != self.last_error
             self.last_error = str(exc)
         if new:
@@ -369,27 +358,49 @@ class Pipeline:
                         frames[name] = frame
         return frames
 
-    def _infer(self, trig: Triggered) -> None:
-        """On the worker: build the inputs into a free staging slot while the invoke stage runs
-        the previous inference; hand them over."""
+    def _infer(self, trigs: list[Triggered]) -> None:
+        """On the worker: build the inputs (of one trigger, or of a batch in rows) into a free
+        staging slot while the invoke stage runs the previous inference; hand them over."""
         t0 = time.perf_counter()
-        frames = self._frames(trig)
+        frames = [self._frames(trig) for trig in trigs]
         runners = list(self.runners)
         slot = self.engine.take_slot()
         keep: list[tuple[str, list[str], npt.NDArray[Any]]] | None = [] if self.capture is not None else None
         try:
-            transforms = [r.fill(frames, trig.t_mono, slot, keep) for r in runners]
+            if self.batch > 1:
+                times = [trig.t_mono for trig in trigs]
+                keeps: list[list[tuple[str, list[str], npt.NDArray[Any]]]] | None
+                keeps = [] if self.capture is not None else None
+                transforms = runners[0].fill_rows(frames, times, slot, self.batch, keeps)
+            else:
+                transforms = [r.fill(frames[0], trigs[0].t_mono, slot, keep) for r in runners]
         except BaseException:
             self.engine.release_slot(slot)
             raise
         pre_ms = (time.perf_counter() - t0) * 1000
-        self.engine.submit(Prepared(trig, frames, runners, transforms, slot, pre_ms, t0, keep))
-        self.handed_over += 1
+        if self.batch > 1:
+            batch = PreparedBatch(trigs, frames, runners[0], transforms, slot, pre_ms, t0, keeps)
+            self.engine.submit(batch)
+        else:
+            self.engine.submit(Prepared(trigs[0], frames[0], runners, transforms, slot, pre_ms, t0, keep))
+        self.handed_over += len(trigs)
 
-    def _invoke(self, job: Prepared) -> Invoked | None:
+    def _invoke(self, job: Prepared | PreparedBatch) -> Invoked | InvokedBatch | None:
         """On the invoke stage: load the staged inputs, invoke, hand over to the result stage.
         Inputs built just before a model swap run on the models they were built for (the
         replaced one stays loaded); from the next trigger on, the new model serves."""
+        if isinstance(job, PreparedBatch):
+            try:
+                with self._infer_lock:
+                    current = job.runner is self.runners[0]
+                    done = invoke_batch(job, self.engine.release_slot, f"pipeline {self.name}")
+            except EdgeRuntimeError as exc:
+                self._failed(exc, len(job.trigs))
+                return None
+            if self.monitor is not None and current:
+                for row in range(len(job.trigs)):
+                    self.monitor(split(done.outputs, row), done.invoke_ms)
+            return done
         runners = job.runners
         try:
             with self._infer_lock:
@@ -413,8 +424,18 @@ class Pipeline:
             monitor(outputs[0], invoke_ms)
         return Invoked(job, outputs, invoke_ms)
 
-    def _finish(self, done: Invoked) -> None:
-        """On the result stage: post-process, number and emit one result, in trigger order."""
+    def _finish(self, done: Invoked | InvokedBatch) -> None:
+        """On the result stage: post-process, number and emit one result (or one per row of a
+        batch, in the order its frames were taken), in trigger order."""
+        if isinstance(done, InvokedBatch):
+            b = done.job
+            for row, trig in enumerate(b.trigs):
+                sensors = b.sensors[row] if b.sensors is not None else None
+                one = Prepared(
+                    trig, b.frames[row], [b.runner], [b.transforms[row]], b.slot, b.pre_ms, b.t0, sensors
+                )
+                self._finish(Invoked(one, [split(done.outputs, row)], done.invoke_ms))
+            return
         t2 = time.perf_counter()
         job = done.job
         try:
@@ -459,23 +480,4 @@ class Pipeline:
         self.watch_slot.observe(job.runners[0], done.outputs[0], done.invoke_ms)  # a real result
 
     def stats(self) -> dict[str, Any]:
-        return {
-            "results": self.results,
-            "triggers": self.triggers,
-            "skipped_stale": self.skipped,
-            "dropped_frames": self.dropped + (self.fan_in.dropped if self.fan_in else 0),
-            "rate_limited": self.rate_limited,
-            "paused_skips": self.paused_skips,
-            "errors": self.errors,
-            "last_error": self.last_error,
-            "fps_in": self.fps_in.rate(),
-            "fps_out": self.fps_out.rate(),
-            "last_trigger_age_s": self.fps_in.last_age(),
-            "last_result_age_s": self.fps_out.last_age(),
-            "finished": self.finished,
-            "paused": self.paused,
-            "latency_ms": {k: v.percentiles() for k, v in self.latency.items()},
-            "models": [
-                {**r.info, "delegate": r.model.delegate, "placement": r.model.placement} for r in self.runners
-            ],
-        }
+        return pipeline_stats(self)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -122,6 +123,8 @@ class ModelRunner:
         if missing:
             raise PipelineError(f"{where}: model inputs {missing} are not bound to any source")
         self._staging: dict[int, dict[int, npt.NDArray[Any]]] = {}  # slot -> position -> inputs
+        self._rows: dict[int, int] = {}  # slot -> instances staged by fill_rows (0: by fill)
+        self.batch_sizes: Counter[int] = Counter()  # batched invokes by their number of instances
         self._capture_request = threading.Event()
         self._captured = threading.Event()
         self.captured_inputs: list[npt.NDArray[Any]] | None = None
@@ -190,10 +193,67 @@ class ModelRunner:
             self._captured.set()
         return transform
 
+    def fill_rows(
+        self,
+        frames: Sequence[Mapping[str, Frame]],
+        times: Sequence[float],
+        slot: int,
+        capacity: int,
+        keeps: list[list[tuple[str, list[str], npt.NDArray[Any]]]] | None = None,
+    ) -> list[ImageTransform | None]:
+        """Build the inputs of ``len(frames)`` instances (at most ``capacity``), each for its own
+        trigger time, into the rows of staging buffers ``slot``: a batch for :meth:`load`. Returns
+        each instance's first image transform. With ``keeps``, each row's sensor values are added
+        to a list of their own there (as :meth:`fill`'s ``keep``)."""
+        transforms: list[ImageTransform | None] = []
+        capture = self._capture_request.is_set()
+        tap = self.input_tap
+        for row, (instance, t) in enumerate(zip(frames, times, strict=True)):
+            transform = None
+            arrays: list[tuple[int, npt.NDArray[Any]]] = []
+            for position, image_builder, source in self.images:
+                frame = instance.get(source)
+                if frame is None:
+                    raise StaleInput(f"no frame from {source!r} yet")
+                arrays.append((position, image_builder.build(frame.image)))
+                transform = transform or image_builder.transform
+            arrays += [(position, sensor_builder.build(t)) for position, sensor_builder in self.sensors]
+            if keeps is not None:
+                keeps.append([(b.spec.name, list(b.channels), b.real_values()) for _, b in self.sensors])
+            if tap is not None and tap.due():  # input drift samples the rows like single inputs
+                for position, array in arrays:
+                    tap.add(position, array)
+            for position, array in arrays:
+                staged = self._staging.setdefault(slot, {})
+                buffer = staged.get(position)
+                shape = (capacity, *array.shape[1:])
+                if buffer is None or buffer.shape != shape or buffer.dtype != array.dtype:
+                    buffer = staged[position] = np.zeros(shape, dtype=array.dtype)  # once per slot
+                buffer[row] = array[0]
+            if capture and row == 0:
+                self.captured_inputs = [a.copy() for _, a in sorted(arrays, key=lambda pa: pa[0])]
+                self._capture_request.clear()
+                self._captured.set()
+            transforms.append(transform)
+        self._rows[slot] = len(frames)
+        return transforms
+
+    def rows(self, slot: int) -> int:
+        """Instances staged in ``slot`` by :meth:`fill_rows` (0: one, by :meth:`fill`)."""
+        return self._rows.get(slot, 0)
+
+    def load_row(self, slot: int, row: int) -> None:
+        """Set the model's inputs (a batch of one) from row ``row`` of staging buffers ``slot``."""
+        self.model.set_batch(1)
+        for position, array in self._staging[slot].items():
+            self.model.set_input(position, array[row : row + 1])
+
     def _set(self, position: int, array: npt.NDArray[Any], slot: int | None) -> None:
         if slot is None:
+            self.model.set_batch(1)
             self.model.set_input(position, array)
             return
+        self._rows[slot] = 0
         staged = self._staging.setdefault(slot, {})
         buffer = staged.get(position)
         if buffer is None or buffer.shape != array.shape or buffer.dtype != array.dtype:
@@ -202,9 +262,12 @@ class ModelRunner:
             np.copyto(buffer, array)
 
     def load(self, slot: int) -> None:
-        """Set the model's inputs from staging buffers ``slot`` (filled by :meth:`fill`)."""
+        """Set the model's inputs from staging buffers ``slot`` (filled by :meth:`fill`, or by
+        :meth:`fill_rows`: the model is then sized to that batch; see ``Model.batch_error``)."""
+        rows = self._rows.get(slot, 0)
+        self.model.set_batch(rows or 1)
         for position, array in self._staging[slot].items():
-            self.model.set_input(position, array)
+            self.model.set_input(position, array[:rows] if rows else array)
 
     def capture_inputs(self, timeout: float) -> list[npt.NDArray[Any]] | None:
         """Copies of the inputs of the next inference (the latest real input), or None."""

@@ -120,6 +120,8 @@ class Model:
             log.warning("%s: %s", self.path, self.placement)
         self.inputs = tuple(_spec(i, d) for i, d in enumerate(self._interpreter.get_input_details()))
         self.outputs = tuple(_spec(i, d) for i, d in enumerate(self._interpreter.get_output_details()))
+        self.batch = 1  # the batch the interpreter is sized for (set_batch)
+        self._batch_errors: dict[int, str] = {}
         self.load_time_s = time.perf_counter() - started
 
     @property
@@ -146,6 +148,46 @@ class Model:
         except (ValueError, RuntimeError) as exc:
             raise DelegateError(" ".join(str(exc).split())) from exc
         return interpreter, delegate_object
+
+    def set_batch(self, n: int) -> None:
+        """Size every input's first dimension to ``n`` (a batch of ``n`` instances); cheap when it is
+        already ``n`` and, once the arena has grown, when going back to a size used before. Callers
+        that share the model hold its ``lock``; :meth:`batch_error` tells first whether it can."""
+        if n == self.batch:
+            return
+        try:
+            for spec in self.inputs:
+                self._interpreter.resize_tensor_input(spec.index, [n, *spec.shape[1:]])
+            self._interpreter.allocate_tensors()
+        except (AttributeError, ValueError, RuntimeError) as exc:
+            raise InvokeError(
+                f"{self.path.name}: cannot run a batch of {n}: {' '.join(str(exc).split())}"
+            ) from exc
+        self.inputs = tuple(_spec(i, d) for i, d in enumerate(self._interpreter.get_input_details()))
+        self.outputs = tuple(_spec(i, d) for i, d in enumerate(self._interpreter.get_output_details()))
+        self.batch = n
+
+    def batch_error(self, n: int) -> str:
+        """Why this model cannot run a batch of ``n`` (every output must then have ``n`` rows), or
+        "" when it can; tried once per size (on a model that may be shared: hold its ``lock``)."""
+        if n == 1 or not self.inputs:
+            return ""
+        if n not in self._batch_errors:
+            reason = ""
+            try:
+                self.set_batch(n)
+                shapes = [list(s.shape) for s in self.outputs]
+                if any(not shape or shape[0] != n for shape in shapes):
+                    reason = f"{self.path.name}: outputs {shapes} have no batch of {n}"
+            except InvokeError as exc:
+                reason = str(exc)
+            finally:
+                try:
+                    self.set_batch(1)
+                except InvokeError as exc:
+                    reason = reason or str(exc)
+            self._batch_errors[n] = reason
+        return self._batch_errors[n]
 
     def _check(self, spec: TensorSpec, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
         if array.dtype.name != spec.dtype:
@@ -209,6 +251,7 @@ class Model:
         if len(arrays) != len(self.inputs):
             raise InputError(f"{self.path.name}: expects {len(self.inputs)} inputs, got {len(arrays)}")
         with self.lock:
+            self.set_batch(1)
             for position, array in enumerate(arrays):
                 self.set_input(position, array)
             self.run()

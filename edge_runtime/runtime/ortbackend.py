@@ -61,7 +61,7 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def session_options(threads: int | None, info: OnnxInfo) -> Any:
+def session_options(threads: int | None, info: OnnxInfo, batch: int = 1) -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or 1  # as the TFLite backends: one thread unless asked
     so.inter_op_num_threads = 1
@@ -73,7 +73,7 @@ def session_options(threads: int | None, info: OnnxInfo) -> Any:
     so.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
     for v in info.inputs:
         if v.dims and isinstance(v.dims[0], str) and v.dims[0] != "?":
-            so.add_free_dimension_override_by_name(v.dims[0], 1)
+            so.add_free_dimension_override_by_name(v.dims[0], batch)
     return so
 
 
@@ -138,14 +138,9 @@ class Interpreter:
                 options["intra_op_num_threads"] = str(num_threads)
             providers.append((request.name, options))
         providers.append((CPU_PROVIDER, {}))
-        try:
-            self.session = ort.InferenceSession(
-                model_content, sess_options=session_options(num_threads, self.info), providers=providers
-            )
-        except (
-            Exception
-        ) as exc:  # onnxruntime's pybind11 errors (Fail, InvalidGraph, ...) derive from Exception only
-            raise RuntimeError(f"onnxruntime cannot load the model: {' '.join(str(exc).split())}") from exc
+        self._content, self._threads, self._providers = model_content, num_threads, providers
+        self.session = self._session(1)
+        self._sessions = {1: self.session}  # per batch size (the batch is fixed when a session is made)
         used = self.session.get_providers()
         for request in requests:
             if request.name not in used:
@@ -165,17 +160,25 @@ class Interpreter:
                 )
             _check_size(v, shape)
             in_shapes.append(shape)
-        self._in_shapes = tuple(in_shapes)
+        self._io_binding = io_binding
+        self._plan(tuple(in_shapes))
+
+    def _plan(self, in_shapes: tuple[tuple[int, ...], ...]) -> None:
+        """Input and output arrays (and their binding) for inputs of ``in_shapes``."""
+        self._in_shapes = in_shapes
+        batch = in_shapes[0][0] if in_shapes and in_shapes[0] else 1
         # set_tensor copies into these (as a TFLite interpreter does): the caller may reuse its array;
         # like a TFLite interpreter's tensors they start as zeros, so a smoke run needs no input
         self._in_arrays = [
             np.zeros(s, dtype=v.dtype) for v, s in zip(self._inputs, self._in_shapes, strict=True)
         ]
         out_shapes = [_static_shape(v) for v in self._outputs]
+        out_shapes = [
+            (batch, *s[1:]) if s is not None and v.dims and isinstance(v.dims[0], str) else s
+            for v, s in zip(self._outputs, out_shapes, strict=True)
+        ]
         if any(s is None for s in out_shapes):
-            zeros = {
-                v.name: np.zeros(s, dtype=v.dtype) for v, s in zip(self._inputs, self._in_shapes, strict=True)
-            }
+            zeros = {v.name: a for v, a in zip(self._inputs, self._in_arrays, strict=True)}
             results = self.session.run([v.name for v in self._outputs], zeros)
             out_shapes = [tuple(np.asarray(r).shape) for r in results]
         self._out_shapes: tuple[tuple[int, ...], ...] = tuple(s for s in out_shapes if s is not None)
@@ -185,7 +188,7 @@ class Interpreter:
             np.empty(s, dtype=v.dtype) for v, s in zip(self._outputs, self._out_shapes, strict=True)
         ]
         self._binding: Any = None
-        if io_binding:
+        if self._io_binding:
             self._binding = self.session.io_binding()
             for v, array in zip(self._inputs, self._in_arrays, strict=True):
                 self._binding.bind_cpu_input(v.name, array)
@@ -193,6 +196,40 @@ class Interpreter:
                 self._binding.bind_output(
                     v.name, "cpu", 0, array.dtype, list(array.shape), array.__array_interface__["data"][0]
                 )
+
+    def _session(self, batch: int) -> Any:
+        try:
+            return ort.InferenceSession(
+                self._content,
+                sess_options=session_options(self._threads, self.info, batch),
+                providers=self._providers,
+            )
+        except (
+            Exception
+        ) as exc:  # onnxruntime's pybind11 errors (Fail, InvalidGraph, ...) derive from Exception only
+            raise RuntimeError(f"onnxruntime cannot load the model: {' '.join(str(exc).split())}") from exc
+
+    def resize_tensor_input(self, index: int, shape: Sequence[int]) -> None:
+        """A new batch (first dimension) for input ``index``: only where the model's batch is symbolic."""
+        if not 0 <= index < len(self._inputs):
+            raise ValueError(f"no input tensor {index}")
+        v = self._inputs[index]
+        new = tuple(int(d) for d in shape)
+        old = self._in_shapes[index]
+        if new == old:
+            return
+        if new[1:] != old[1:] or not v.dims or not isinstance(v.dims[0], str) or new[0] < 1:
+            raise ValueError(
+                f"input {v.name!r} {list(v.dims)} cannot take shape {list(new)}: only a symbolic batch "
+                "dimension can be resized"
+            )
+        _check_size(v, new)
+        shapes = list(self._in_shapes)
+        shapes[index] = new
+        if new[0] not in self._sessions:  # one session per batch size used (a model is planned for it)
+            self._sessions[new[0]] = self._session(new[0])
+        self.session = self._sessions[new[0]]
+        self._plan(tuple(shapes))
 
     def allocate_tensors(self) -> None:
         """Nothing to do: the session plans its memory when it is created."""

@@ -10,7 +10,9 @@ existing configs), ``shared`` (one pipeline per camera, ``runtime.share_models =
 loaded model) and ``fan-in`` (one pipeline, ``trigger = [cam0, ...]``, round-robin). Measured at a
 real MQTT subscriber: total results/s, per-source rate spread (max/min), capture-to-subscriber
 p50/p99, the daemon's CPU % and RSS (VmRSS and anonymous); RSS per added camera is the slope
-between the smallest and the largest N.
+between the smallest and the largest N. ``--batches 1,4,8`` runs fan-in once per batch size
+(``trigger = { sources = [...], batch = B }``); ``--repeat R`` makes every row R times, interleaved
+(all rows once, then again), and the table shows the median of each figure.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +40,7 @@ CAMERA_FPS = 15.0
 class ManyRun:
     mode: str
     cameras: int
+    batch: int = 1
     fps: float = float("nan")
     offered_fps: float = float("nan")
     spread: float = float("nan")
@@ -61,7 +65,15 @@ def _image(channels: int, source: str) -> str:
 
 
 def many_config(
-    directory: Path, tag: str, mode: str, n: int, model: Path, channels: int, video: Path, port: int
+    directory: Path,
+    tag: str,
+    mode: str,
+    n: int,
+    model: Path,
+    channels: int,
+    video: Path,
+    port: int,
+    batch: int = 1,
 ) -> Path:
     cams = [f"cam{i}" for i in range(n)]
     text = [
@@ -89,7 +101,7 @@ share_models = {"false" if mode == "per-camera" else "true"}
     model_table = f'[[pipelines.models]]\npath = "{model}"\nthreads = 1\n'
     post = 'postprocess = { type = "classification", top_k = 1 }\n'
     if mode == "fan-in":
-        trigger = json.dumps(cams)
+        trigger = f"{{ sources = {json.dumps(cams)}, batch = {batch} }}"
         text.append(f'[[pipelines]]\nname = "all"\ntrigger = {trigger}\n')
         text.append(model_table + f"inputs = [{_image(channels, cams[0])}]\n" + post)
     else:
@@ -113,10 +125,12 @@ def run_many(
     port: int,
     sub: Subscriber,
     camera_fps: float = CAMERA_FPS,
+    batch: int = 1,
+    rep: int = 0,
 ) -> ManyRun:
-    tag = f"many-{mode}-{n}-{camera_fps:g}"
-    run = ManyRun(mode, n, offered_fps=n * camera_fps)
-    config = many_config(directory, tag, mode, n, model, channels, video, port)
+    tag = f"many-{mode}-{n}-{camera_fps:g}-b{batch}-r{rep}"
+    run = ManyRun(mode, n, batch, offered_fps=n * camera_fps)
+    config = many_config(directory, tag, mode, n, model, channels, video, port, batch)
     prefix = f"bench/{tag}/"
     log_path = directory / f"{tag}.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -173,6 +187,30 @@ def run_many(
     return run
 
 
+def _label(r: ManyRun) -> str:
+    return f"{r.mode} b{r.batch}" if r.mode == "fan-in" else r.mode
+
+
+def median_runs(runs: list[ManyRun]) -> list[ManyRun]:
+    """One row per (mode, batch, N): the median of each figure over its repeats (errors kept)."""
+    groups: dict[tuple[str, int, int], list[ManyRun]] = {}
+    for r in runs:
+        groups.setdefault((r.mode, r.batch, r.cameras), []).append(r)
+    out = []
+    for (mode, batch, n), group in groups.items():
+        good = [r for r in group if not r.error]
+        if not good:
+            out.append(group[0])
+            continue
+        med = ManyRun(mode, n, batch, offered_fps=good[0].offered_fps)
+        for name in ("fps", "spread", "cpu_pct", "rss_mb", "rss_anon_mb", "machine_busy_pct"):
+            setattr(med, name, statistics.median(getattr(r, name) for r in good))
+        med.latency_ms = {q: statistics.median(r.latency_ms[q] for r in good) for q in ("p50", "p99")}
+        med.per_source = {"repeats": len(good)}
+        out.append(med)
+    return out
+
+
 def format_many(runs: list[ManyRun]) -> str:
     lines = [
         f"{'(e) mode':<11} {'N':>3} {'offered':>8} {'res/s':>7} {'spread':>6} {'p50 ms':>7} {'p99 ms':>7} "
@@ -180,21 +218,21 @@ def format_many(runs: list[ManyRun]) -> str:
     ]
     for r in runs:
         if r.error:
-            lines.append(f"{r.mode:<11} {r.cameras:>3} error: {r.error}")
+            lines.append(f"{_label(r):<11} {r.cameras:>3} error: {r.error}")
             continue
         lines.append(
-            f"{r.mode:<11} {r.cameras:>3} {r.offered_fps:>8.0f} {r.fps:>7.1f} {r.spread:>6.2f} "
+            f"{_label(r):<11} {r.cameras:>3} {r.offered_fps:>8.0f} {r.fps:>7.1f} {r.spread:>6.2f} "
             f"{r.latency_ms['p50']:>7.1f} {r.latency_ms['p99']:>7.1f} {r.cpu_pct:>6.0f} "
             f"{r.rss_mb:>7.1f} {r.rss_anon_mb:>7.1f}"
         )
-    for mode in MODES:
-        mine = sorted((r for r in runs if r.mode == mode and not r.error), key=lambda r: r.cameras)
+    for label in dict.fromkeys(_label(r) for r in runs):
+        mine = sorted((r for r in runs if _label(r) == label and not r.error), key=lambda r: r.cameras)
         if len(mine) >= 2 and mine[-1].cameras > mine[0].cameras:
             added = mine[-1].cameras - mine[0].cameras
             per = (mine[-1].rss_mb - mine[0].rss_mb) / added
             per_anon = (mine[-1].rss_anon_mb - mine[0].rss_anon_mb) / added
             lines.append(
-                f"{mode}: RSS per added camera {per:.2f} MB (anonymous {per_anon:.2f} MB), "
+                f"{label}: RSS per added camera {per:.2f} MB (anonymous {per_anon:.2f} MB), "
                 f"N {mine[0].cameras} -> {mine[-1].cameras}"
             )
     return "\n".join(lines)
@@ -219,6 +257,8 @@ def round_two(
     idle_s: float,
     camera_fps: float = CAMERA_FPS,
     limit_rows: bool = True,
+    batches: tuple[int, ...] = (1,),
+    repeat: int = 1,
 ) -> dict[str, Any]:
     """(d) for every model and thread count, then (e) for the first model; tables to the log."""
     from benchkit.combos import input_channels
@@ -264,16 +304,19 @@ def round_two(
     label, path = models[0]
     channels = input_channels(path)
     many: list[ManyRun] = []
-    for n in cameras:
-        for mode in modes:
-            wait_idle(idle_s)
-            many.append(
-                run_many(
-                    workdir, mode, n, path, channels, many_video, seconds, warmup_s, port, sub, camera_fps
-                )
-            )
-            log(format_many(many[-1:]).splitlines()[-1])
-    table = format_many(many)
+    variants = [(m, b) for m in modes for b in (batches if m == "fan-in" else (1,))]
+    for rep in range(repeat):  # interleaved: every row once, then again
+        for n in cameras:
+            for mode, batch in variants:
+                if batch > n:  # the config refuses a batch larger than its sources
+                    continue
+                wait_idle(idle_s)
+                args = (workdir, mode, n, path, channels, many_video, seconds, warmup_s, port, sub)
+                many.append(run_many(*args, camera_fps, batch, rep))
+                log(format_many(many[-1:]).splitlines()[-1])
+    table = format_many(median_runs(many) if repeat > 1 else many)
+    if repeat > 1:
+        table = f"medians of {repeat} interleaved repeats\n{table}"
     return {
         "limit_table": "\n".join(lines),
         "limits": limits,
