@@ -59,14 +59,15 @@ class ResultBudget:
 def build_runtime(
     config: Config,
     *,
-    emit: Callable[[dict[str, Any]], None],
+    emit: Callable[[list[dict[str, Any]]], None],
     event: Event,
     seq_start: Callable[[str], int],
     budget: ResultBudget,
     load: Callable[[ModelConfig, Config], Model] = load_model,
 ) -> tuple[dict[str, Source], list[Pipeline]]:
     """The sources and pipelines of ``config``, built (models loaded) but not started; source
-    state changes and delegate fallbacks are reported through ``event``."""
+    state changes and delegate fallbacks are reported through ``event``; ``emit`` gets the results
+    of a pipeline in order, several at once under load."""
     if any(p.startswith("demo:") for p in config.paths()):
         from edge_runtime.demo import ensure_assets
 
@@ -88,12 +89,13 @@ def build_runtime(
             pc,
             config,
             sources,
-            emit,
+            lambda result: emit([result]),
             device=config.device.id,
             seq_start=seq_start(pc.name),
             event=event,
             budget=budget if budget.limit is not None else None,
             load=load,
+            emit_many=emit,
         )
         pipelines.append(pipeline)
         for runner in pipeline.runners + ([pipeline.cascade] if pipeline.cascade else []):
