@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from edge_runtime.config import Config, ModelConfig
@@ -22,6 +22,7 @@ from edge_runtime.pipeline import Pipeline, load_model
 from edge_runtime.runtime.model import Model
 from edge_runtime.sources import build_source
 from edge_runtime.sources.base import Source
+from edge_runtime.sources.camera import CameraSource
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,27 @@ def build_runtime(
                     f"pipeline {pc.name}: model {model.name}: {model.placement}",
                     {"pipeline": pc.name, "model": model.name, "delegate": model.delegate},
                 )
+    size_decoders(sources, pipelines)
     return sources, pipelines
+
+
+def size_decoders(sources: Mapping[str, Source], pipelines: Iterable[Pipeline]) -> None:
+    """Tell each camera the size every model input it feeds fits in (its reduced JPEG decode);
+    a camera whose frames a cascade crops is decoded at full size."""
+    largest: dict[str, tuple[int, int]] = {}
+    full: set[str] = set()
+    for pipeline in pipelines:
+        fan_in = pipeline.fan_in.names if pipeline.fan_in is not None else []
+        for runner in pipeline.runners:
+            for _, builder, name in runner.images:
+                for bound in fan_in if name in fan_in else [name]:
+                    w, h = largest.get(bound, (0, 0))
+                    largest[bound] = (max(w, builder.width), max(h, builder.height))
+                    if pipeline.cascade is not None:
+                        full.add(bound)
+    for name, source in sources.items():
+        if isinstance(source, CameraSource):
+            source.largest_input = None if name in full else largest.get(name)
 
 
 def start_runtime(

@@ -14,7 +14,7 @@ import numpy.typing as npt
 from edge_runtime.config import Config, ImageInput, ModelConfig, VectorInput, WindowInput
 from edge_runtime.errors import EdgeRuntimeError, PipelineError
 from edge_runtime.fusion import ImageBuilder, SensorBuilder, StaleInput
-from edge_runtime.geometry import ImageTransform
+from edge_runtime.geometry import ImageTransform, on_full_frame
 from edge_runtime.postprocess import Head, make_head, read_labels
 from edge_runtime.runtime.model import Model, TensorSpec
 from edge_runtime.runtime.shared import ModelRegistry
@@ -152,7 +152,9 @@ class ModelRunner:
             self._set(position, array, slot)
             if capture:
                 arrays[position] = array.copy()
-            transform = transform or image_builder.transform
+            if transform is None and image_builder.transform is not None:
+                scale = frame.scale if isinstance(frame, Frame) else 1
+                transform = on_full_frame(image_builder.transform, scale)  # boxes in camera pixels
         for position, sensor_builder in self.sensors:
             array = sensor_builder.build(t)
             self._set(position, array, slot)
