@@ -142,7 +142,9 @@ def test_a_group_with_a_result_the_outbox_refuses_stores_every_other_result(tmp_
     config = base.model_copy(update={"outbox": base.outbox.model_copy(update={"max_bytes": 4096})})
     reporter = Reporter(config, "test", ["p"])
     assert reporter.outbox is not None
-    docs = [{"pipeline": "p", "seq": n, "pad": "x" * (9000 if n == 3 else 10)} for n in (1, 2, 3, 4)]
+    docs: list[dict[str, Any]] = [
+        {"pipeline": "p", "seq": n, "pad": "x" * (9000 if n == 3 else 10)} for n in (1, 2, 3, 4)
+    ]
     try:
         reporter.publish_many(docs)
         stored = [json.loads(m.payload)["seq"] for m in reporter.outbox.peek(10)]

@@ -14,6 +14,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchkit
@@ -48,7 +49,7 @@ def _raw_read(video: str, _: list[np.ndarray]) -> int:
     return len(_packets(video))
 
 
-def _decoder(flag: int) -> object:
+def _decoder(flag: int) -> Callable[[str, list[np.ndarray]], int]:
     def run(_: str, packets: list[np.ndarray]) -> int:
         for p in packets:
             cv2.imdecode(p, flag)
@@ -75,9 +76,10 @@ def main() -> None:
     for _ in range(args.repeat):
         for name, run in ways.items():
             start = time.perf_counter()
-            n = run(video, packets)  # type: ignore[operator]
+            n = run(video, packets)
             times[name].append((time.perf_counter() - start) / n * 1000)
-    h, w = cv2.imdecode(packets[0], cv2.IMREAD_COLOR).shape[:2]
+    first = cv2.imdecode(packets[0], cv2.IMREAD_COLOR)
+    h, w = first.shape[:2] if first is not None else (0, 0)
     print(f"{video}: {len(packets)} frames {w}x{h}, {args.repeat} interleaved repeats, ms per frame")
     print(f"{'way':<44} {'median':>8} {'best':>8}")
     for name, values in times.items():
