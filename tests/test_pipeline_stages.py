@@ -128,6 +128,7 @@ def test_results_waiting_together_are_stored_in_one_transaction_and_delivered_in
     assert [r["seq"] for r in sink.results] == list(range(1, 81))
     groups, grouped = service.pipelines[0].engine.result_groups
     assert grouped == 80 and groups < 80, f"no result waited for another ({groups} groups)"
+    assert service.pipelines[0].stats()["results_per_write"] == round(80 / groups, 2)
     with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
         assert db.execute("SELECT seq FROM seqs WHERE pipeline = 'digits'").fetchone() == (80,)
         assert db.execute("SELECT count(*) FROM messages WHERE topic LIKE '%/results'").fetchone() == (0,)

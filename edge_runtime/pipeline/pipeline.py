@@ -474,6 +474,7 @@ class Pipeline:
             self.watch_slot.observe(done.job.runners[0], done.outputs[0], done.invoke_ms)  # a real result
 
     def stats(self) -> dict[str, Any]:
+        groups, grouped = self.engine.result_groups
         return {
             "results": self.results,
             "triggers": self.triggers,
@@ -481,6 +482,7 @@ class Pipeline:
             "dropped_frames": self.dropped + (self.fan_in.dropped if self.fan_in else 0),
             "rate_limited": self.rate_limited,
             "paused_skips": self.paused_skips,
+            "results_per_write": round(grouped / groups, 2) if groups else None,  # outbox group commit
             "errors": self.errors,
             "last_error": self.last_error,
             "fps_in": self.fps_in.rate(),
