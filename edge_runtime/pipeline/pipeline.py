@@ -57,7 +57,7 @@ class Budget(Protocol):
 
 
 STAGING_SLOTS = 2  # input sets: one built by the worker while the other is loaded for an invoke
-RESULT_DEPTH = 7  # results waiting for the result stage: under load up to 8 are stored in one transaction
+RESULT_DEPTH = 2  # results waiting for the result stage (as before): under load up to 3 share one transaction
 Emit = Callable[[dict[str, Any]], None]
 EmitMany = Callable[[list[dict[str, Any]]], None]
 Observer = Callable[[list[npt.NDArray[Any]], float], None]
