@@ -409,8 +409,8 @@ class Pipeline:
         except EdgeRuntimeError as exc:
             self._failed(exc)
             return None
-        if self.cascade is None:
-            job.frames = {}  # only a cascade crops the frame later: waiting results hold no frame
+        if self.cascade is None:  # only a cascade crops the frame later: waiting results hold no frame
+            job.frames, job.trig.frame = {}, None
         monitor = self.monitor
         if monitor is not None and current:
             monitor(outputs[0], invoke_ms)
