@@ -9,7 +9,7 @@ source frame with :meth:`ImageTransform.boxes_to_source`, which undoes the lette
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -46,6 +46,14 @@ class ImageTransform:
         out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, self.src_w)
         out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, self.src_h)
         return out
+
+
+def on_full_frame(t: ImageTransform, scale: int) -> ImageTransform:
+    """``t`` planned on a frame decoded at 1/``scale`` size, as a transform of the camera's full frame
+    (so boxes map back to camera pixels)."""
+    if scale == 1:
+        return t
+    return replace(t, src_w=t.src_w * scale, src_h=t.src_h * scale, sx=t.sx / scale, sy=t.sy / scale)
 
 
 def plan(src_w: int, src_h: int, dst_w: int, dst_h: int, mode: ResizeMode = "stretch") -> ImageTransform:

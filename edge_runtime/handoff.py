@@ -26,15 +26,30 @@ class StageDiedError(RuntimeError):
 
 
 class Stage(Generic[T]):
-    """``handle(job)`` for each job given to :meth:`put`, in order, on one thread."""
+    """``handle(job)`` for each job given to :meth:`put`, in order, on one thread.
+
+    With ``flush``, the thread takes every job already waiting (up to ``depth + 1``), handles them
+    one by one and then calls ``flush()`` once (also before an exception leaves the thread), so
+    the handler can finish the group together, such as storing it in one transaction. Jobs of a
+    group after one that raised are handled after the restart, in order.
+    """
 
     def __init__(
-        self, name: str, handle: Callable[[T], object], depth: int = 2, *, restart: bool = True
+        self,
+        name: str,
+        handle: Callable[[T], object],
+        depth: int = 2,
+        *,
+        restart: bool = True,
+        flush: Callable[[], object] | None = None,
     ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be at least 1, not {depth}")
         self.name = name
         self._handle = handle
+        self._flush = flush
+        self._carry: list[object] = []  # the rest of a group whose job raised
+        self.groups = self.grouped = 0  # groups flushed, jobs in them
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self.busy_since: float | None = None  # monotonic time the job in hand started, or None
         self.error: BaseException | None = None  # the last exception a job raised
@@ -76,16 +91,40 @@ class Stage(Generic[T]):
         self._thread.join(remaining)
         return not self._thread.is_alive()
 
+    def _take(self) -> list[object]:
+        """The next job; with ``flush``, also every job already waiting behind it."""
+        jobs, self._carry = self._carry or [self._queue.get()], []
+        while self._flush is not None and jobs[-1] is not _STOP and len(jobs) <= self._queue.maxsize:
+            try:
+                jobs.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return jobs
+
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is _STOP:
-                return
+            jobs = self._take()
             self.busy_since = time.monotonic()
             try:
-                self._handle(job)  # type: ignore[arg-type]
+                for i, job in enumerate(jobs):
+                    if job is _STOP:
+                        self._carry = []
+                        return
+                    self._carry = jobs[i + 1 :]
+                    self._handle(job)  # type: ignore[arg-type]
+                self._carry = []
             except BaseException as exc:
                 self.error = exc
                 raise  # to the supervisor: logged, reported, and the thread restarted
             finally:
-                self.busy_since = None
+                try:
+                    taken = len(jobs) - len(self._carry) - (jobs[-1] is _STOP)
+                    if self._flush is not None and taken > 0:
+                        self.groups += 1
+                        self.grouped += taken
+                        self._flush()
+                except BaseException as exc:
+                    self.error = exc
+                    raise
+                finally:
+                    self.busy_since = None

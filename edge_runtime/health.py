@@ -14,7 +14,7 @@ and builds the JSON-ready document::
                     {"state", "reasons": [str, ...]}},
      "pipelines": {name: {"fps_in", "fps_out", "results", "triggers", "dropped_frames",
                           "skipped_stale", "rate_limited", "paused_skips", "errors", "last_error",
-                          "paused", "batch",
+                          "paused", "batch", "results_per_write" (mean results per outbox transaction),
                           "sources": {camera: {"frames", "results", "dropped", "skipped"}},  # fan-in
                           "latency_ms": {"pre" | "invoke" | "post" | "total":
                                          {"p50", "p95", "p99"}},   # ms, null before any sample

@@ -98,3 +98,81 @@ def test_a_dead_thread_is_reported_and_put_raises_instead_of_blocking() -> None:
 def test_depth_must_be_positive() -> None:
     with pytest.raises(ValueError, match="depth"):
         Stage("zero", lambda n: None, depth=0)
+
+
+def test_a_grouping_stage_takes_what_waits_handles_each_in_order_and_flushes_once_per_group() -> None:
+    gate = threading.Event()
+    handled: list[int] = []
+    flushed: list[list[int]] = []
+    mark = [0]
+
+    def handle(n: int) -> None:
+        gate.wait(10)
+        handled.append(n)
+
+    def flush() -> None:
+        flushed.append(handled[mark[0] :])
+        mark[0] = len(handled)
+
+    stage: Stage[int] = Stage("grouped", handle, depth=4, flush=flush)
+    stage.put(0)  # taken alone: the thread waits at the gate with it
+    time.sleep(0.1)
+    for n in range(1, 5):
+        stage.put(n)  # these wait in the queue (depth 4)
+    gate.set()
+    assert stage.close(5.0)
+    assert handled == [0, 1, 2, 3, 4]
+    assert flushed == [[0], [1, 2, 3, 4]], "what waited was handled as one group, flushed once"
+    assert (stage.groups, stage.grouped) == (2, 5)
+
+
+def test_a_group_never_exceeds_depth_plus_one_and_keeps_order_under_a_fast_producer() -> None:
+    sizes: list[int] = []
+    seen: list[int] = []
+    count = [0]
+
+    def handle(n: int) -> None:
+        seen.append(n)
+        count[0] += 1
+        time.sleep(0.001)
+
+    def flush() -> None:
+        sizes.append(count[0])
+        count[0] = 0
+
+    stage: Stage[int] = Stage("bounded", handle, depth=3, flush=flush)
+    for n in range(300):
+        stage.put(n)
+    assert stage.close(10.0)
+    assert seen == list(range(300))
+    assert max(sizes) <= 4 and sum(sizes) == 300
+    assert max(sizes) > 1, "a producer faster than the handler gives groups"
+
+
+def test_the_rest_of_a_group_after_a_job_that_raised_is_handled_after_the_restart() -> None:
+    gate = threading.Event()
+    handled: list[int] = []
+    flushed: list[list[int]] = []
+    mark = [0]
+
+    def handle(n: int) -> None:
+        gate.wait(10)
+        if n == 2:
+            raise RuntimeError("job 2 broke")
+        handled.append(n)
+
+    def flush() -> None:
+        flushed.append(handled[mark[0] :])
+        mark[0] = len(handled)
+
+    stage: Stage[int] = Stage("raising", handle, depth=4, flush=flush)
+    stage.put(0)
+    time.sleep(0.1)
+    for n in range(1, 5):
+        stage.put(n)
+    gate.set()
+    assert stage.close(5.0)
+    assert handled == [0, 1, 3, 4], "only the job that raised is lost, the others keep their order"
+    assert flushed == [[0], [1], [3, 4]], "what was handled before the exception is flushed before it"
+    assert isinstance(stage.error, RuntimeError)
+    SUPERVISOR.forget()

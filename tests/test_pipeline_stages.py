@@ -1,8 +1,11 @@
 """The pipeline's three stages inside a real service: order and numbering under back-pressure,
-and a stage thread that keeps crashing taking the daemon down with status 1."""
+a stage thread that keeps crashing taking the daemon down with status 1, and results that wait
+stored together (group commit) and delivered in order."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -10,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from devkit.broker import Mosquitto
+from devkit.mqtt_client import Subscriber
 from devkit.paths import MODELS
 from devkit.processes import wait_until
 from edge_runtime.config import validate
@@ -35,14 +40,14 @@ class Sink:
         pass
 
 
-def _service(tmp_path: Path, sink: Sink, n: int, realtime: bool) -> Service:
+def _service(tmp_path: Path, sink: Sink, n: int, realtime: bool, port: int | None = None) -> Service:
     with np.load(MODELS / "digits_heldout.npz") as data:
         images = data["images"][:n]
     write_digits_video(tmp_path / "digits.avi", list(images), fps=30.0)
     config = validate(
         {
             "device": {"id": "stages", "state_dir": str(tmp_path / "state")},
-            "mqtt": {"enabled": False},
+            "mqtt": {"enabled": False} if port is None else {"host": "127.0.0.1", "port": port},
             "sources": {
                 "camera": {"type": "camera", "uri": str(tmp_path / "digits.avi"), "realtime": realtime}
             },
@@ -104,3 +109,50 @@ def test_a_result_thread_that_keeps_crashing_stops_the_daemon_with_status_1(tmp_
         runner.join(30)
     assert not runner.is_alive()
     assert service.exit_code == 1
+
+
+def test_results_waiting_together_are_stored_in_one_transaction_and_delivered_in_order(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """A slow sink makes results wait for the result stage: each group is written to the outbox
+    in one transaction (with the pipeline's seq), every result reaches a real subscriber once, in
+    order, and the outbox's stored seq is the last one."""
+    sink = Sink(delay=0.01)
+    service = _service(tmp_path, sink, 80, realtime=False, port=broker.port)
+    with Subscriber(broker.host, broker.port, ["edge/stages/pipelines/digits/results"], qos=1) as sub:
+        service.run(install_signals=False)
+        assert sub.wait_for(lambda ms: len(ms) >= 80, 30)
+        delivered = [m["seq"] for m in sub.json("edge/stages/pipelines/digits/results")]
+    assert service.stop_reason == "every pipeline finished"
+    assert delivered == list(range(1, 81)), "every result once, in order"
+    assert [r["seq"] for r in sink.results] == list(range(1, 81))
+    groups, grouped = service.pipelines[0].engine.result_groups
+    assert grouped == 80 and groups < 80, f"no result waited for another ({groups} groups)"
+    assert service.pipelines[0].stats()["results_per_write"] == round(80 / groups, 2)
+    with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
+        assert db.execute("SELECT seq FROM seqs WHERE pipeline = 'digits'").fetchone() == (80,)
+        assert db.execute("SELECT count(*) FROM messages WHERE topic LIKE '%/results'").fetchone() == (0,)
+
+
+def test_a_group_with_a_result_the_outbox_refuses_stores_every_other_result(tmp_path: Path) -> None:
+    """A result over the outbox's bound fails the group's transaction: the group is then stored
+    one by one, so only that result is refused (and counted), in order, each with its seq."""
+    from edge_runtime.reporting.reporter import Reporter
+
+    base = _service(tmp_path, Sink(), 1, realtime=False, port=1).config  # port 1: never connected
+    config = base.model_copy(update={"outbox": base.outbox.model_copy(update={"max_bytes": 4096})})
+    reporter = Reporter(config, "test", ["p"])
+    assert reporter.outbox is not None
+    docs: list[dict[str, Any]] = [
+        {"pipeline": "p", "seq": n, "pad": "x" * (9000 if n == 3 else 10)} for n in (1, 2, 3, 4)
+    ]
+    try:
+        reporter.publish_many(docs)
+        stored = [json.loads(m.payload)["seq"] for m in reporter.outbox.peek(10)]
+        assert stored == [1, 2, 4]
+        assert reporter.store_errors == 1 and "exceeds the outbox bound" in reporter.last_store_error
+        assert reporter.outbox.last_seq("p") == 4
+        reporter.publish_many([{**d, "seq": d["seq"] + 4} for d in docs[:2]])  # a group again
+        assert [json.loads(m.payload)["seq"] for m in reporter.outbox.peek(10)] == [1, 2, 4, 5, 6]
+    finally:
+        reporter.outbox.close()

@@ -118,8 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--round2",
         action="store_true",
-        help="instead of (a)-(c'): (d) the daemon against a two-thread decode+invoke loop and (e) N "
-        "cameras into one model (benchkit.many); the first model is used for (e)",
+        help="instead of (a)-(c'): (d) the daemon against a two-thread decode+invoke loop, with LiteRT "
+        "and (a slow invoke) tflite-runtime in .venv-tflite when it exists, and (e) N cameras into "
+        "one model (benchkit.many); the first model is used for (e); --cameras '' for (d) only",
     )
     parser.add_argument("--cameras", default="4,8,16", help="(e): camera counts (comma-separated)")
     parser.add_argument(

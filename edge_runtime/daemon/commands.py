@@ -21,6 +21,7 @@ from edge_runtime.pipeline import Pipeline
 from edge_runtime.redaction import redact_config
 from edge_runtime.reporting.commands import Command, CommandDispatcher, CommandError
 from edge_runtime.sources.base import Source
+from edge_runtime.sources.jpeg import full_size
 from edge_runtime.updates.updater import Updater
 
 
@@ -138,7 +139,7 @@ class DaemonCommands:
         if not 1 <= quality <= 100:
             raise CommandError("quality must be between 1 and 100")
         boxes = _detections_for(self.host.pipelines, name)
-        jpeg = _encode(frame.image, boxes, quality)
+        jpeg = _encode(full_size(frame), boxes, quality)  # boxes are in camera pixels
         return {
             "source": name,
             "frame_seq": frame.seq,

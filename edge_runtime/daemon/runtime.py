@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from edge_runtime.pipeline.runner import ModelRunner
 from edge_runtime.runtime.model import Model
 from edge_runtime.sources import build_source
 from edge_runtime.sources.base import Source
+from edge_runtime.sources.camera import CameraSource
 from edge_runtime.updates.protocol import reference_digest
 from edge_runtime.updates.store import ModelStore
 from edge_runtime.updates.updater import Updater
@@ -65,14 +66,15 @@ class ResultBudget:
 def build_runtime(
     config: Config,
     *,
-    emit: Callable[[dict[str, Any]], None],
+    emit: Callable[[list[dict[str, Any]]], None],
     event: Event,
     seq_start: Callable[[str], int],
     budget: ResultBudget,
     load: Callable[[ModelConfig, Config], Model] = load_model,
 ) -> tuple[dict[str, Source], list[Pipeline]]:
     """The sources and pipelines of ``config``, built (models loaded) but not started; source
-    state changes and delegate fallbacks are reported through ``event``."""
+    state changes and delegate fallbacks are reported through ``event``; ``emit`` gets the results
+    of a pipeline in order, several at once under load."""
     set_arena_max(config.runtime.malloc_arenas)  # before the source threads allocate
     if any(p.startswith("demo:") for p in config.paths()):
         from edge_runtime.demo import ensure_assets
@@ -95,12 +97,13 @@ def build_runtime(
             pc,
             config,
             sources,
-            emit,
+            lambda result: emit([result]),
             device=config.device.id,
             seq_start=seq_start(pc.name),
             event=event,
             budget=budget if budget.limit is not None else None,
             load=load,
+            emit_many=emit,
         )
         pipelines.append(pipeline)
         for runner in pipeline.runners + ([pipeline.cascade] if pipeline.cascade else []):
@@ -116,7 +119,27 @@ def build_runtime(
                     f"pipeline {pc.name}: model {model.name}: {model.placement}",
                     {"pipeline": pc.name, "model": model.name, "delegate": model.delegate},
                 )
+    size_decoders(sources, pipelines)
     return sources, pipelines
+
+
+def size_decoders(sources: Mapping[str, Source], pipelines: Iterable[Pipeline]) -> None:
+    """Tell each camera the size every model input it feeds fits in (its reduced JPEG decode);
+    a camera whose frames a cascade crops is decoded at full size."""
+    largest: dict[str, tuple[int, int]] = {}
+    full: set[str] = set()
+    for pipeline in pipelines:
+        fan_in = pipeline.fan_in.names if pipeline.fan_in is not None else []
+        for runner in pipeline.runners:
+            for _, builder, name in runner.images:
+                for bound in fan_in if name in fan_in else [name]:
+                    w, h = largest.get(bound, (0, 0))
+                    largest[bound] = (max(w, builder.width), max(h, builder.height))
+                    if pipeline.cascade is not None:
+                        full.add(bound)
+    for name, source in sources.items():
+        if isinstance(source, CameraSource):
+            source.largest_input = None if name in full else largest.get(name)
 
 
 def start_runtime(

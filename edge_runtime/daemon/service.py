@@ -118,23 +118,25 @@ class Service:
         self.models = ModelRegistry()
         return build_runtime(
             config,
-            emit=self._emit,
+            emit=self._emit_many,
             event=reporter.event,
             seq_start=lambda name: max(reporter.last_seq(name), self._seqs.get(name, 0)),
             budget=self.budget,
             load=shared_loader(self.models) if config.runtime.share_models else load_model,
         )
 
-    def _emit(self, result: dict[str, Any]) -> None:
+    def _emit_many(self, results: list[dict[str, Any]]) -> None:
+        """Results in order: stored in the outbox in one transaction, then to sinks and listeners."""
         with self._emit_lock:
-            self.emitted += 1
-            self._seqs[result["pipeline"]] = result["seq"]
             if self.reporter is not None:
-                self.reporter.publish(result)  # the outbox first: nothing is lost after this
-            for sink in self.sinks:
-                sink.publish(result)
-            for listener in self.result_listeners:
-                listener("result", result)
+                self.reporter.publish_many(results)  # the outbox first: nothing is lost after this
+            self.emitted += len(results)
+            for result in results:
+                self._seqs[result["pipeline"]] = result["seq"]
+                for sink in self.sinks:
+                    sink.publish(result)
+                for listener in self.result_listeners:
+                    listener("result", result)
             if self.budget.limit is not None and self.emitted >= self.budget.limit:
                 self.stop("max results reached")
 
@@ -257,15 +259,11 @@ class Service:
                 self.publish_health()
             except (EdgeRuntimeError, OSError, ValueError) as exc:
                 log.error("health report failed: %s", exc)
-            next_t += self.config.health.interval_s
-            next_t = max(next_t, time.monotonic())
+            next_t = max(next_t + self.config.health.interval_s, time.monotonic())
 
     def _health_wait(self, next_report: float) -> float:
-        wait = next_report - time.monotonic()
         due = self._servers.metrics_due_in() if self._servers is not None else None
-        if due is not None:
-            wait = min(wait, due)
-        return max(0.0, wait)
+        return max(0.0, min(next_report - time.monotonic(), float("inf") if due is None else due))
 
     def run(self, install_signals: bool = True) -> int:
         """Build, start, wait for a stop condition, shut down; returns the exit code."""

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from edge_runtime.http.context import Context, error_response
 from edge_runtime.http.stream import BoundedStream
 from edge_runtime.sources.base import Frame
+from edge_runtime.sources.jpeg import full_size
 
 BOUNDARY = b"frame"
 BOX_COLOR = (0, 255, 0)
@@ -78,7 +79,7 @@ def routes(ctx: Context) -> list[Route]:
         if frame is None:
             return error_response(f"source {name!r} has no frame yet", 503)
         jpeg = await run_in_threadpool(
-            encode_jpeg, frame.image, detections_for(ctx, name), ctx.config.jpeg_quality
+            encode_jpeg, full_size(frame), detections_for(ctx, name), ctx.config.jpeg_quality
         )
         headers = {"Cache-Control": "no-cache, no-store", "X-Frame-Seq": str(frame.seq)}
         return Response(jpeg, media_type="image/jpeg", headers=headers)
@@ -101,7 +102,7 @@ def routes(ctx: Context) -> list[Route]:
                 if frame is not None and frame.seq != last:
                     last = frame.seq
                     jpeg = await run_in_threadpool(
-                        encode_jpeg, frame.image, detections_for(ctx, name), ctx.config.jpeg_quality
+                        encode_jpeg, full_size(frame), detections_for(ctx, name), ctx.config.jpeg_quality
                     )
                     head = b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % (
                         BOUNDARY,

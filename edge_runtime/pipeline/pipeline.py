@@ -60,7 +60,9 @@ class Budget(Protocol):
 
 
 STAGING_SLOTS = 2  # input sets: one built by the worker while the other is loaded for an invoke
+RESULT_DEPTH = 2  # results waiting for the result stage (as before): under load up to 3 share one transaction
 Emit = Callable[[dict[str, Any]], None]
+EmitMany = Callable[[list[dict[str, Any]]], None]
 Observer = Callable[[list[npt.NDArray[Any]], float], None]
 Capture = Callable[[dict[str, Any], Mapping[str, Frame], list[tuple[str, list[str], npt.NDArray[Any]]]], None]
 """Data capture's hook (:mod:`edge_runtime.monitor.capture_worker`): a result with its inputs."""
@@ -104,12 +106,15 @@ class Pipeline:
         event: Callable[[str, str, dict[str, Any]], None] | None = None,
         budget: Budget | None = None,
         load: Callable[[ModelConfig, Config], Model] = load_model,
+        emit_many: EmitMany | None = None,
     ) -> None:
         where = f"pipeline {pc.name}"
         self.config = pc
         self.name = pc.name
         self.device = device
         self.emit = emit
+        self.emit_many: EmitMany = emit_many or self._emit_each
+        self._pending: list[tuple[dict[str, Any], Invoked]] = []  # finished, not yet emitted
         self.sources = sources
         self.runners = [
             ModelRunner(m, config, sources, f"{where}: models[{i}]", load=load)
@@ -154,7 +159,12 @@ class Pipeline:
         self.fps_in = RateMeter()
         self.fps_out = RateMeter()
         self.engine: StageEngine[Prepared | PreparedBatch, Invoked | InvokedBatch] = StageEngine(
-            pc.name, self._invoke, self._finish, slots=STAGING_SLOTS
+            pc.name,
+            self._invoke,
+            self._finish,
+            slots=STAGING_SLOTS,
+            flush=self._flush_results,
+            result_depth=RESULT_DEPTH,
         )
         self._errors_lock = threading.Lock()
         self._infer_lock = threading.Lock()
@@ -254,6 +264,12 @@ class Pipeline:
     @property
     def alive(self) -> bool:
         return self.engine.alive
+
+    @property
+    def results_per_write(self) -> float | None:
+        """Mean results per outbox transaction (group commit under load), None before any."""
+        groups, grouped = self.engine.result_groups
+        return round(grouped / groups, 2) if groups else None
 
     @property
     def finished(self) -> bool:
@@ -419,14 +435,17 @@ class Pipeline:
         except EdgeRuntimeError as exc:
             self._failed(exc)
             return None
+        if self.cascade is None:  # only a cascade crops the frame later: waiting results hold no frame
+            job.frames, job.trig.frame = {}, None
         monitor = self.monitor
         if monitor is not None and current:
             monitor(outputs[0], invoke_ms)
         return Invoked(job, outputs, invoke_ms)
 
     def _finish(self, done: Invoked | InvokedBatch) -> None:
-        """On the result stage: post-process, number and emit one result (or one per row of a
-        batch, in the order its frames were taken), in trigger order."""
+        """On the result stage: post-process and number one result (or one per row of a batch, in
+        the order its frames were taken), in trigger order; emitted by :meth:`_flush_results` with
+        the others the stage took together."""
         if isinstance(done, InvokedBatch):
             b = done.job
             for row, trig in enumerate(b.trigs):
@@ -460,10 +479,6 @@ class Pipeline:
         for key, value in latency.items():
             self.latency[key].add(value)
         self.seq += 1
-        self.results += 1
-        self.source_results[job.trig.source] = self.source_results.get(job.trig.source, 0) + 1
-        self.fps_out.tick()
-        self.last_result = result
         doc = document(
             device=self.device,
             pipeline=self.name,
@@ -473,11 +488,30 @@ class Pipeline:
             latency=latency,
             result=result,
         )
-        self.emit(doc)
+        self._pending.append((doc, done))
+
+    def _emit_each(self, docs: list[dict[str, Any]]) -> None:
+        for doc in docs:
+            self.emit(doc)
+
+    def _flush_results(self) -> None:
+        """Emit the results finished since the last flush, in order, in one call (the outbox
+        stores them in one transaction); each counts as produced only once emitted."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        self.emit_many([doc for doc, _ in pending])
+        for doc, done in pending:
+            source = done.job.trig.source
+            self.results += 1
+            self.source_results[source] = self.source_results.get(source, 0) + 1
+            self.fps_out.tick()
+            self.last_result = doc["result"]
+            self.watch_slot.observe(done.job.runners[0], done.outputs[0], done.invoke_ms)  # a real result
         capture = self.capture
         if capture is not None:  # references only: the capture thread encodes and writes
-            capture(doc, job.frames, job.sensors or [])
-        self.watch_slot.observe(job.runners[0], done.outputs[0], done.invoke_ms)  # a real result
+            for doc, done in pending:
+                capture(doc, done.job.frames, done.job.sensors or [])
 
     def stats(self) -> dict[str, Any]:
         return pipeline_stats(self)

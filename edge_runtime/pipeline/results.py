@@ -59,7 +59,7 @@ def classify_crops(
     h, w = frame.image.shape[:2]
     spent = 0.0
     for det in result.get("detections", [])[: cascade.max_crops]:
-        x1, y1, x2, y2 = det["box"]
+        x1, y1, x2, y2 = (v / frame.scale for v in det["box"])  # boxes are in camera pixels
         bw, bh = x2 - x1, y2 - y1
         xa, ya = max(0, int(x1 - pad * bw)), max(0, int(y1 - pad * bh))
         xb, yb = min(w, int(np.ceil(x2 + pad * bw))), min(h, int(np.ceil(y2 + pad * bh)))

@@ -15,7 +15,7 @@ import numpy.typing as npt
 from edge_runtime.config import Config, ImageInput, ModelConfig, VectorInput, WindowInput
 from edge_runtime.errors import EdgeRuntimeError, PipelineError
 from edge_runtime.fusion import ImageBuilder, SensorBuilder, StaleInput
-from edge_runtime.geometry import ImageTransform
+from edge_runtime.geometry import ImageTransform, on_full_frame
 from edge_runtime.postprocess import Head, make_head, read_labels
 from edge_runtime.runtime.model import Model, TensorSpec
 from edge_runtime.runtime.shared import ModelRegistry
@@ -175,7 +175,9 @@ class ModelRunner:
                 arrays[position] = array.copy()
             if sample and tap is not None:
                 tap.add(position, array)
-            transform = transform or image_builder.transform
+            if transform is None and image_builder.transform is not None:
+                scale = frame.scale if isinstance(frame, Frame) else 1
+                transform = on_full_frame(image_builder.transform, scale)  # boxes in camera pixels
         for position, sensor_builder in self.sensors:
             array = sensor_builder.build(t)
             self._set(position, array, slot)
@@ -216,7 +218,8 @@ class ModelRunner:
                 if frame is None:
                     raise StaleInput(f"no frame from {source!r} yet")
                 arrays.append((position, image_builder.build(frame.image)))
-                transform = transform or image_builder.transform
+                if transform is None and image_builder.transform is not None:
+                    transform = on_full_frame(image_builder.transform, frame.scale)  # camera pixels
             arrays += [(position, sensor_builder.build(t)) for position, sensor_builder in self.sensors]
             if keeps is not None:
                 keeps.append([(b.spec.name, list(b.channels), b.real_values()) for _, b in self.sensors])

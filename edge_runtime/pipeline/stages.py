@@ -32,7 +32,9 @@ class StageEngine(Generic[J, R]):
     """Three threads for one pipeline ``name``.
 
     ``invoke(job)`` runs on the invoke stage and returns what the result stage gets (None: nothing,
-    the job failed and was accounted for); ``finish(result)`` runs on the result stage.
+    the job failed and was accounted for); ``finish(result)`` runs on the result stage. With
+    ``flush``, the result stage takes every result waiting (up to ``result_depth + 1``), calls
+    ``finish`` on each and then ``flush()`` once: a group stored in one transaction under load.
     """
 
     def __init__(
@@ -41,12 +43,17 @@ class StageEngine(Generic[J, R]):
         invoke: Callable[[J], R | None],
         finish: Callable[[R], None],
         slots: int = 2,
+        *,
+        flush: Callable[[], object] | None = None,
+        result_depth: int = 2,
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, not {slots}")
         self.name = name
         self._invoke = invoke
         self._finish = finish
+        self._flush = flush
+        self._result_depth = result_depth
         self._slot_count = slots
         self.stopping = threading.Event()
         self.finished = False
@@ -66,7 +73,7 @@ class StageEngine(Generic[J, R]):
         self._slots = queue.Queue()
         for slot in range(self._slot_count):
             self._slots.put(slot)
-        self._results = Stage(f"results-{self.name}", self._finish)
+        self._results = Stage(f"results-{self.name}", self._finish, self._result_depth, flush=self._flush)
         self._invoker = Stage(f"invoke-{self.name}", self._invoke_then_hand_over, depth=1)
         self._thread = spawn(
             f"pipeline-{self.name}",
@@ -101,6 +108,12 @@ class StageEngine(Generic[J, R]):
     @property
     def started(self) -> bool:
         return self._thread is not None
+
+    @property
+    def result_groups(self) -> tuple[int, int]:
+        """(groups the result stage flushed, results in them): their ratio is the mean group size."""
+        stage = self._results
+        return (0, 0) if stage is None else (stage.groups, stage.grouped)
 
     # -- hand-offs (worker side) ---------------------------------------------------------------------
 

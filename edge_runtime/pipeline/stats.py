@@ -32,6 +32,9 @@ class Pipeline(Protocol):
     source_skipped: dict[str, int]
 
     @property
+    def results_per_write(self) -> float | None: ...
+
+    @property
     def finished(self) -> bool: ...
 
     @property
@@ -49,6 +52,7 @@ def pipeline_stats(p: Pipeline) -> dict[str, Any]:
         "sources": per_source(p),
         "rate_limited": p.rate_limited,
         "paused_skips": p.paused_skips,
+        "results_per_write": p.results_per_write,  # mean results per outbox transaction
         "errors": p.errors,
         "last_error": p.last_error,
         "fps_in": p.fps_in.rate(),

@@ -18,7 +18,7 @@ from edge_runtime.config import Config
 from edge_runtime.redaction import redact_text, redact_tree
 from edge_runtime.reporting.commands import CommandDispatcher
 from edge_runtime.reporting.diskbudget import payload_bound
-from edge_runtime.reporting.outbox import Outbox, OutboxError, open_outbox
+from edge_runtime.reporting.outbox import Outbox, OutboxError, PutItem, open_outbox
 from edge_runtime.reporting.seqstate import SeqReservations, salvage
 from edge_runtime.reporting.topics import Topics, dumps, event_payload, status_payload
 
@@ -199,6 +199,29 @@ class Reporter:
                 self.store_errors += 1
                 self.last_store_error = str(exc)
             self._store_error(f"result {pipeline}/{result['seq']}", exc)
+
+    def publish_many(self, results: list[dict[str, Any]]) -> None:
+        """Results in order, stored in one outbox transaction (a group commit). When the group
+        cannot be stored, each result is stored on its own, so one that cannot (too large, a
+        full disk) does not take the others with it."""
+        if self.outbox is None or not results:
+            return
+        if len(results) == 1:
+            self.publish(results[0])
+            return
+        qos = self.config.mqtt.results.qos
+        qos = self.config.mqtt.qos if qos is None else qos
+        retain = self.config.mqtt.results.retain
+        items: list[PutItem] = []
+        try:
+            for result in results:
+                pipeline, seq = result["pipeline"], int(result["seq"])
+                self.seq_file.ensure(pipeline, seq)
+                items.append((self.topics.results(pipeline), dumps(result), qos, retain, (pipeline, seq)))
+            self.outbox.put_many(items)
+        except (OutboxError, ValueError):  # a full disk, a result too large or not JSON: one by one
+            for result in results:
+                self.publish(result)
 
     def _store_error(self, what: str, exc: Exception) -> None:
         """Log the first store failure, then one line per 10 s with the count (a full disk would

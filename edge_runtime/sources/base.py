@@ -70,12 +70,14 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One camera frame: BGR uint8 pixels and when they were captured."""
+    """One camera frame: BGR uint8 pixels and when they were captured. ``scale`` > 1: decoded at
+    reduced size (an MJPEG frame at 1/2 or 1/4), each pixel covers ``scale`` x ``scale`` of the camera's."""
 
     image: npt.NDArray[np.uint8]
     seq: int
     t_mono: float
     t_wall: float
+    scale: int = 1
 
 
 @runtime_checkable

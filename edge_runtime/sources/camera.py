@@ -31,6 +31,7 @@ from pydantic import Field, field_validator
 from edge_runtime.errors import SourceError
 from edge_runtime.redaction import redact_text
 from edge_runtime.sources.base import Frame, Source, SourceConfigBase
+from edge_runtime.sources.jpeg import ask_raw, decode, reduction
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,11 @@ class CameraConfig(SourceConfigBase):
         "the previous one was taken, so no frame is missed (false).",
     )
     loop: bool = Field(default=False, description="Files only: start over at the end instead of finishing.")
+    reduced_decode: Literal["auto", "off"] = Field(
+        default="auto",
+        description="MJPEG only: decode at 1/2 or 1/4 size when every model input fed by this camera "
+        "is that much smaller in both dimensions (auto), or at full size (off).",
+    )
     stall_timeout_s: float = Field(
         default=5.0,
         ge=0.5,
@@ -141,6 +147,9 @@ class CameraSource(Source):
         self._last_frame_at = 0.0
         self._recent: collections.deque[float] = collections.deque()
         self._fps_since = clock()
+        self.largest_input: tuple[int, int] | None = None  # (w, h): every model input it feeds fits in it
+        self.decode_scale = 1  # 1, 2 or 4: frames decoded from the raw JPEG bytes at 1/decode_scale
+        self._raw_refused = False  # the backend gave no JPEG bytes: full decode from then on
 
     # -- consumers -----------------------------------------------------------------------------------
 
@@ -221,6 +230,7 @@ class CameraSource(Source):
                 cap.set(cv2.CAP_PROP_FPS, self.cfg.fps)
         fps = float(cap.get(cv2.CAP_PROP_FPS))
         self.stream_fps = fps if math.isfinite(fps) and fps > 0 else None
+        self.decode_scale = self._raw_jpeg(cap, kind, api)
         self._cap = cap
         self._index = 0
         log.log(
@@ -231,6 +241,14 @@ class CameraSource(Source):
             cap.getBackendName(),
             self.stream_fps,
         )
+
+    def _raw_jpeg(self, cap: Any, kind: UriKind, api: str) -> int:
+        """The reduction of raw JPEG frames from ``cap`` (1: OpenCV decodes them at full size)."""
+        import cv2
+
+        size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        factor = reduction(size, self.largest_input) if self.cfg.reduced_decode == "auto" else 1
+        return factor if factor > 1 and not self._raw_refused and ask_raw(cap, kind, api) else 1
 
     def _release(self) -> None:
         cap, self._cap = self._cap, None
@@ -337,14 +355,21 @@ class CameraSource(Source):
         return True
 
     def _emit(self, image: npt.NDArray[np.uint8], t_mono: float) -> None:
+        if self.decode_scale > 1:  # raw JPEG bytes: decoded here at 1/decode_scale size
+            decoded = decode(image, self.decode_scale)
+            if decoded is None:  # not JPEG after all: reopened, and OpenCV decodes from then on
+                self._raw_refused = True
+                raise SourceError(f"camera {self.label}: frames are not JPEG; decoding them at full size")
+            image = decoded
         t_wall = time.time()
         with self._cond:
             if self._latest is not None and not self._taken:
                 self.dropped += 1
-            self._latest = Frame(image=image, seq=self.seq + 1, t_mono=t_mono, t_wall=t_wall)
+            scale = self.decode_scale
+            self._latest = Frame(image=image, seq=self.seq + 1, t_mono=t_mono, t_wall=t_wall, scale=scale)
             self._taken = False
             self.frames += 1
-            self.frame_size = (int(image.shape[1]), int(image.shape[0]))
+            self.frame_size = (int(image.shape[1]) * scale, int(image.shape[0]) * scale)
             self._recent.append(t_mono)
             while self._recent[0] < t_mono - FPS_WINDOW_S:
                 self._recent.popleft()
@@ -358,8 +383,7 @@ class CameraSource(Source):
         return count / span if count and span > 0 else 0.0
 
     def stats(self) -> dict[str, Any]:
-        out = super().stats()
-        age = self.last_sample_age()
+        out, age = super().stats(), self.last_sample_age()
         out.update(
             uri=self.label,
             frames=self.frames,
@@ -371,5 +395,6 @@ class CameraSource(Source):
             stream_fps=self.stream_fps,
             width=None if self.frame_size is None else self.frame_size[0],
             height=None if self.frame_size is None else self.frame_size[1],
+            decode_scale=self.decode_scale,
         )
         return out

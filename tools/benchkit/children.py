@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from benchkit.common import RESULT_PREFIX, RING, percentiles
+from benchkit.common import RESULT_PREFIX, RING, interpreter_class, percentiles
 from benchkit.measure import proc_status_mb, self_cpu_s
 
 # -- the children (fresh processes) -----------------------------------------------------------------
@@ -84,10 +84,11 @@ def child_naive(params: dict[str, Any]) -> dict[str, Any]:
     """(b): the loop a user would write, one step after the other."""
     import cv2
     import paho.mqtt.client as mqtt
-    from ai_edge_litert.interpreter import Interpreter
     from paho.mqtt.enums import CallbackAPIVersion
 
-    interpreter = Interpreter(model_path=params["model"], num_threads=params["threads"])
+    interpreter = interpreter_class(params.get("backend", "litert"))(
+        model_path=params["model"], num_threads=params["threads"]
+    )
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]

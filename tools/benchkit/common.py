@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +30,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHILD = "_child"
 RESULT_PREFIX = "BENCH-RESULT "
 DAEMON = ["-m", "edge_runtime"]  # how (c) starts the daemon: python DAEMON run --config ...; see --daemon
+ENGINE = {"python": sys.executable, "backend": "litert"}
+"""The Python that runs children and the daemon, and the inference engine they use: (d)'s slow row
+switches both to tflite-runtime in its own venv (``.venv-tflite``, numpy 1.x) with :func:`engine`."""
+SLOW_PYTHON = REPO / ".venv-tflite" / "bin" / "python"
 RING = 1 << 18  # invoke times kept by the bare loop (the last 262,144)
 
 # targets of the issue (mobilenet_v2_int8 on a 2-core machine)
@@ -36,6 +42,28 @@ TARGET_LATENCY_MARGIN_MS = 5.0
 TARGET_RSS_MB = 120.0
 TARGET_RSS_GROWTH_MB = 2.0
 TARGET_FIRST_RESULT_S = 2.0
+
+
+@contextlib.contextmanager
+def engine(python: str, backend: str) -> Iterator[None]:
+    """Children and daemons started inside run under ``python`` with ``backend``."""
+    saved = dict(ENGINE)
+    ENGINE.update(python=python, backend=backend)
+    try:
+        yield
+    finally:
+        ENGINE.update(saved)
+
+
+def interpreter_class(backend: str) -> Any:
+    """The ``Interpreter`` of ``backend`` (litert or tflite-runtime), for the measuring children."""
+    if backend == "tflite-runtime":
+        from tflite_runtime.interpreter import Interpreter as TfliteInterpreter
+
+        return TfliteInterpreter
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter
 
 
 def log(message: str) -> None:

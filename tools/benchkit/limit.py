@@ -11,17 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from benchkit.common import percentiles
+from benchkit.common import interpreter_class, percentiles
 from benchkit.measure import proc_status_mb, self_cpu_s
 
 
 def child_two_thread(params: dict[str, Any]) -> dict[str, Any]:
     import cv2
-    from ai_edge_litert.interpreter import Interpreter
 
     from edge_runtime.supervision import spawn
 
-    interpreter = Interpreter(model_path=params["model"], num_threads=params["threads"])
+    interpreter = interpreter_class(params.get("backend", "litert"))(
+        model_path=params["model"], num_threads=params["threads"]
+    )
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]

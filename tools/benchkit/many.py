@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchkit.common import DAEMON, REPO, log, percentiles
+from benchkit.common import DAEMON, ENGINE, REPO, SLOW_PYTHON, engine, log, percentiles
 from benchkit.measure import BusyMeter, proc_cpu_s, proc_status_mb
 from devkit.mqtt_client import Subscriber
 
@@ -134,7 +134,7 @@ def run_many(
     prefix = f"bench/{tag}/"
     log_path = directory / f"{tag}.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, *DAEMON, "run", "--config", str(config), "--quiet"]
+    cmd = [ENGINE["python"], *DAEMON, "run", "--config", str(config), "--quiet"]
     with log_path.open("wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO)
     t0 = t1 = 0.0
@@ -242,6 +242,45 @@ def log_many(runs: list[ManyRun]) -> None:
     log(format_many(runs))
 
 
+def _limit_row(
+    label: str,
+    path: Path,
+    channels: int,
+    n: int,
+    seconds: float,
+    warmup_s: float,
+    workdir: Path,
+    port: int,
+    sub: Subscriber,
+    video: Path,
+    idle_s: float,
+) -> dict[str, Any]:
+    """(d) for one model, thread count and engine: the limit, the daemon and the naive loop."""
+    from benchkit.limit import run_two_thread
+    from benchkit.measure import wait_idle
+    from benchkit.runs import run_naive, run_pipeline
+
+    wait_idle(idle_s)
+    limit = run_two_thread(str(path), n, seconds, warmup_s, str(video))
+    wait_idle(idle_s)
+    tag = f"{label}-t{n}-{ENGINE['backend']}-d"
+    daemon = run_pipeline("c", workdir, tag, path, n, channels, video, False, seconds, warmup_s, port, sub)
+    wait_idle(idle_s)
+    naive = run_naive(path, n, seconds, warmup_s, video, port, sub, tag)
+    lim = float(limit.get("fps", float("nan")))
+    return {
+        "model": label,
+        "engine": ENGINE["backend"],
+        "threads": n,
+        "limit": limit,
+        "daemon": daemon,
+        "naive": naive,
+        "daemon_error": daemon.error,
+        "daemon_ratio": daemon.fps / lim,
+        "naive_ratio": naive.fps / lim,
+    }
+
+
 def round_two(
     models: list[tuple[str, Path]],
     threads: list[int],
@@ -262,44 +301,35 @@ def round_two(
 ) -> dict[str, Any]:
     """(d) for every model and thread count, then (e) for the first model; tables to the log."""
     from benchkit.combos import input_channels
-    from benchkit.limit import run_two_thread
     from benchkit.measure import wait_idle
-    from benchkit.runs import run_naive, run_pipeline
 
     limits: list[dict[str, Any]] = []
     lines = [
-        f"{'(d) model':<12} {'thr':>3} {'limit fps':>9} {'daemon fps':>10} {'ratio':>6} "
-        f"{'naive fps':>9} {'ratio':>6}"
+        f"{'(d) model':<12} {'engine':<15} {'thr':>3} {'inv ms':>6} {'limit fps':>9} {'daemon fps':>10} "
+        f"{'ratio':>6} {'naive fps':>9} {'ratio':>6}"
     ]
+    engines = [("litert", sys.executable)]
+    if SLOW_PYTHON.exists():  # the slow row: the same pipeline through tflite-runtime (no XNNPACK int8)
+        engines.append(("tflite-runtime", str(SLOW_PYTHON)))
     for label, path in models if limit_rows else []:
         channels = input_channels(path)
         for n in threads:
-            wait_idle(idle_s)
-            limit = run_two_thread(str(path), n, seconds, warmup_s, str(video))
-            wait_idle(idle_s)
-            tag = f"{label}-t{n}-d"
-            daemon = run_pipeline(
-                "c", workdir, tag, path, n, channels, video, False, seconds, warmup_s, port, sub
-            )
-            wait_idle(idle_s)
-            naive = run_naive(path, n, seconds, warmup_s, video, port, sub, tag)
-            lim = float(limit.get("fps", float("nan")))
-            row = {
-                "model": label,
-                "threads": n,
-                "limit": limit,
-                "daemon_fps": daemon.fps,
-                "daemon_error": daemon.error,
-                "naive_fps": naive.fps,
-                "daemon_ratio": daemon.fps / lim,
-                "naive_ratio": naive.fps / lim,
-            }
-            limits.append(row)
-            lines.append(
-                f"{label:<12} {n:>3} {lim:>9.1f} {daemon.fps:>10.1f} {row['daemon_ratio']:>6.2f} "
-                f"{naive.fps:>9.1f} {row['naive_ratio']:>6.2f}"
-                + f"  {limit.get('error', '')} {daemon.error}".rstrip()
-            )
+            for backend, python in engines:
+                with engine(python, backend):
+                    row = _limit_row(
+                        label, path, channels, n, seconds, warmup_s, workdir, port, sub, video, idle_s
+                    )
+                limits.append(row)
+                lim, daemon, naive = row["limit"], row["daemon"], row["naive"]
+                invoke = lim.get("invoke_ms", {}).get("p50", float("nan"))
+                lines.append(
+                    f"{label:<12} {backend:<15} {n:>3} {invoke:>6.2f} "
+                    f"{lim.get('fps', float('nan')):>9.1f} {daemon.fps:>10.1f} {row['daemon_ratio']:>6.2f} "
+                    f"{naive.fps:>9.1f} {row['naive_ratio']:>6.2f}"
+                    + f"  {lim.get('error', '')} {daemon.error}".rstrip()
+                )
+                row["daemon_fps"], row["naive_fps"] = row.pop("daemon").fps, row.pop("naive").fps
+                log(lines[-1])
     log("\n".join(lines))
     label, path = models[0]
     channels = input_channels(path)

@@ -7,13 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchkit.common import BENCH, CHILD, DAEMON, REPO, RESULT_PREFIX, percentiles
+from benchkit.common import BENCH, CHILD, DAEMON, ENGINE, REPO, RESULT_PREFIX, percentiles
 from benchkit.measure import BusyMeter, proc_cpu_s, proc_status_mb
 from devkit.mqtt_client import Subscriber
 
@@ -41,7 +40,7 @@ class Run:
 
 
 def _child_cmd(kind: str, params: dict[str, Any]) -> list[str]:
-    return [sys.executable, str(BENCH), CHILD, kind, json.dumps(params)]
+    return [ENGINE["python"], str(BENCH), CHILD, kind, json.dumps({**params, "backend": ENGINE["backend"]})]
 
 
 def _run_child(kind: str, params: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, float, str]:
@@ -159,6 +158,7 @@ def pipeline_config(
             '{ kind = "image", source = "camera", resize = "crop", color = "gray", mean = 0.0, std = 255.0 }'
         )
     path = directory / f"{tag}.toml"
+    runtime = "" if ENGINE["backend"] == "litert" else f'\n[runtime]\nbackend = "{ENGINE["backend"]}"\n'
     path.write_text(
         f"""# written by tools/bench.py
 [device]
@@ -174,7 +174,7 @@ qos = 1
 
 [health]
 interval_s = 3600
-
+{runtime}
 [sources.camera]
 type = "camera"
 uri = "{video}"
@@ -225,7 +225,7 @@ def run_pipeline(
     run = Run(kind, latency_kind="capture to subscriber")
     log_path = directory / f"{tag}.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, *DAEMON, "run", "--config", str(config), "--quiet"]
+    cmd = [ENGINE["python"], *DAEMON, "run", "--config", str(config), "--quiet"]
     with log_path.open("wb") as err:
         started = time.time()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO)
