@@ -435,8 +435,8 @@ class Pipeline:
         except EdgeRuntimeError as exc:
             self._failed(exc)
             return None
-        if self.cascade is None:  # only a cascade crops the frame later: waiting results hold no frame
-            job.frames, job.trig.frame = {}, None
+        if self.cascade is None and self.capture is None:  # only a cascade or a capture needs the
+            job.frames, job.trig.frame = {}, None  # frame later: else waiting results hold none
         monitor = self.monitor
         if monitor is not None and current:
             monitor(outputs[0], invoke_ms)
