@@ -284,9 +284,16 @@ class CameraSource(Source):
                 self._cond.wait(remaining)
 
     def _read_file(self) -> bool:
+        # wait first, then decode: a paced file camera holds no decoded frame while it waits
         if not self.cfg.realtime:
             self._wait_taken()
             if self._stop.is_set():
+                return True
+        else:
+            now = self.clock()
+            if self._due is None or now - self._due > RESYNC_S:
+                self._due = now
+            if self._stop.wait(max(0.0, self._due - now)):
                 return True
         ok, image = self._cap.read()
         if not ok or image is None:
@@ -294,12 +301,7 @@ class CameraSource(Source):
         file_fps = self.stream_fps or self.cfg.fps or FALLBACK_FILE_FPS
         t_stream = self._index / file_fps
         self._index += 1
-        if self.cfg.realtime:
-            now = self.clock()
-            if self._due is None or now - self._due > RESYNC_S:
-                self._due = now
-            if self._stop.wait(max(0.0, self._due - now)):
-                return True
+        if self.cfg.realtime and self._due is not None:
             self._due += 1.0 / file_fps
         if self._keep(t_stream):
             self._emit(image, self.clock())
