@@ -127,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--camera-fps", type=float, default=15.0, help="(e): each camera's frame rate")
     parser.add_argument("--no-limit", action="store_true", help="--round2: only (e), not (d)")
+    parser.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="instead of (a)-(c'): the cost of monitoring (benchkit.monitoring)",
+    )
     args = parser.parse_args(args_list)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # cleanup runs
     if args.daemon:
@@ -216,6 +221,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("", file=out)
             print(result["many_table"], file=out)
             print(f"total {time.monotonic() - started:.0f} s", file=out, flush=True)
+        elif args.monitoring:
+            from benchkit.monitoring import bench_monitoring, format_monitoring
+
+            mon = bench_monitoring(
+                available, threads[0], seconds, warmup_s, args.short, workdir, broker.port, sub, video
+            )
+            report["monitoring"] = asdict(mon)
+            m = report["machine"]
+            print(
+                format_monitoring(
+                    mon, f"edge-runtime bench --monitoring, {m['date']}, {m['cpus']} x {m['cpu_model']}"
+                ),
+                file=out,
+                flush=True,
+            )
         elif args.soak is not None:
             label, path = available[0]
             result = soak(label, path, threads[0], args.soak, workdir, broker, sub, video)
