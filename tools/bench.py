@@ -3,6 +3,7 @@
     .venv/bin/python tools/bench.py [--models mobilenet,digits] [--threads 1,2] [--seconds S]
                                     [--short] [--json] [--soak MINUTES] [--workdir DIR]
                                     [--runs a,b,c,c'] [--repeat N] [--wait-idle S] [--daemon SCRIPT]
+                                    [--monitoring]
 
 For each model and thread count, side by side, each run in a fresh process:
 
@@ -19,7 +20,8 @@ Columns: fps and the ratio to (a); latency p50/p95/p99 (a: invoke; b: one frame,
 c: capture to subscriber); per-stage medians; CPU % (100 = one core) and peak RSS of the measured
 process; seconds from process start to the first result (a: first invoke; b, c: first message
 at the subscriber). ``--json`` prints everything as JSON on stdout (the tables go to stderr).
-``--short`` is the CI variant (about a minute). ``--soak MINUTES`` runs (c) that long instead of
+``--short`` is the CI variant (about a minute, plus the short ``--monitoring``). ``--monitoring``
+instead measures what the device's monitoring costs (``benchkit.monitoring``). ``--soak MINUTES`` runs (c) that long instead of
 the tables, sampling the daemon's RSS every 10 s, and reports its growth. On a shared machine,
 ``--wait-idle S --repeat N`` waits for quiet seconds and keeps the least disturbed of N runs (a
 warning under a table names each row during which other processes used over 15 % of the CPU).
@@ -54,6 +56,7 @@ from benchkit.combos import bench_combo, resolve_models, soak
 from benchkit.common import CHILD, DAEMON, VIDEO_FRAMES, VIDEO_SIZE, log
 from benchkit.many import round_two
 from benchkit.measure import machine, wait_idle
+from benchkit.monitoring import run_and_print as run_monitoring
 from benchkit.report import _finite, evaluate, format_checks, format_combo, format_soak
 from benchkit.video import make_video
 
@@ -202,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "codec": "MJPG",
         }
         out = sys.stderr if args.json else sys.stdout
+        monitoring = (available, threads[0], seconds, warmup_s, workdir, broker.port, sub, video, out)
         if args.round2:
             m = report["machine"]
             print(
@@ -222,20 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(result["many_table"], file=out)
             print(f"total {time.monotonic() - started:.0f} s", file=out, flush=True)
         elif args.monitoring:
-            from benchkit.monitoring import bench_monitoring, format_monitoring
-
-            mon = bench_monitoring(
-                available, threads[0], seconds, warmup_s, args.short, workdir, broker.port, sub, video
-            )
-            report["monitoring"] = asdict(mon)
-            m = report["machine"]
-            print(
-                format_monitoring(
-                    mon, f"edge-runtime bench --monitoring, {m['date']}, {m['cpus']} x {m['cpu_model']}"
-                ),
-                file=out,
-                flush=True,
-            )
+            run_monitoring(report, args.short, *monitoring)
         elif args.soak is not None:
             label, path = available[0]
             result = soak(label, path, threads[0], args.soak, workdir, broker, sub, video)
@@ -282,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for note in notes:
                 print(f"note: {note}", file=out)
             print(f"total {report['elapsed_s']:g} s", file=out, flush=True)
+            if args.short:  # the short --monitoring adds about 15 s
+                print("", file=out)
+                run_monitoring(report, True, *monitoring)
         report["notes"] = notes
     if args.json:
         print(json.dumps(_finite(report), indent=2, default=str, allow_nan=False))

@@ -24,9 +24,9 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -479,3 +479,30 @@ def format_monitoring(result: MonitoringResult, header: str) -> str:
 def finite_rows(result: MonitoringResult) -> Mapping[str, float]:
     """Every row's figure by name (for the test: each must be finite)."""
     return {name: value for name, value, _ in rows(result)}
+
+
+def run_and_print(
+    report: dict[str, Any],
+    short: bool,
+    models: list[tuple[str, Path]],
+    threads: int,
+    seconds: float,
+    warmup_s: float,
+    workdir: Path,
+    port: int,
+    sub: Subscriber,
+    video: Path,
+    out: TextIO,
+) -> None:
+    """``--monitoring`` (and the short version that ``--short`` adds): measure, print the table,
+    put the figures under ``report["monitoring"]``."""
+    started = time.monotonic()
+    result = bench_monitoring(models, threads, seconds, warmup_s, short, workdir, port, sub, video)
+    report["monitoring"] = asdict(result)
+    m = report["machine"]
+    header = (
+        f"edge-runtime bench --monitoring{' (short)' if short else ''}, {m['date']}, "
+        f"{m['cpus']} x {m['cpu_model']}"
+    )
+    print(format_monitoring(result, header), file=out)
+    print(f"monitoring: {time.monotonic() - started:.0f} s", file=out, flush=True)
