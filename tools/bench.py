@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for note in notes:
                 print(f"note: {note}", file=out)
             print(f"total {report['elapsed_s']:g} s", file=out, flush=True)
-            if args.short:  # the short --monitoring adds about 15 s
+            if args.short:  # the short --monitoring adds about 10 s
                 print("", file=out)
                 run_monitoring(report, True, *monitoring)
         report["notes"] = notes
