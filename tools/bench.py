@@ -21,8 +21,9 @@ c: capture to subscriber); per-stage medians; CPU % (100 = one core) and peak RS
 process; seconds from process start to the first result (a: first invoke; b, c: first message
 at the subscriber). ``--json`` prints everything as JSON on stdout (the tables go to stderr).
 ``--short`` is the CI variant (about a minute, plus the short ``--monitoring``). ``--monitoring``
-instead measures what the device's monitoring costs (``benchkit.monitoring``). ``--soak MINUTES`` runs (c) that long instead of
-the tables, sampling the daemon's RSS every 10 s, and reports its growth. On a shared machine,
+instead measures what the device's monitoring costs (``benchkit.monitoring``).
+``--soak MINUTES`` runs (c) that long instead of the tables, sampling the daemon's RSS every 10 s,
+and reports its growth. On a shared machine,
 ``--wait-idle S --repeat N`` waits for quiet seconds and keeps the least disturbed of N runs (a
 warning under a table names each row during which other processes used over 15 % of the CPU).
 ``--daemon SCRIPT`` runs (c) through a script that calls ``edge_runtime.cli.main()`` (to profile
