@@ -3,6 +3,7 @@
     .venv/bin/python tools/bench.py [--models mobilenet,digits] [--threads 1,2] [--seconds S]
                                     [--short] [--json] [--soak MINUTES] [--workdir DIR]
                                     [--runs a,b,c,c'] [--repeat N] [--wait-idle S] [--daemon SCRIPT]
+                                    [--monitoring]
 
 For each model and thread count, side by side, each run in a fresh process:
 
@@ -19,8 +20,10 @@ Columns: fps and the ratio to (a); latency p50/p95/p99 (a: invoke; b: one frame,
 c: capture to subscriber); per-stage medians; CPU % (100 = one core) and peak RSS of the measured
 process; seconds from process start to the first result (a: first invoke; b, c: first message
 at the subscriber). ``--json`` prints everything as JSON on stdout (the tables go to stderr).
-``--short`` is the CI variant (about a minute). ``--soak MINUTES`` runs (c) that long instead of
-the tables, sampling the daemon's RSS every 10 s, and reports its growth. On a shared machine,
+``--short`` is the CI variant (about a minute, plus the short ``--monitoring``). ``--monitoring``
+instead measures what the device's monitoring costs (``benchkit.monitoring``).
+``--soak MINUTES`` runs (c) that long instead of the tables, sampling the daemon's RSS every 10 s,
+and reports its growth. On a shared machine,
 ``--wait-idle S --repeat N`` waits for quiet seconds and keeps the least disturbed of N runs (a
 warning under a table names each row during which other processes used over 15 % of the CPU).
 ``--daemon SCRIPT`` runs (c) through a script that calls ``edge_runtime.cli.main()`` (to profile
@@ -54,6 +57,7 @@ from benchkit.combos import bench_combo, resolve_models, soak
 from benchkit.common import CHILD, DAEMON, VIDEO_FRAMES, VIDEO_SIZE, log
 from benchkit.many import round_two
 from benchkit.measure import machine, wait_idle
+from benchkit.monitoring import run_and_print as run_monitoring
 from benchkit.report import _finite, evaluate, format_checks, format_combo, format_soak
 from benchkit.video import make_video
 
@@ -131,6 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--batches", default="1", help="(e): fan-in batch sizes, each a row (comma list, e.g. 1,4,8)"
     )
+    parser.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="instead of (a)-(c'): the cost of monitoring (benchkit.monitoring)",
+    )
     args = parser.parse_args(args_list)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # cleanup runs
     if args.daemon:
@@ -201,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "codec": "MJPG",
         }
         out = sys.stderr if args.json else sys.stdout
+        monitoring = (available, threads[0], seconds, warmup_s, workdir, broker.port, sub, video, out)
         if args.round2:
             m = report["machine"]
             print(
@@ -221,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("", file=out)
             print(result["many_table"], file=out)
             print(f"total {time.monotonic() - started:.0f} s", file=out, flush=True)
+        elif args.monitoring:
+            run_monitoring(report, args.short, *monitoring)
         elif args.soak is not None:
             label, path = available[0]
             result = soak(label, path, threads[0], args.soak, workdir, broker, sub, video)
@@ -267,6 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for note in notes:
                 print(f"note: {note}", file=out)
             print(f"total {report['elapsed_s']:g} s", file=out, flush=True)
+            if args.short:  # the short --monitoring adds about 10 s
+                print("", file=out)
+                run_monitoring(report, True, *monitoring)
         report["notes"] = notes
     if args.json:
         print(json.dumps(_finite(report), indent=2, default=str, allow_nan=False))

@@ -147,6 +147,7 @@ def pipeline_config(
     video: Path,
     port: int,
     realtime: bool,
+    extra_toml: str = "",
 ) -> Path:
     if channels == 3:
         image = (
@@ -190,7 +191,7 @@ path = "{model}"
 threads = {threads}
 inputs = [{image}]
 postprocess = {{ type = "classification", top_k = 1 }}
-"""
+{extra_toml}"""
     )
     return path
 
@@ -218,9 +219,10 @@ def run_pipeline(
     port: int,
     sub: Subscriber,
     sample_every_s: float = 1.0,
+    extra_toml: str = "",
 ) -> Run:
     """``python -m edge_runtime run`` for warm-up + ``seconds``; measured at the subscriber."""
-    config = pipeline_config(directory, tag, model, threads, channels, video, port, realtime)
+    config = pipeline_config(directory, tag, model, threads, channels, video, port, realtime, extra_toml)
     prefix = f"bench/{tag}/"
     run = Run(kind, latency_kind="capture to subscriber")
     log_path = directory / f"{tag}.log"
