@@ -284,17 +284,14 @@ class CameraSource(Source):
                 self._cond.wait(remaining)
 
     def _read_file(self) -> bool:
-        # wait first, then decode: a paced file camera holds no decoded frame while it waits
         if not self.cfg.realtime:
             self._wait_taken()
-            if self._stop.is_set():
-                return True
-        else:
+        else:  # wait, then decode: a paced file camera holds no decoded frame while it waits
             now = self.clock()
-            if self._due is None or now - self._due > RESYNC_S:
-                self._due = now
-            if self._stop.wait(max(0.0, self._due - now)):
-                return True
+            self._due = now if self._due is None or now - self._due > RESYNC_S else self._due
+            self._stop.wait(max(0.0, self._due - now))
+        if self._stop.is_set():
+            return True
         ok, image = self._cap.read()
         if not ok or image is None:
             return self._end_of_file()
