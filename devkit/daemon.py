@@ -19,6 +19,19 @@ from edge_runtime.demo import write_digits_video
 BACKEND = os.environ.get("EDGE_RUNTIME_TEST_BACKEND", "auto")
 
 
+def digits_model(
+    path: Path = MODELS / "digits_int8.tflite", postprocess: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The bundled digits model as a pipeline's model table (a config in dict form): its image
+    input from the source ``camera`` (centre crop, grey, x / 255); by default classification with
+    the bundled labels."""
+    return {
+        "path": str(path),
+        "inputs": [{"kind": "image", "source": "camera", "resize": "crop", "color": "gray", "std": 255.0}],
+        "postprocess": postprocess or {"type": "classification", "labels": str(MODELS / "digits_labels.txt")},
+    }
+
+
 def digits_video(path: Path, count: int = 60, fps: float = 20.0) -> Path:
     with np.load(MODELS / "digits_heldout.npz") as data:
         images = list(data["images"][:count])

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from devkit.daemon import digits_model
 from devkit.media import noisy, scene, write_video
-from devkit.paths import MODELS
 from edge_runtime.config import validate
 from edge_runtime.daemon.service import Service
 from edge_runtime.reporting.metrics import families
@@ -43,24 +43,7 @@ def config(tmp_path: Path, video: Path, monitor: dict[str, Any]) -> dict[str, An
             {
                 "name": "digits",
                 "trigger": "camera",
-                "models": [
-                    {
-                        "path": str(MODELS / "digits_int8.tflite"),
-                        "inputs": [
-                            {
-                                "kind": "image",
-                                "source": "camera",
-                                "resize": "crop",
-                                "color": "gray",
-                                "std": 255.0,
-                            }
-                        ],
-                        "postprocess": {
-                            "type": "classification",
-                            "labels": str(MODELS / "digits_labels.txt"),
-                        },
-                    }
-                ],
+                "models": [digits_model()],
             }
         ],
     }

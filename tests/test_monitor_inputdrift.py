@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from devkit.daemon import digits_model
 from devkit.paths import MODELS
 from edge_runtime.monitor.drift import LiveDetectionDrift, LiveHeadsDrift, manifest_reference, output_drift
 from edge_runtime.monitor.inputdrift import LiveInputDrift, as_fed, input_reference, orientation, stride_for
@@ -335,24 +336,7 @@ def test_the_daemon_runs_without_input_drift_when_the_reference_does_not_fit(tmp
             {
                 "name": "digits",
                 "trigger": "camera",
-                "models": [
-                    {
-                        "path": str(folder / "digits_int8.tflite"),
-                        "inputs": [
-                            {
-                                "kind": "image",
-                                "source": "camera",
-                                "resize": "crop",
-                                "color": "gray",
-                                "std": 255.0,
-                            }
-                        ],
-                        "postprocess": {
-                            "type": "classification",
-                            "labels": str(MODELS / "digits_labels.txt"),
-                        },
-                    }
-                ],
+                "models": [digits_model(folder / "digits_int8.tflite")],
             }
         ],
     }

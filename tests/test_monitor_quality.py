@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from devkit.daemon import digits_model
 from devkit.paths import MODELS
 from edge_runtime.config import validate
 from edge_runtime.daemon.service import Service
@@ -45,24 +46,7 @@ def digits_config(tmp_path: Path, video: Path, quality: dict[str, Any]) -> dict[
             {
                 "name": "digits",
                 "trigger": "camera",
-                "models": [
-                    {
-                        "path": str(MODELS / "digits_int8.tflite"),
-                        "inputs": [
-                            {
-                                "kind": "image",
-                                "source": "camera",
-                                "resize": "crop",
-                                "color": "gray",
-                                "std": 255.0,
-                            }
-                        ],
-                        "postprocess": {
-                            "type": "classification",
-                            "labels": str(MODELS / "digits_labels.txt"),
-                        },
-                    }
-                ],
+                "models": [digits_model()],
             }
         ],
     }

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from devkit.broker import Mosquitto
+from devkit.daemon import digits_model
 from devkit.mqtt_client import Subscriber
 from devkit.paths import MODELS
 from devkit.processes import wait_until
@@ -55,21 +56,7 @@ def _service(tmp_path: Path, sink: Sink, n: int, realtime: bool, port: int | Non
                 {
                     "name": "digits",
                     "trigger": "camera",
-                    "models": [
-                        {
-                            "path": str(MODELS / "digits_int8.tflite"),
-                            "inputs": [
-                                {
-                                    "kind": "image",
-                                    "source": "camera",
-                                    "resize": "crop",
-                                    "color": "gray",
-                                    "std": 255.0,
-                                }
-                            ],
-                            "postprocess": {"type": "classification", "top_k": 1},
-                        }
-                    ],
+                    "models": [digits_model(postprocess={"type": "classification", "top_k": 1})],
                 }
             ],
         },

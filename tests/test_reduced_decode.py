@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from devkit.daemon import digits_model
 from devkit.media import frame_index, level_frames, mjpeg_server, write_video
 from devkit.paths import MODELS
 from devkit.processes import wait_until
@@ -111,21 +112,7 @@ def classify(tmp_path: Path, video: Path, reduced: str) -> tuple[list[int], dict
                 {
                     "name": "digits",
                     "trigger": "camera",
-                    "models": [
-                        {
-                            "path": str(MODELS / "digits_int8.tflite"),
-                            "inputs": [
-                                {
-                                    "kind": "image",
-                                    "source": "camera",
-                                    "resize": "crop",
-                                    "color": "gray",
-                                    "std": 255.0,
-                                }
-                            ],
-                            "postprocess": {"type": "classification", "top_k": 1},
-                        }
-                    ],
+                    "models": [digits_model(postprocess={"type": "classification", "top_k": 1})],
                 }
             ],
         },
