@@ -125,6 +125,13 @@ def test_reserve_refuses_before_the_disk_is_full_and_recovers_by_itself(tmpfs: C
                 if refused >= 50:
                     break
         assert refused == 50 and box.refused_reserve == 50
+        # a group counts each message it held; a group its caller stores again one by one (the
+        # reporter's group commit) counts none, so each result is counted once, by its own attempt
+        group = [(TOPIC, result(s), 1, False, ("digits", s)) for s in (90_001, 90_002, 90_003)]
+        for retried, counted in ((False, 53), (True, 53)):
+            with pytest.raises(OutboxError, match="below the reserve"):
+                box.put_many(group, retried=retried)
+            assert box.refused_reserve == counted
         low = disk_free(disk)
         assert low >= reserve - default_wal_bytes(64 << 20) - 64 * 1024, low  # the reserve held
         (disk / "own-state.json").write_bytes(b"x" * 64 * 1024)  # the daemon can still write its state

@@ -152,6 +152,7 @@ _SOURCE_TUNING = [
     "max_line_bytes",
     "encoding",
     "read_timeout_s",
+    "reduced_decode",
 ]
 
 POLICY: dict[str, Decision] = {

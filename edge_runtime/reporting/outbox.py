@@ -252,8 +252,10 @@ class Outbox:
         """Store one message (and the pipeline's ``seq``) durably; returns its id."""
         return self.put_many([(topic, payload, qos, retain, seq)])[0]
 
-    def put_many(self, items: Sequence[PutItem]) -> list[int]:
-        """Store a batch in one transaction; on :class:`OutboxError` nothing of it was written."""
+    def put_many(self, items: Sequence[PutItem], *, retried: bool = False) -> list[int]:
+        """Store a batch in one transaction; on :class:`OutboxError` nothing of it was written.
+        ``refused_reserve`` counts the messages the reserve refused, unless the caller stores each
+        of them again on its own after a refusal (``retried``: that attempt counts them)."""
         added = 0
         for topic, payload, _, _, _ in items:
             if len(payload) > self.max_bytes:
@@ -268,7 +270,7 @@ class Outbox:
         ids: list[int] = []
         with self._lock:
             conn = self._live()
-            self._check_reserve()
+            self._check_reserve(0 if retried else len(items))
             with self._transaction(conn, "put"):
                 for topic, payload, qos, retain, seq in items:
                     ids.append(conn.execute(_INSERT, (topic, payload, qos, int(retain), now)).lastrowid or 0)
@@ -285,14 +287,14 @@ class Outbox:
             self._dropping = self._dropping or dropped > 0
         return ids
 
-    def _check_reserve(self) -> None:
+    def _check_reserve(self, messages: int) -> None:
         low = (
             reserve_error(self.path.parent, self.reserve_bytes, self._reusable())
             if self.reserve_bytes
             else None
         )
         if low is not None:
-            self.refused_reserve += 1
+            self.refused_reserve += messages
             raise OutboxError(low.errno, low.strerror, str(self.path))
 
     def _reusable(self) -> int:

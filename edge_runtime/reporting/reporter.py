@@ -218,7 +218,7 @@ class Reporter:
                 pipeline, seq = result["pipeline"], int(result["seq"])
                 self.seq_file.ensure(pipeline, seq)
                 items.append((self.topics.results(pipeline), dumps(result), qos, retain, (pipeline, seq)))
-            self.outbox.put_many(items)
+            self.outbox.put_many(items, retried=True)
         except (OutboxError, ValueError):  # a full disk, a result too large or not JSON: one by one
             for result in results:
                 self.publish(result)
