@@ -30,13 +30,15 @@ LARGE_MODULES: dict[str, str] = {
         "the in-order delivery across reconnects depends on how these share the in-flight list"
     ),
     "edge_runtime/pipeline/pipeline.py": (
-        "one pipeline's domain: triggers, inference, numbering, and the hooks updates, the HTTP API "
-        "and data capture use; the thread engine (stages.py), the runner, the result document and the "
-        "probation watch are already apart"
+        "one pipeline's domain: inference of one trigger or a batch, numbering, the group commit of "
+        "waiting results, and the hooks updates, the HTTP API and data capture use; the thread engine "
+        "(stages.py), trigger waiting (trigger.py), batches (batch.py), the runner, the result "
+        "document, the health entry (stats.py) and the probation watch are already apart"
     ),
     "edge_runtime/updates/store.py": (
-        "the crash-safety protocol of the model store (pointers, probation, history, pruning) is "
-        "one state machine under one lock; split, its invariants would span files"
+        "the crash-safety protocol of the model store (pointers, probation, history, pruning, and "
+        "each version's drift reference kept and pruned with its model) is one state machine under "
+        "one lock; split, its invariants would span files"
     ),
 }
 

@@ -381,12 +381,13 @@ class Pipeline:
         frames = [self._frames(trig) for trig in trigs]
         runners = list(self.runners)
         slot = self.engine.take_slot()
-        keep: list[tuple[str, list[str], npt.NDArray[Any]]] | None = [] if self.capture is not None else None
+        keep: list[tuple[str, list[str], npt.NDArray[Any]]] | None = None
+        keeps: list[list[tuple[str, list[str], npt.NDArray[Any]]]] | None = None
+        if self.capture is not None:  # sensor values kept for data capture: one list per instance
+            keep, keeps = [], []
         try:
             if self.batch > 1:
                 times = [trig.t_mono for trig in trigs]
-                keeps: list[list[tuple[str, list[str], npt.NDArray[Any]]]] | None
-                keeps = [] if self.capture is not None else None
                 transforms = runners[0].fill_rows(frames, times, slot, self.batch, keeps)
             else:
                 transforms = [r.fill(frames[0], trigs[0].t_mono, slot, keep) for r in runners]
