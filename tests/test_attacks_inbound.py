@@ -483,6 +483,12 @@ def test_the_queue_bound_refuses_with_a_reply_while_a_handler_is_busy(
 
     dispatcher.register("slow", slow)
     with broker.subscriber(["edge/dev1/#"]) as sub:
+        # the fixture's link may still be waiting for its SUBACK: pings until one is answered (a
+        # resent "slow" could queue twice and shift the count below)
+        for n in range(20):
+            sub.publish("edge/dev1/cmd/ping", json.dumps({"id": f"w{n}"}).encode(), qos=1)
+            if sub.wait_for(lambda ms: any(m.topic.startswith("edge/dev1/reply/w") for m in ms), 1.0):
+                break
         sub.publish("edge/dev1/cmd/slow", b'{"id": "s0"}', qos=1)
         assert running.wait(10), "the first command never ran"  # it is out of the queue now
         for n in range(1, 10):  # 4 wait (queue_size=4), 5 are refused
